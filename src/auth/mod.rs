@@ -1,0 +1,63 @@
+//! API-key authentication: [`ApiKeyAuth`] answers 401 `UNAUTHORIZED` unless the request's one
+//! `X-API-Key` header holds a live key, and puts the key's [`Tenant`](crate::tenant::Tenant)
+//! into the request's extensions for the layers behind it.
+//!
+//! A request is refused, always with the same bytes (no oracle), when the header is missing,
+//! empty or repeated; when its value is not `nat_pk_` followed by the expected number of
+//! `[A-Za-z0-9]` characters (whitespace, other bytes, truncated or oversized keys are refused
+//! before any hashing or lookup); when the key is unknown, revoked or expired; or when its
+//! tenant was deleted. `Authorization: Bearer` is never read. Stores keep SHA-256 hashes of
+//! keys ([`KeyHash`]), never the keys, and nothing in this crate logs a key.
+//!
+//! A failing store (for example a database that is down) gives 500 `INTERNAL_ERROR`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_nat::{auth::{ApiKeyAuthLayer, MemoryKeyStore}, tenant::{Plan, Tenant}};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = MemoryKeyStore::new();
+//! store.insert_tenant("acme", Plan::Pro);
+//! let key = store.issue_key("acme", None).unwrap();
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(ApiKeyAuthLayer::new(store).exempt("/healthz"))
+//!     .service_fn(|req: Request<Full<Bytes>>| async move {
+//!         let tenant = Tenant::of(&req).map(|t| t.id().to_string());
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(tenant.unwrap_or_default()))))
+//!     });
+//!
+//! let req = Request::get("/api/v1/usage")
+//!     .header("x-api-key", key.expose())
+//!     .body(Full::default())
+//!     .unwrap();
+//! let response = service.clone().oneshot(req).await.unwrap();
+//! assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "acme");
+//!
+//! let req = Request::get("/api/v1/usage")
+//!     .header("authorization", format!("Bearer {}", key.expose()))
+//!     .body(Full::default())
+//!     .unwrap();
+//! let response = service.oneshot(req).await.unwrap();
+//! assert_eq!(response.status(), 401);
+//! assert_eq!(
+//!     response.into_body().collect().await.unwrap().to_bytes(),
+//!     r#"{"error":"UNAUTHORIZED","message":"Missing or invalid API key."}"#
+//! );
+//! # }
+//! ```
+
+mod key;
+mod service;
+mod store;
+
+pub use key::{ApiKey, GENERATED_KEY_LEN, KEY_PREFIX, KeyFormat, KeyHash};
+pub use service::{ApiKeyAuth, ApiKeyAuthLayer, ResponseFuture};
+pub use store::{KeyRecord, KeyStore, Lookup, MemoryKeyStore};

@@ -1,0 +1,191 @@
+//! Key stores: the [`KeyStore`] trait and the in-memory [`MemoryKeyStore`].
+
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+
+use dashmap::DashMap;
+
+use super::key::{ApiKey, KeyHash};
+use crate::{
+    error::StoreError,
+    tenant::{KeyId, Plan, Tenant, TenantId},
+};
+
+/// What a store knows of a live key: whose it is and when it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The key's tenant, with its current plan.
+    pub tenant: Tenant,
+    /// When the key stops working (time since the Unix epoch), if ever.
+    pub expires_at: Option<Duration>,
+}
+
+/// The answer of [`KeyStore::lookup`]: ready at once (an in-memory store), or a future (a
+/// database, Redis).
+///
+/// A ready answer lets [`ApiKeyAuth`](super::ApiKeyAuth) decide inside `call`, without cloning
+/// the inner service.
+#[derive(Debug)]
+pub enum Lookup<F> {
+    /// The answer is known now.
+    Ready(Result<Option<KeyRecord>, StoreError>),
+    /// The answer comes later.
+    Pending(F),
+}
+
+/// Where API keys are looked up, by hash.
+///
+/// `lookup` returns `Ok(None)` for a key that is unknown, revoked, or whose tenant was
+/// deleted; expiry is checked by the layer against its clock. A store error becomes a 500
+/// `INTERNAL_ERROR`.
+pub trait KeyStore: Clone + Send + Sync + 'static {
+    /// The future of a lookup that cannot answer at once. Stores that always answer at once
+    /// use [`std::future::Pending`] or [`std::future::Ready`] here.
+    type Future: Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// Looks a key up by its hash.
+    fn lookup(&self, hash: &KeyHash) -> Lookup<Self::Future>;
+}
+
+/// An in-memory key store that keeps only SHA-256 hashes of keys.
+///
+/// Every method may be called while the store serves requests; clones share the same keys.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_nat::{auth::MemoryKeyStore, tenant::Plan};
+///
+/// let store = MemoryKeyStore::new();
+/// store.insert_tenant("acme", Plan::Pro);
+/// let key = store.issue_key("acme", None).unwrap();
+/// assert!(key.expose().starts_with("nat_pk_"));
+/// store.set_plan("acme", Plan::Team);
+/// store.delete_tenant("acme");
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryKeyStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    keys: DashMap<KeyHash, KeyEntry>,
+    ids: DashMap<KeyId, KeyHash>,
+    tenants: DashMap<TenantId, Plan>,
+}
+
+struct KeyEntry {
+    tenant: TenantId,
+    key_id: KeyId,
+    expires_at: Option<Duration>,
+}
+
+impl MemoryKeyStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tenant, or changes its plan if it exists. A plan change applies to the next
+    /// request.
+    pub fn insert_tenant(&self, tenant: impl Into<TenantId>, plan: Plan) {
+        self.inner.tenants.insert(tenant.into(), plan);
+    }
+
+    /// Changes a tenant's plan; `false` if there is no such tenant.
+    pub fn set_plan(&self, tenant: &str, plan: Plan) -> bool {
+        match self.inner.tenants.get_mut(tenant) {
+            Some(mut p) => {
+                *p = plan;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A tenant's plan, if the tenant exists.
+    pub fn plan(&self, tenant: &str) -> Option<Plan> {
+        self.inner.tenants.get(tenant).map(|p| *p)
+    }
+
+    /// Deletes a tenant and all its keys; `false` if there was no such tenant.
+    pub fn delete_tenant(&self, tenant: &str) -> bool {
+        // The tenant goes first: from then on its keys fail even before they are removed.
+        let existed = self.inner.tenants.remove(tenant).is_some();
+        let inner = &self.inner;
+        inner.keys.retain(|_, entry| {
+            let keep = entry.tenant.as_str() != tenant;
+            if !keep {
+                inner.ids.remove(&entry.key_id);
+            }
+            keep
+        });
+        existed
+    }
+
+    /// Stores `key`'s hash for `tenant`, expiring at `expires_at` (since the Unix epoch) if
+    /// given, and returns the key's id. `None` if the tenant does not exist.
+    pub fn add_key(&self, tenant: &str, key: &ApiKey, expires_at: Option<Duration>) -> Option<KeyId> {
+        self.add_hash(tenant, key.hash(), expires_at)
+    }
+
+    /// Stores a key by its hash only (e.g. hashes loaded from a database).
+    pub fn add_hash(&self, tenant: &str, hash: KeyHash, expires_at: Option<Duration>) -> Option<KeyId> {
+        let (tenant, _) = self.inner.tenants.get(tenant).map(|e| (e.key().clone(), *e.value()))?;
+        let key_id = KeyId::from(format!("key_{}", &hash.to_hex()[..16]));
+        self.inner.ids.insert(key_id.clone(), hash);
+        self.inner.keys.insert(
+            hash,
+            KeyEntry {
+                tenant,
+                key_id: key_id.clone(),
+                expires_at,
+            },
+        );
+        Some(key_id)
+    }
+
+    /// Generates a new key for `tenant`, stores its hash, and returns the key: the only time it
+    /// is seen in clear. `None` if the tenant does not exist.
+    pub fn issue_key(&self, tenant: &str, expires_at: Option<Duration>) -> Option<ApiKey> {
+        let key = ApiKey::generate();
+        self.add_key(tenant, &key, expires_at)?;
+        Some(key)
+    }
+
+    /// Revokes a key by its id; `false` if there was no such key.
+    pub fn revoke(&self, key_id: &KeyId) -> bool {
+        match self.inner.ids.remove(key_id) {
+            Some((_, hash)) => self.inner.keys.remove(&hash).is_some(),
+            None => false,
+        }
+    }
+
+    /// The number of stored keys.
+    pub fn key_count(&self) -> usize {
+        self.inner.keys.len()
+    }
+}
+
+impl KeyStore for MemoryKeyStore {
+    type Future = std::future::Pending<Result<Option<KeyRecord>, StoreError>>;
+
+    fn lookup(&self, hash: &KeyHash) -> Lookup<Self::Future> {
+        let record = self.inner.keys.get(hash).and_then(|entry| {
+            let plan = *self.inner.tenants.get(entry.tenant.as_str())?;
+            Some(KeyRecord {
+                tenant: Tenant::new(entry.tenant.clone(), plan, entry.key_id.clone()),
+                expires_at: entry.expires_at,
+            })
+        });
+        Lookup::Ready(Ok(record))
+    }
+}
+
+impl fmt::Debug for MemoryKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryKeyStore")
+            .field("keys", &self.inner.keys.len())
+            .field("tenants", &self.inner.tenants.len())
+            .finish()
+    }
+}

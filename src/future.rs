@@ -1,0 +1,86 @@
+//! [`ResponseFuture`]: the future of every layer that decides synchronously: it either runs
+//! the inner service's future or yields a ready rejection.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::{
+    body::{NatBody, wrap},
+    error::NatError,
+};
+
+pin_project! {
+    /// The response future of [`BillingConfigured`](crate::billing::BillingConfigured),
+    /// [`FeatureGate`](crate::feature_gate::FeatureGate) and the other layers that decide
+    /// before calling the inner service.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Inner { #[pin] future: F },
+        Reject { response: Option<Response<NatBody<B>>> },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    /// Runs the inner service's future.
+    pub(crate) fn inner(future: F) -> Self {
+        Self {
+            kind: Kind::Inner { future },
+        }
+    }
+
+    /// Answers `error` without calling the inner service.
+    pub(crate) fn reject(error: &NatError) -> Self {
+        Self::response(error.to_response())
+    }
+
+    /// Answers with a ready response.
+    pub(crate) fn response(response: Response<NatBody<B>>) -> Self {
+        Self {
+            kind: Kind::Reject {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<NatBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future.poll(cx).map(|r| r.map(wrap)),
+            KindProj::Reject { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.kind {
+            Kind::Inner { .. } => "Inner",
+            Kind::Reject { .. } => "Reject",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}

@@ -1,0 +1,40 @@
+//! Header names the crate writes, and cheap integer header values.
+
+use std::sync::OnceLock;
+
+use http::{HeaderName, HeaderValue};
+
+/// `X-API-Key`: the only header that carries an API key.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// `X-RateLimit-Limit`: the tenant's requests per minute.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`: how many more requests, sent at once, would pass.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `RateLimit` (IETF draft): `limit=L, remaining=R, reset=S`.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// `RateLimit-Policy` (IETF draft): `L;w=60`.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+const CACHED: usize = 4096;
+
+/// `n` as a header value; values below 4096 are shared, not allocated.
+pub(crate) fn number(n: u64) -> HeaderValue {
+    static TABLE: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    match usize::try_from(n) {
+        Ok(i) if i < CACHED => {
+            let table = TABLE.get_or_init(|| (0..CACHED as u64).map(HeaderValue::from).collect());
+            table[i].clone()
+        }
+        _ => HeaderValue::from(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_render_in_decimal() {
+        for n in [0, 1, 9, 10, 4095, 4096, 1_000_000, u64::MAX] {
+            assert_eq!(super::number(n).to_str().unwrap(), n.to_string());
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Internal errors: [`InternalErrorGuard`] turns an inner service's error or panic into the
+//! 500 `INTERNAL_ERROR` envelope.
+//!
+//! Nothing of the error or the panic reaches the client: the error's text is reported through
+//! `tracing` (target `tower_nat`, level `error`), and the panic payload too when it is a
+//! string. (Rust's panic hook still prints panics to stderr unless the server replaces it.)
+//! The guard's own error type is [`Infallible`], so it also adapts fallible services to
+//! frameworks such as axum that need infallible ones.
+//!
+//! Put it outermost, so a panic anywhere in the stack is caught.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_nat::internal_error::InternalErrorGuardLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(InternalErrorGuardLayer::new())
+//!     .service_fn(|_: Request<Full<Bytes>>| async {
+//!         Err::<Response<Full<Bytes>>, _>(std::io::Error::other("db password is hunter2"))
+//!     });
+//!
+//! let response = service.oneshot(Request::new(Full::default())).await.unwrap();
+//! assert_eq!(response.status(), 500);
+//! assert_eq!(
+//!     response.into_body().collect().await.unwrap().to_bytes(),
+//!     r#"{"error":"INTERNAL_ERROR","message":"An unexpected error occurred. Retry after a short delay."}"#
+//! );
+//! # }
+//! ```
+
+use std::{
+    any::Any,
+    convert::Infallible,
+    fmt,
+    future::Future,
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    body::{NatBody, wrap},
+    error::NatError,
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Applies [`InternalErrorGuard`] to a service.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InternalErrorGuardLayer {
+    _priv: (),
+}
+
+impl InternalErrorGuardLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for InternalErrorGuardLayer {
+    type Service = InternalErrorGuard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InternalErrorGuard {
+            inner,
+            not_ready: false,
+        }
+    }
+}
+
+/// Answers 500 `INTERNAL_ERROR` when the inner service fails or panics. See the
+/// [module docs](self).
+#[derive(Clone, Debug)]
+pub struct InternalErrorGuard<S> {
+    inner: S,
+    // The inner service failed to become ready: the next call answers 500 without it.
+    not_ready: bool,
+}
+
+impl<S> InternalErrorGuard<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the layer, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn report_error(error: &(dyn std::error::Error + Send + Sync)) {
+    tracing::error!(target: "tower_nat", error = %error, "inner service failed");
+    NatError::Internal.report(None, "inner service error");
+}
+
+fn report_panic(payload: &(dyn Any + Send)) {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)");
+    tracing::error!(target: "tower_nat", panic = message, "inner service panicked");
+    NatError::Internal.report(None, "inner service panicked");
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for InternalErrorGuard<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<NatBody<ResB>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // An inner service that cannot become ready is reported at call time: the request is
+        // answered with a 500 rather than the connection failing.
+        match catch_unwind(AssertUnwindSafe(|| self.inner.poll_ready(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(()))) => {
+                self.not_ready = false;
+                Poll::Ready(Ok(()))
+            }
+            Ok(Poll::Ready(Err(error))) => {
+                report_error(&*error.into());
+                self.not_ready = true;
+                Poll::Ready(Ok(()))
+            }
+            Err(payload) => {
+                report_panic(&*payload);
+                self.not_ready = true;
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if std::mem::take(&mut self.not_ready) {
+            return ResponseFuture { future: None };
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(future) => ResponseFuture {
+                future: Some(future),
+            },
+            Err(payload) => {
+                report_panic(&*payload);
+                ResponseFuture { future: None }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`InternalErrorGuard`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: Option<F>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<NatBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
+            return Poll::Ready(Ok(NatError::Internal.to_response()));
+        };
+        let result = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => return Poll::Ready(Ok(wrap(response))),
+            Ok(Poll::Ready(Err(error))) => {
+                report_error(&*error.into());
+                NatError::Internal.to_response()
+            }
+            Err(payload) => {
+                report_panic(&*payload);
+                NatError::Internal.to_response()
+            }
+        };
+        // A future that panicked must not be polled again.
+        this.future.set(None);
+        Poll::Ready(Ok(result))
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

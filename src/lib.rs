@@ -1,0 +1,71 @@
+//! # tower-nat
+//!
+//! [Tower](https://docs.rs/tower) middleware that gives any tower-based HTTP server (axum,
+//! hyper, anything built on `tower::Service`) the NAT API's error semantics, each rejection
+//! answered with the same documented JSON envelope:
+//!
+//! | status | `error` | layer |
+//! |---|---|---|
+//! | 400 | `INVALID_REQUEST` | handlers, via [`NatError::invalid_request`] |
+//! | 401 | `UNAUTHORIZED` | [`auth::ApiKeyAuth`] |
+//! | 404 | `NOT_FOUND` | handlers, via [`NatError::not_found`] |
+//! | 500 | `INTERNAL_ERROR` | [`internal_error::InternalErrorGuard`] |
+//! | 503 | `STRIPE_NOT_CONFIGURED` | [`billing::BillingConfigured`] |
+//!
+//! Every layer is `Clone`, answers at once (it never waits in `poll_ready` to enforce
+//! anything), keeps the inner body type inside [`NatBody`], and works alone in any tower
+//! stack. Composed, they go outermost first: internal errors, billing, authentication.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_nat::{
+//!     auth::{ApiKeyAuthLayer, MemoryKeyStore},
+//!     billing::BillingConfiguredLayer,
+//!     internal_error::InternalErrorGuardLayer,
+//!     tenant::{Plan, Tenant},
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let keys = MemoryKeyStore::new();
+//! keys.insert_tenant("acme", Plan::Free);
+//! let key = keys.issue_key("acme", None).unwrap();
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(InternalErrorGuardLayer::new())
+//!     .layer(BillingConfiguredLayer::from_values(None, None))
+//!     .layer(ApiKeyAuthLayer::new(keys).exempt("/healthz"))
+//!     .service_fn(|req: Request<Full<Bytes>>| async move {
+//!         let tenant = Tenant::of(&req).expect("authenticated");
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(tenant.id().to_string()))))
+//!     });
+//!
+//! let ok = Request::get("/api/v1/usage").header("x-api-key", key.expose());
+//! let response = service.clone().oneshot(ok.body(Full::default()).unwrap()).await.unwrap();
+//! assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "acme");
+//!
+//! let billing = Request::post("/api/v1/billing/checkout").header("x-api-key", key.expose());
+//! let response = service.oneshot(billing.body(Full::default()).unwrap()).await.unwrap();
+//! assert_eq!(response.status(), 503);
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod auth;
+pub mod billing;
+pub mod body;
+pub mod clock;
+pub mod error;
+pub mod future;
+pub mod headers;
+pub mod internal_error;
+mod routes;
+pub mod tenant;
+
+pub use body::NatBody;
+pub use error::{NatError, StoreError};
+pub use tenant::{Plan, Plans, Tenant};
