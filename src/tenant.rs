@@ -211,8 +211,22 @@ impl PlanLimits {
     pub fn default_for(plan: Plan) -> Self {
         let (rpm, functional, security, security_scanning, webhooks, concurrent) = match plan {
             Plan::Free => (30, Quota::Limited(50), Quota::Limited(0), false, false, 1),
-            Plan::Pro => (120, Quota::Limited(500), Quota::Limited(100), true, false, 3),
-            Plan::Team => (300, Quota::Limited(2_000), Quota::Limited(500), true, true, 10),
+            Plan::Pro => (
+                120,
+                Quota::Limited(500),
+                Quota::Limited(100),
+                true,
+                false,
+                3,
+            ),
+            Plan::Team => (
+                300,
+                Quota::Limited(2_000),
+                Quota::Limited(500),
+                true,
+                true,
+                10,
+            ),
             Plan::Enterprise => (1_000, Quota::Unlimited, Quota::Unlimited, true, true, 50),
         };
         Self {

@@ -357,6 +357,8 @@ where
             State::Inner { .. } => "Inner",
             State::Reject { .. } => "Reject",
         };
-        f.debug_struct("ResponseFuture").field("state", &state).finish()
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }

@@ -124,13 +124,27 @@ impl MemoryKeyStore {
 
     /// Stores `key`'s hash for `tenant`, expiring at `expires_at` (since the Unix epoch) if
     /// given, and returns the key's id. `None` if the tenant does not exist.
-    pub fn add_key(&self, tenant: &str, key: &ApiKey, expires_at: Option<Duration>) -> Option<KeyId> {
+    pub fn add_key(
+        &self,
+        tenant: &str,
+        key: &ApiKey,
+        expires_at: Option<Duration>,
+    ) -> Option<KeyId> {
         self.add_hash(tenant, key.hash(), expires_at)
     }
 
     /// Stores a key by its hash only (e.g. hashes loaded from a database).
-    pub fn add_hash(&self, tenant: &str, hash: KeyHash, expires_at: Option<Duration>) -> Option<KeyId> {
-        let (tenant, _) = self.inner.tenants.get(tenant).map(|e| (e.key().clone(), *e.value()))?;
+    pub fn add_hash(
+        &self,
+        tenant: &str,
+        hash: KeyHash,
+        expires_at: Option<Duration>,
+    ) -> Option<KeyId> {
+        let (tenant, _) = self
+            .inner
+            .tenants
+            .get(tenant)
+            .map(|e| (e.key().clone(), *e.value()))?;
         let key_id = KeyId::from(format!("key_{}", &hash.to_hex()[..16]));
         self.inner.ids.insert(key_id.clone(), hash);
         self.inner.keys.insert(
