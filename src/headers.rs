@@ -17,13 +17,31 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 
 const CACHED: usize = 4096;
 
-/// `n` as a header value; values below 4096 are shared, not allocated.
+/// `n` as a header value. Values below 4096 come from one static table (made once), so
+/// they cost neither an allocation nor a reference count.
 pub(crate) fn number(n: u64) -> HeaderValue {
-    static TABLE: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    static TABLE: OnceLock<Vec<&'static str>> = OnceLock::new();
     match usize::try_from(n) {
         Ok(i) if i < CACHED => {
-            let table = TABLE.get_or_init(|| (0..CACHED as u64).map(HeaderValue::from).collect());
-            table[i].clone()
+            let table = TABLE.get_or_init(|| {
+                let mut text = String::new();
+                let mut ends = Vec::with_capacity(CACHED);
+                for k in 0..CACHED {
+                    text.push_str(&k.to_string());
+                    ends.push(text.len());
+                }
+                // One allocation for the life of the process, about 15 KiB.
+                let text: &'static str = Box::leak(text.into_boxed_str());
+                let mut start = 0;
+                ends.into_iter()
+                    .map(|end| {
+                        let s = &text[start..end];
+                        start = end;
+                        s
+                    })
+                    .collect()
+            });
+            HeaderValue::from_static(table[i])
         }
         _ => HeaderValue::from(n),
     }

@@ -63,7 +63,9 @@ pub mod error;
 pub mod future;
 pub mod headers;
 pub mod internal_error;
+pub mod rate_limit;
 mod routes;
+pub mod store;
 pub mod tenant;
 
 pub use body::NatBody;

@@ -461,6 +461,32 @@ impl Tenant {
     }
 }
 
+/// Marks a request that authentication let through without a tenant on purpose (an exempt
+/// route such as `/healthz`). [`ApiKeyAuth`](crate::auth::ApiKeyAuth) inserts it; a server's
+/// own authentication can too.
+///
+/// Layers that need a tenant pass a request carrying `AuthExempt` through untouched; a request
+/// with neither a [`Tenant`] nor `AuthExempt` is refused with 401 (they fail closed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthExempt;
+
+/// What a tenant-scoped layer finds in a request's extensions.
+pub(crate) enum Caller<'a> {
+    Tenant(&'a Tenant),
+    Exempt,
+    Unknown,
+}
+
+impl<'a> Caller<'a> {
+    pub(crate) fn of(extensions: &'a http::Extensions) -> Self {
+        match extensions.get::<Tenant>() {
+            Some(t) => Caller::Tenant(t),
+            None if extensions.get::<AuthExempt>().is_some() => Caller::Exempt,
+            None => Caller::Unknown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,4 +60,4 @@ mod store;
 
 pub use key::{ApiKey, GENERATED_KEY_LEN, KEY_PREFIX, KeyFormat, KeyHash};
 pub use service::{ApiKeyAuth, ApiKeyAuthLayer, ResponseFuture};
-pub use store::{KeyRecord, KeyStore, Lookup, MemoryKeyStore};
+pub use store::{KeyRecord, KeyStore, MemoryKeyStore};

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::{
     key::{KeyFormat, KeyHash},
-    store::{KeyRecord, KeyStore, Lookup},
+    store::{KeyRecord, KeyStore},
 };
 use crate::{
     body::{NatBody, wrap},
@@ -22,7 +22,8 @@ use crate::{
     error::{NatError, StoreError},
     headers::X_API_KEY,
     routes::Routes,
-    tenant::Tenant,
+    store::Answer,
+    tenant::{AuthExempt, Tenant},
 };
 
 /// Applies [`ApiKeyAuth`] to a service.
@@ -218,6 +219,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         if self.config.exempt.matches(req.uri().path()) {
+            req.extensions_mut().insert(AuthExempt);
             return ResponseFuture::inner(self.inner.call(req));
         }
         let hash = match key_hash(&req, &self.config.format) {
@@ -229,22 +231,22 @@ where
             }
         };
         match self.store.lookup(&hash) {
-            Lookup::Ready(result) => match decide(&self.config, result) {
+            Answer::Ready(result) => match decide(&self.config, result) {
                 Decision::Pass(tenant) => {
                     req.extensions_mut().insert(tenant);
                     ResponseFuture::inner(self.inner.call(req))
                 }
                 Decision::Reject(error) => ResponseFuture::reject(&error),
             },
-            Lookup::Pending(lookup) => {
+            Answer::Pending(lookup) => {
                 // Keep the instance that was polled ready for the call after the lookup.
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
                 ResponseFuture {
                     state: State::Lookup {
                         lookup,
-                        inner: Some(inner),
-                        req: Some(req),
+                        // Boxed so the common, synchronous path carries a small future.
+                        pending: Some(Box::new((inner, req))),
                         config: self.config.clone(),
                     },
                 }
@@ -275,8 +277,7 @@ pin_project! {
         Lookup {
             #[pin]
             lookup: K::Future,
-            inner: Option<S>,
-            req: Option<Request<ReqB>>,
+            pending: Option<Box<(S, Request<ReqB>)>>,
             config: Arc<Config>,
         },
         Inner { #[pin] future: S::Future },
@@ -316,15 +317,13 @@ where
             let next = match self.as_mut().project().state.project() {
                 StateProj::Lookup {
                     lookup,
-                    inner,
-                    req,
+                    pending,
                     config,
                 } => {
                     let result = ready!(lookup.poll(cx));
+                    let (mut inner, mut req) = *pending.take().expect("polled after completion");
                     match decide(config, result) {
                         Decision::Pass(tenant) => {
-                            let mut req = req.take().expect("polled after completion");
-                            let mut inner = inner.take().expect("polled after completion");
                             req.extensions_mut().insert(tenant);
                             State::Inner {
                                 future: inner.call(req),

@@ -7,6 +7,7 @@ use dashmap::DashMap;
 use super::key::{ApiKey, KeyHash};
 use crate::{
     error::StoreError,
+    store::Answer,
     tenant::{KeyId, Plan, Tenant, TenantId},
 };
 
@@ -17,19 +18,6 @@ pub struct KeyRecord {
     pub tenant: Tenant,
     /// When the key stops working (time since the Unix epoch), if ever.
     pub expires_at: Option<Duration>,
-}
-
-/// The answer of [`KeyStore::lookup`]: ready at once (an in-memory store), or a future (a
-/// database, Redis).
-///
-/// A ready answer lets [`ApiKeyAuth`](super::ApiKeyAuth) decide inside `call`, without cloning
-/// the inner service.
-#[derive(Debug)]
-pub enum Lookup<F> {
-    /// The answer is known now.
-    Ready(Result<Option<KeyRecord>, StoreError>),
-    /// The answer comes later.
-    Pending(F),
 }
 
 /// Where API keys are looked up, by hash.
@@ -43,7 +31,7 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
     type Future: Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
     /// Looks a key up by its hash.
-    fn lookup(&self, hash: &KeyHash) -> Lookup<Self::Future>;
+    fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future>;
 }
 
 /// An in-memory key store that keeps only SHA-256 hashes of keys.
@@ -183,7 +171,7 @@ impl MemoryKeyStore {
 impl KeyStore for MemoryKeyStore {
     type Future = std::future::Pending<Result<Option<KeyRecord>, StoreError>>;
 
-    fn lookup(&self, hash: &KeyHash) -> Lookup<Self::Future> {
+    fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
         let record = self.inner.keys.get(hash).and_then(|entry| {
             let plan = *self.inner.tenants.get(entry.tenant.as_str())?;
             Some(KeyRecord {
@@ -191,7 +179,7 @@ impl KeyStore for MemoryKeyStore {
                 expires_at: entry.expires_at,
             })
         });
-        Lookup::Ready(Ok(record))
+        Answer::Ready(Ok(record))
     }
 }
 

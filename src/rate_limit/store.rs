@@ -1,0 +1,211 @@
+//! Rate-limit stores: the [`RateStore`] trait and the in-memory [`MemoryRateStore`].
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+
+use super::gcra::{self, RateDecision};
+use crate::{
+    clock::{self, SharedClock},
+    error::StoreError,
+    store::Answer,
+    tenant::TenantId,
+};
+
+/// Where rate-limit state lives. One call per request does the whole check-and-update
+/// atomically (in memory: one compare-and-swap; in Redis: one script round trip).
+pub trait RateStore: Clone + Send + Sync + 'static {
+    /// The future of a check that cannot answer at once.
+    type Future: Future<Output = Result<RateDecision, StoreError>> + Send;
+
+    /// Counts one request of `key` against `limit` requests a minute and returns the decision.
+    /// A refused request is not counted.
+    fn check(&self, key: &TenantId, limit: u32) -> Answer<RateDecision, Self::Future>;
+}
+
+/// The in-memory rate-limit store: one atomic word per tenant in a [`DashMap`].
+///
+/// - Lock-free per tenant: a request is one `get` (a shard read lock shared with every other
+///   reader) and a compare-and-swap on the tenant's theoretical arrival time. The shard write
+///   lock is taken only the first time a tenant is seen and when its plan changes.
+/// - Plan changes keep the count: a tenant that used 30 of Free's 30 has 90 left the moment it
+///   is on Pro (120).
+/// - Bounded memory: a tenant whose state has fully drained is indistinguishable from a new
+///   one, so it is evicted; this happens on the request path at most once per
+///   [`sweep_interval`](MemoryRateStore::sweep_interval) (default one minute), and on demand
+///   with [`evict_idle`](MemoryRateStore::evict_idle). State exists only for tenants that
+///   passed authentication.
+/// - Time comes from the injected [`Clock`](crate::clock::Clock).
+#[derive(Clone)]
+pub struct MemoryRateStore {
+    inner: Arc<Inner>,
+}
+
+/// Tenant ids come from authentication, not from clients, so a fast seeded hash is safe here.
+type Hasher = foldhash::fast::RandomState;
+
+struct Inner {
+    slots: DashMap<TenantId, Slot, Hasher>,
+    clock: SharedClock,
+    sweep_every: u64,
+    next_sweep: AtomicU64,
+}
+
+struct Slot {
+    limit: u32,
+    tat: AtomicU64,
+}
+
+impl Default for MemoryRateStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryRateStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(clock::system())
+    }
+
+    /// An empty store on `clock`.
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Self::build(clock, Duration::from_secs(60))
+    }
+
+    fn build(clock: SharedClock, sweep: Duration) -> Self {
+        let sweep_every = u64::try_from(sweep.as_nanos()).unwrap_or(u64::MAX);
+        let first = now_nanos(&clock).saturating_add(sweep_every);
+        Self {
+            inner: Arc::new(Inner {
+                slots: DashMap::with_hasher(Hasher::default()),
+                clock,
+                sweep_every,
+                next_sweep: AtomicU64::new(first),
+            }),
+        }
+    }
+
+    /// Sweeps idle tenants on the request path at most once per `every` (default 60 s).
+    #[must_use]
+    pub fn sweep_interval(self, every: Duration) -> Self {
+        Self::build(self.inner.clock.clone(), every)
+    }
+
+    /// Removes every tenant whose state has drained (it would get a full burst anyway) and
+    /// returns how many were removed.
+    pub fn evict_idle(&self) -> usize {
+        let now = now_nanos(&self.inner.clock);
+        let before = self.inner.slots.len();
+        self.inner
+            .slots
+            .retain(|_, slot| slot.tat.load(Ordering::Acquire) > now);
+        before.saturating_sub(self.inner.slots.len())
+    }
+
+    /// The number of tenants with state.
+    pub fn len(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    /// Whether no tenant has state.
+    pub fn is_empty(&self) -> bool {
+        self.inner.slots.is_empty()
+    }
+
+    /// The decision for one request of `key` at `limit` requests a minute.
+    pub fn check_now(&self, key: &TenantId, limit: u32) -> RateDecision {
+        let inner = &*self.inner;
+        let now = now_nanos(&inner.clock);
+        self.maybe_sweep(now);
+        loop {
+            if let Some(slot) = inner.slots.get(key.as_str()) {
+                if slot.limit == limit {
+                    return cas_loop(&slot.tat, now, limit);
+                }
+            } else {
+                // First request: only an admitted request creates state.
+                let (decision, tat) = gcra::check(0, now, limit);
+                let Some(tat) = tat else { return decision };
+                match inner.slots.entry(key.clone()) {
+                    dashmap::Entry::Vacant(v) => {
+                        v.insert(Slot {
+                            limit,
+                            tat: AtomicU64::new(tat),
+                        });
+                        return decision;
+                    }
+                    dashmap::Entry::Occupied(_) => continue,
+                }
+            }
+            // The plan changed: re-express the state for the new limit under the write lock.
+            if let Some(mut slot) = inner.slots.get_mut(key.as_str()) {
+                if slot.limit != limit {
+                    let tat = slot.tat.load(Ordering::Acquire);
+                    let converted = gcra::convert(tat, now, slot.limit, limit);
+                    *slot = Slot {
+                        limit,
+                        tat: AtomicU64::new(converted),
+                    };
+                }
+            }
+        }
+    }
+
+    fn maybe_sweep(&self, now: u64) {
+        let next = self.inner.next_sweep.load(Ordering::Relaxed);
+        if now < next {
+            return;
+        }
+        let following = now.saturating_add(self.inner.sweep_every);
+        if self
+            .inner
+            .next_sweep
+            .compare_exchange(next, following, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            let removed = self.evict_idle();
+            tracing::debug!(target: "tower_nat", removed, "rate-limit store swept idle tenants");
+        }
+    }
+}
+
+fn now_nanos(clock: &SharedClock) -> u64 {
+    u64::try_from(clock.now().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn cas_loop(tat: &AtomicU64, now: u64, limit: u32) -> RateDecision {
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let (decision, next) = gcra::check(current, now, limit);
+        let Some(next) = next else { return decision };
+        match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return decision,
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+impl RateStore for MemoryRateStore {
+    type Future = std::future::Pending<Result<RateDecision, StoreError>>;
+
+    fn check(&self, key: &TenantId, limit: u32) -> Answer<RateDecision, Self::Future> {
+        Answer::Ready(Ok(self.check_now(key, limit)))
+    }
+}
+
+impl fmt::Debug for MemoryRateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryRateStore")
+            .field("tenants", &self.inner.slots.len())
+            .finish()
+    }
+}
