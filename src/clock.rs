@@ -155,6 +155,11 @@ impl UtcDate {
         }
     }
 
+    /// The day before this date.
+    pub fn day_before(self) -> Self {
+        civil_from_days(days_from_civil(self.year, self.month, self.day) - 1)
+    }
+
     /// Seconds from the Unix epoch to 00:00:00Z on this date (0 for dates before 1970).
     pub fn unix_seconds(self) -> u64 {
         let days = days_from_civil(self.year, self.month, self.day);
@@ -238,6 +243,11 @@ mod tests {
         assert_eq!(d.first_of_next_month().to_string(), "2026-01-01");
         let d = UtcDate::new(2024, 2, 29).unwrap();
         assert_eq!(d.first_of_next_month().to_string(), "2024-03-01");
+        assert_eq!(d.first_of_next_month().day_before(), d);
+        assert_eq!(
+            UtcDate::new(2025, 1, 1).unwrap().day_before().to_string(),
+            "2024-12-31"
+        );
         assert!(UtcDate::new(2025, 2, 29).is_none());
         assert!(UtcDate::new(2100, 2, 29).is_none());
         assert!(UtcDate::new(2000, 2, 29).is_some());

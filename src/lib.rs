@@ -60,11 +60,14 @@ pub mod billing;
 pub mod body;
 pub mod clock;
 pub mod error;
+pub mod feature_gate;
 pub mod future;
 pub mod headers;
 pub mod internal_error;
+pub mod quota;
 pub mod rate_limit;
 mod routes;
+pub mod scan_request;
 pub mod store;
 pub mod tenant;
 

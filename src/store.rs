@@ -22,3 +22,14 @@ impl<T: fmt::Debug, F> fmt::Debug for Answer<T, F> {
         }
     }
 }
+
+/// What a layer does when its store fails (a backend down or slow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Let the request through (rate limiting's default: an outage of the limiter's store
+    /// should not become an outage of the API).
+    Allow,
+    /// Answer 500 `INTERNAL_ERROR` (quota enforcement's default: never give away scans).
+    Reject,
+}

@@ -73,9 +73,9 @@ mod gcra;
 mod service;
 mod store;
 
+pub use crate::store::OnStoreError;
 pub use gcra::RateDecision;
 pub use service::{
-    OnStoreError, PlanRateLimit, PlanRateLimitLayer, PlanResolver, RateKeyResolver, RateTarget,
-    ResponseFuture,
+    PlanRateLimit, PlanRateLimitLayer, PlanResolver, RateKeyResolver, RateTarget, ResponseFuture,
 };
 pub use store::{MemoryRateStore, RateStore};

@@ -21,7 +21,7 @@ use crate::{
     body::{NatBody, wrap},
     error::{NatError, StoreError},
     headers::{RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, number},
-    store::Answer,
+    store::{Answer, OnStoreError},
     tenant::{AuthExempt, Caller, Plans, TenantId},
 };
 
@@ -73,18 +73,6 @@ impl RateKeyResolver for PlanResolver {
     }
 }
 
-/// What to do when the store fails (Redis down or slow).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OnStoreError {
-    /// Let the request through without rate-limit headers (the default: an outage of the
-    /// limiter's store should not become an outage of the API).
-    #[default]
-    Allow,
-    /// Answer 500 `INTERNAL_ERROR`.
-    Reject,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Config {
     draft_headers: bool,
@@ -115,7 +103,7 @@ impl<R> PlanRateLimitLayer<R, PlanResolver> {
             resolver: PlanResolver::new(plans),
             config: Config {
                 draft_headers: false,
-                on_store_error: OnStoreError::default(),
+                on_store_error: OnStoreError::Allow,
             },
         }
     }
