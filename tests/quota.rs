@@ -65,6 +65,8 @@ fn handler() -> impl Service<
     })
 }
 
+type Resp = Response<tower_nat::NatBody<tower_nat::NatBody<tower_nat::NatBody<Full<Bytes>>>>>;
+
 struct Setup {
     clock: FakeClock,
     quota: QuotaGuardLayer,
@@ -78,11 +80,7 @@ fn setup(date: UtcDate, plans: Plans) -> Setup {
 
 fn stack(
     quota: &QuotaGuardLayer,
-) -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<tower_nat::NatBody<tower_nat::NatBody<tower_nat::NatBody<Full<Bytes>>>>>,
-    Error = Infallible,
-> + Clone {
+) -> impl Service<Request<Full<Bytes>>, Response = Resp, Error = Infallible> + Clone {
     ServiceBuilder::new()
         .layer(tower_nat::internal_error::InternalErrorGuardLayer::new())
         .layer(ValidateScanRequestLayer::new())

@@ -16,15 +16,12 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_nat::scan_request::{ScanKind, ValidateScanRequestLayer};
 
 type Seen = Arc<Mutex<Vec<(Option<ScanKind>, Bytes)>>>;
+type Resp = Response<tower_nat::NatBody<Full<Bytes>>>;
 
 fn service(
     layer: ValidateScanRequestLayer,
 ) -> (
-    impl tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<tower_nat::NatBody<Full<Bytes>>>,
-        Error = Infallible,
-    > + Clone,
+    impl tower::Service<Request<Full<Bytes>>, Response = Resp, Error = Infallible> + Clone,
     Seen,
 ) {
     let seen: Seen = Arc::default();
