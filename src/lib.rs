@@ -68,9 +68,11 @@ pub mod quota;
 pub mod rate_limit;
 mod routes;
 pub mod scan_request;
+pub mod stack;
 pub mod store;
 pub mod tenant;
 
 pub use body::NatBody;
 pub use error::{NatError, StoreError};
+pub use stack::{NatLayer, NatService};
 pub use tenant::{Plan, Plans, Tenant};

@@ -77,6 +77,8 @@ mod service;
 mod store;
 mod usage;
 
+pub(crate) use usage::snapshot;
+
 pub use crate::store::OnStoreError;
 pub use service::{QuotaGuard, QuotaGuardLayer, ResponseFuture};
 pub use store::{

@@ -84,20 +84,7 @@ impl<Q> QuotaGuardLayer<Q> {
 impl<Q: QuotaStore> QuotaGuardLayer<Q> {
     /// The usage snapshot of `tenant` now: everything `GET /api/v1/usage` answers.
     pub async fn usage(&self, tenant: &Tenant) -> Result<Usage, StoreError> {
-        let now = self.config.clock.now();
-        let period = self.store.period(tenant.id(), now);
-        let counts = match self.store.usage(tenant.id(), period) {
-            Answer::Ready(r) => r?,
-            Answer::Pending(f) => f.await?,
-        };
-        let limits = self.config.plans.get(tenant.plan());
-        Ok(Usage::new(
-            tenant.id().clone(),
-            tenant.plan(),
-            limits,
-            counts,
-            period,
-        ))
+        super::usage::snapshot(&self.store, &self.config.plans, &self.config.clock, tenant).await
     }
 }
 

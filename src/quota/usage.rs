@@ -1,7 +1,34 @@
 use serde::Serialize;
 
-use super::store::{Period, UsageCounts};
-use crate::tenant::{Plan, PlanLimits, Quota, TenantId};
+use super::store::{Period, QuotaStore, UsageCounts};
+use crate::{
+    clock::SharedClock,
+    error::StoreError,
+    store::Answer,
+    tenant::{Plan, PlanLimits, Plans, Quota, Tenant, TenantId},
+};
+
+/// The usage snapshot of `tenant` now.
+pub(crate) async fn snapshot<Q: QuotaStore>(
+    store: &Q,
+    plans: &Plans,
+    clock: &SharedClock,
+    tenant: &Tenant,
+) -> Result<Usage, StoreError> {
+    let period = store.period(tenant.id(), clock.now());
+    let counts = match store.usage(tenant.id(), period) {
+        Answer::Ready(r) => r?,
+        Answer::Pending(f) => f.await?,
+    };
+    let limits = plans.get(tenant.plan());
+    Ok(Usage::new(
+        tenant.id().clone(),
+        tenant.plan(),
+        limits,
+        counts,
+        period,
+    ))
+}
 
 /// A tenant's usage, as `GET /api/v1/usage` answers it.
 ///
