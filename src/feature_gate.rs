@@ -3,7 +3,7 @@
 //!
 //! Two kinds of gate:
 //! - [`FeatureGateLayer::scans`]: per scan kind. A request carrying a
-//!   [`ScanKind`](crate::scan_request::ScanKind) (put there by
+//!   [`ScanKind`] (put there by
 //!   [`ValidateScanRequest`](crate::scan_request::ValidateScanRequest)) needs security scanning
 //!   for `security` and `full`; other requests pass.
 //! - [`FeatureGateLayer::require`]: every request of the route needs the feature, e.g.
