@@ -73,12 +73,17 @@
 //! # }
 //! ```
 
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod store;
 mod usage;
 
 pub(crate) use usage::snapshot;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{DEFAULT_RESERVATION_LIFETIME, RedisQuotaStore};
 pub use crate::store::OnStoreError;
 pub use service::{QuotaGuard, QuotaGuardLayer, ResponseFuture};
 pub use store::{

@@ -70,9 +70,14 @@
 //! ```
 
 mod gcra;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod store;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisRateStore;
 pub use crate::store::OnStoreError;
 pub use gcra::RateDecision;
 pub use service::{

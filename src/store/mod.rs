@@ -33,3 +33,7 @@ pub enum OnStoreError {
     /// Answer 500 `INTERNAL_ERROR` (quota enforcement's default: never give away scans).
     Reject,
 }
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;

@@ -1,0 +1,146 @@
+//! [`RedisRateStore`]: the same GCRA as [`MemoryRateStore`](super::MemoryRateStore), run in
+//! Redis so that every instance of a server shares each tenant's budget.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use ::redis::Script;
+
+use super::{gcra::RateDecision, store::RateStore};
+use crate::{
+    clock::SharedClock,
+    error::StoreError,
+    store::{Answer, redis::RedisBackend},
+    tenant::TenantId,
+};
+
+/// One GCRA step in Redis: the same arithmetic as the in-memory store, in microseconds (Lua
+/// numbers are doubles; microseconds since 1970 stay exact). Returns
+/// `{allowed, remaining, retry_after_us, reset_us}`.
+const GCRA: &str = r"
+local limit = tonumber(ARGV[1])
+local now
+if ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local interval = math.ceil(60000000 / limit)
+local tolerance = interval * limit
+local state = redis.call('HMGET', KEYS[1], 'tat', 'limit')
+local tat = tonumber(state[1]) or 0
+local old = tonumber(state[2])
+if old and old ~= limit and tat > now then
+  local level = math.ceil((tat - now) * interval / math.ceil(60000000 / old))
+  if level > tolerance then level = tolerance end
+  tat = now + level
+end
+local new_tat = math.max(tat, now) + interval
+local ahead = new_tat - now
+if ahead > tolerance then
+  return {0, 0, ahead - tolerance, math.max(tat - now, 0)}
+end
+redis.call('HSET', KEYS[1], 'tat', new_tat, 'limit', limit)
+redis.call('PEXPIRE', KEYS[1], math.ceil(ahead / 1000) + 1000)
+return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
+";
+
+/// A rate-limit store in Redis. Each check is one round trip: a Lua script run with
+/// `EVALSHA` (loaded once, reloaded by itself after a `NOSCRIPT`, for example when Redis
+/// restarted).
+///
+/// **Whose clock:** Redis's own (`TIME`), by default. Every instance then measures against
+/// the same clock, so clock skew between application servers cannot hand out extra requests.
+/// Tests can inject a [`Clock`](crate::clock::Clock) with
+/// [`with_clock`](RedisRateStore::with_clock).
+///
+/// Each tenant is one small hash (`tat`, `limit`) that expires once its state has drained,
+/// so idle tenants cost nothing. Requires the `redis` feature and a Tokio runtime.
+#[derive(Clone)]
+pub struct RedisRateStore {
+    backend: RedisBackend,
+    script: Arc<Script>,
+    clock: Option<SharedClock>,
+}
+
+impl RedisRateStore {
+    /// A store on `backend`, on Redis's clock.
+    pub fn new(backend: RedisBackend) -> Self {
+        Self {
+            backend,
+            script: Arc::new(Script::new(GCRA)),
+            clock: None,
+        }
+    }
+
+    /// Uses `clock` instead of Redis's `TIME` (for tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The decision for one request of `key` at `limit` requests a minute.
+    pub async fn check_async(
+        &self,
+        key: &TenantId,
+        limit: u32,
+    ) -> Result<RateDecision, StoreError> {
+        let redis_key = self.backend.key("rl", key.as_str(), &[]);
+        let now = self
+            .clock
+            .as_ref()
+            .map(|c| c.now().as_micros().to_string())
+            .unwrap_or_default();
+        let mut conn = self.backend.connection();
+        let mut invocation = self.script.key(redis_key);
+        invocation.arg(limit.max(1)).arg(now);
+        let reply: Vec<i64> = self
+            .backend
+            .bounded(invocation.invoke_async(&mut conn))
+            .await?;
+        let [allowed, remaining, retry_us, reset_us] = reply[..] else {
+            return Err(StoreError::new(UnexpectedReply));
+        };
+        let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Ok(RateDecision {
+            allowed: allowed == 1,
+            limit,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            retry_after: micros(retry_us),
+            reset: micros(reset_us),
+        })
+    }
+}
+
+impl RateStore for RedisRateStore {
+    type Future = Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send>>;
+
+    fn check(&self, key: &TenantId, limit: u32) -> Answer<RateDecision, Self::Future> {
+        let store = self.clone();
+        let key = key.clone();
+        Answer::Pending(Box::pin(
+            async move { store.check_async(&key, limit).await },
+        ))
+    }
+}
+
+impl fmt::Debug for RedisRateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateStore")
+            .field("backend", &self.backend)
+            .field("clock", &self.clock.as_ref().map(|_| "injected"))
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct UnexpectedReply;
+
+impl fmt::Display for UnexpectedReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("unexpected reply from the rate-limit script")
+    }
+}
+
+impl std::error::Error for UnexpectedReply {}

@@ -1,0 +1,330 @@
+//! One suite, run against every store: the in-memory stores and (with the `redis` feature)
+//! the Redis stores, so the backends agree on every number.
+
+mod common;
+#[cfg(feature = "redis")]
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::send;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_nat::{
+    clock::{FakeClock, UtcDate},
+    quota::{MemoryQuotaStore, QuotaGuardLayer, QuotaStore},
+    rate_limit::{MemoryRateStore, PlanRateLimitLayer, RateStore},
+    scan_request::ValidateScanRequestLayer,
+    tenant::{Plan, Plans, Tenant},
+};
+
+/// The stores under test, on a shared fake clock.
+struct Stores<R, Q> {
+    rate: R,
+    quota: Q,
+    clock: FakeClock,
+    #[allow(dead_code)]
+    guard: Option<Box<dyn std::any::Any + Send>>,
+}
+
+fn clock() -> FakeClock {
+    FakeClock::at_date(UtcDate::new(2025, 6, 10).unwrap())
+}
+
+async fn memory() -> Option<Stores<MemoryRateStore, MemoryQuotaStore>> {
+    let clock = clock();
+    Some(Stores {
+        rate: MemoryRateStore::with_clock(Arc::new(clock.clone())),
+        quota: MemoryQuotaStore::new(),
+        clock,
+        guard: None,
+    })
+}
+
+#[cfg(feature = "redis")]
+async fn redis()
+-> Option<Stores<tower_nat::rate_limit::RedisRateStore, tower_nat::quota::RedisQuotaStore>> {
+    use tower_nat::{
+        quota::RedisQuotaStore, rate_limit::RedisRateStore, store::redis::RedisBackend,
+    };
+    let server = redis_server::RedisServer::start()?;
+    let clock = clock();
+    let backend = RedisBackend::open_with_timeout(&server.url(), Duration::from_secs(2))
+        .unwrap()
+        .prefix("suite:");
+    Some(Stores {
+        rate: RedisRateStore::new(backend.clone()).with_clock(Arc::new(clock.clone())),
+        quota: RedisQuotaStore::new(backend).with_clock(Arc::new(clock.clone())),
+        clock,
+        guard: Some(Box::new(server)),
+    })
+}
+
+fn tenant(id: &str, plan: Plan) -> Tenant {
+    Tenant::new(id, plan, "key")
+}
+
+fn ok() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        let mut r = Response::new(Full::default());
+        *r.status_mut() = match req.headers().get("x-status") {
+            Some(s) => StatusCode::from_bytes(s.as_bytes()).unwrap(),
+            None => StatusCode::ACCEPTED,
+        };
+        Ok::<_, Infallible>(r)
+    })
+}
+
+fn plain(t: &Tenant) -> Request<Full<Bytes>> {
+    let mut req = Request::get("/api/v1/scans").body(Full::default()).unwrap();
+    req.extensions_mut().insert(t.clone());
+    req
+}
+
+fn scan(t: &Tenant, mode: &str, status: Option<&str>) -> Request<Full<Bytes>> {
+    let mut b = Request::post("/api/v1/scan");
+    if let Some(s) = status {
+        b = b.header("x-status", s);
+    }
+    let mut req = b
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"url":"https://e.example","mode":"{mode}"}}"#
+        ))))
+        .unwrap();
+    req.extensions_mut().insert(t.clone());
+    req
+}
+
+fn remaining(h: &http::HeaderMap) -> u64 {
+    h["x-ratelimit-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn burst_remaining_and_retry_after<R: RateStore, Q>(s: Stores<R, Q>) {
+    let svc = ServiceBuilder::new()
+        .layer(PlanRateLimitLayer::with_store(
+            s.rate.clone(),
+            Plans::default(),
+        ))
+        .service(ok());
+    let free = tenant("t-free", Plan::Free);
+    for i in 0..30u64 {
+        let got = send(&svc, plain(&free)).await;
+        assert_eq!(got.0, 202);
+        assert_eq!(remaining(&got.1), 29 - i);
+    }
+    let got = send(&svc, plain(&free)).await;
+    assert_eq!(got.0, 429);
+    assert_eq!(got.1["retry-after"], "2");
+    s.clock.advance(Duration::from_millis(1_500));
+    let got = send(&svc, plain(&free)).await;
+    assert_eq!(
+        (got.0.as_u16(), got.1["retry-after"].to_str().unwrap()),
+        (429, "1")
+    );
+    s.clock.advance(Duration::from_secs(1));
+    let got = send(&svc, plain(&free)).await;
+    assert_eq!((got.0.as_u16(), remaining(&got.1)), (202, 0));
+    // Half a minute later, 15 intervals have drained.
+    s.clock.advance(Duration::from_secs(30));
+    let got = send(&svc, plain(&free)).await;
+    assert_eq!(remaining(&got.1), 14);
+    for _ in 0..14 {
+        assert_eq!(send(&svc, plain(&free)).await.0, 202);
+    }
+    assert_eq!(send(&svc, plain(&free)).await.0, 429);
+}
+
+async fn upgrades_and_independent_tenants<R: RateStore, Q>(s: Stores<R, Q>) {
+    let svc = ServiceBuilder::new()
+        .layer(PlanRateLimitLayer::with_store(
+            s.rate.clone(),
+            Plans::default(),
+        ))
+        .service(ok());
+    for _ in 0..30 {
+        send(&svc, plain(&tenant("a", Plan::Free))).await;
+    }
+    assert_eq!(send(&svc, plain(&tenant("a", Plan::Free))).await.0, 429);
+    let other = send(&svc, plain(&tenant("b", Plan::Free))).await;
+    assert_eq!(remaining(&other.1), 29);
+    let up = send(&svc, plain(&tenant("a", Plan::Pro))).await;
+    assert_eq!((up.0.as_u16(), remaining(&up.1)), (202, 89));
+}
+
+async fn exact_quota_reset_date_and_release<R, Q: QuotaStore>(s: Stores<R, Q>) {
+    let plans = Plans::from_json(
+        r#"{"pro": {"functional_scans_per_month": 3, "security_scans_per_month": 1}}"#,
+    )
+    .unwrap();
+    let quota =
+        QuotaGuardLayer::with_store(s.quota.clone(), plans).clock(Arc::new(s.clock.clone()));
+    let svc = ServiceBuilder::new()
+        .layer(ValidateScanRequestLayer::new())
+        .layer(quota.clone())
+        .service(ok());
+    let pro = tenant("q-pro", Plan::Pro);
+    assert_eq!(
+        send(&svc, scan(&pro, "functional", Some("500"))).await.0,
+        500
+    );
+    assert_eq!(send(&svc, scan(&pro, "full", None)).await.0, 202);
+    assert_eq!(send(&svc, scan(&pro, "full", None)).await.0, 402);
+    assert_eq!(send(&svc, scan(&pro, "security", None)).await.0, 402);
+    assert_eq!(send(&svc, scan(&pro, "functional", None)).await.0, 202);
+    assert_eq!(
+        send(&svc, scan(&pro, "functional", Some("404"))).await.0,
+        404
+    );
+    assert_eq!(send(&svc, scan(&pro, "functional", None)).await.0, 202);
+    let got = send(&svc, scan(&pro, "functional", None)).await;
+    assert_eq!(
+        std::str::from_utf8(&got.2).unwrap(),
+        r#"{"error":"QUOTA_EXCEEDED","message":"Monthly scan quota exhausted. Quota resets on 2025-07-01.","quota_reset_date":"2025-07-01T00:00:00Z"}"#
+    );
+    // Commits may settle in the background: the usage read waits for them by polling a
+    // bounded number of times.
+    let mut usage = quota.usage(&pro).await.unwrap();
+    for _ in 0..100 {
+        if (usage.scans_used, usage.security_scan_count) == (3, 1) {
+            break;
+        }
+        tokio::task::yield_now().await;
+        usage = quota.usage(&pro).await.unwrap();
+    }
+    assert_eq!((usage.scans_used, usage.security_scan_count), (3, 1));
+    // A new month starts from zero.
+    s.clock.set(Duration::from_secs(
+        UtcDate::new(2025, 7, 1).unwrap().unix_seconds(),
+    ));
+    assert_eq!(send(&svc, scan(&pro, "functional", None)).await.0, 202);
+}
+
+async fn concurrent_creations_never_overdraw<R, Q: QuotaStore>(s: Stores<R, Q>) {
+    let quota = QuotaGuardLayer::with_store(s.quota.clone(), Plans::default())
+        .clock(Arc::new(s.clock.clone()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let event = Arc::new(tokio::sync::Notify::new());
+    let (g, i, e) = (gate.clone(), inside.clone(), event.clone());
+    let svc = ServiceBuilder::new()
+        .layer(ValidateScanRequestLayer::new())
+        .layer(quota.clone())
+        .service_fn(move |_req: Request<Full<Bytes>>| {
+            let (g, i, e) = (g.clone(), i.clone(), e.clone());
+            async move {
+                i.fetch_add(1, Ordering::SeqCst);
+                e.notify_one();
+                // Held in flight until every request has been decided.
+                g.acquire().await.unwrap().forget();
+                let mut r = Response::new(Full::<Bytes>::default());
+                *r.status_mut() = StatusCode::ACCEPTED;
+                Ok::<_, Infallible>(r)
+            }
+        });
+    let free = tenant("c-free", Plan::Free);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (svc, free) = (svc.clone(), free.clone());
+            let (refused, event) = (refused.clone(), event.clone());
+            tokio::spawn(async move {
+                let status = svc
+                    .oneshot(scan(&free, "functional", None))
+                    .await
+                    .unwrap()
+                    .status();
+                if status == StatusCode::PAYMENT_REQUIRED {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    event.notify_one();
+                }
+                status
+            })
+        })
+        .collect();
+    while inside.load(Ordering::SeqCst) + refused.load(Ordering::SeqCst) < 64 {
+        event.notified().await;
+    }
+    assert_eq!(
+        (
+            inside.load(Ordering::SeqCst),
+            refused.load(Ordering::SeqCst)
+        ),
+        (50, 14)
+    );
+    gate.add_permits(64);
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap() == StatusCode::ACCEPTED {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 50);
+    let mut used = 0;
+    for _ in 0..1000 {
+        used = quota.usage(&free).await.unwrap().scans_used;
+        if used == 50 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(used, 50);
+}
+
+macro_rules! store_suite {
+    ($backend:ident) => {
+        mod $backend {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn burst_remaining_and_retry_after() {
+                if let Some(s) = super::$backend().await {
+                    super::burst_remaining_and_retry_after(s).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn upgrades_and_independent_tenants() {
+                if let Some(s) = super::$backend().await {
+                    super::upgrades_and_independent_tenants(s).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exact_quota_reset_date_and_release() {
+                if let Some(s) = super::$backend().await {
+                    super::exact_quota_reset_date_and_release(s).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_creations_never_overdraw() {
+                if let Some(s) = super::$backend().await {
+                    super::concurrent_creations_never_overdraw(s).await;
+                }
+            }
+        }
+    };
+}
+
+store_suite!(memory);
+#[cfg(feature = "redis")]
+store_suite!(redis);
