@@ -386,6 +386,7 @@ struct Broken;
 impl QuotaStore for Broken {
     type ReserveFuture = std::future::Pending<Result<Reserved, StoreError>>;
     type UsageFuture = std::future::Pending<Result<UsageCounts, StoreError>>;
+    type SettleFuture = std::future::Pending<Result<(), StoreError>>;
     fn reserve(
         &self,
         _: &TenantId,
@@ -395,8 +396,10 @@ impl QuotaStore for Broken {
     ) -> Answer<Reserved, Self::ReserveFuture> {
         Answer::Ready(Err(StoreError::new("redis: connection refused")))
     }
-    fn commit(&self, _: &Reservation) {}
-    fn release(&self, _: &Reservation) {}
+    fn settle(&self, _: &Reservation, _: bool) -> Answer<(), Self::SettleFuture> {
+        Answer::Ready(Err(StoreError::new("redis: connection refused")))
+    }
+    fn settle_detached(&self, _: &Reservation, _: bool) {}
     fn usage(&self, _: &TenantId, _: Period) -> Answer<UsageCounts, Self::UsageFuture> {
         Answer::Ready(Err(StoreError::new("redis: connection refused")))
     }
@@ -411,6 +414,7 @@ type BoxFut<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 impl QuotaStore for Later {
     type ReserveFuture = BoxFut<Reserved>;
     type UsageFuture = BoxFut<UsageCounts>;
+    type SettleFuture = BoxFut<()>;
     fn reserve(
         &self,
         t: &TenantId,
@@ -424,11 +428,16 @@ impl QuotaStore for Later {
             Ok(store.reserve_now(&t, k, l, p))
         }))
     }
-    fn commit(&self, r: &Reservation) {
-        self.0.commit(r);
+    fn settle(&self, r: &Reservation, charge: bool) -> Answer<(), Self::SettleFuture> {
+        let (store, r) = (self.0.clone(), r.clone());
+        Answer::Pending(Box::pin(async move {
+            tokio::task::yield_now().await;
+            store.settle_now(&r, charge);
+            Ok(())
+        }))
     }
-    fn release(&self, r: &Reservation) {
-        self.0.release(r);
+    fn settle_detached(&self, r: &Reservation, charge: bool) {
+        self.0.settle_now(r, charge);
     }
     fn usage(&self, t: &TenantId, p: Period) -> Answer<UsageCounts, Self::UsageFuture> {
         let (store, t) = (self.0.clone(), t.clone());

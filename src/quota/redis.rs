@@ -77,8 +77,9 @@ pub const DEFAULT_RESERVATION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Per tenant and period it keeps a hash of used scans and two sorted sets of reservations
 /// in flight, scored by when they lapse, so a reservation held by an instance that died is
 /// dropped after [`reservation_lifetime`](RedisQuotaStore::reservation_lifetime). Every key
-/// expires 40 days after its period ends. `commit` and `release` run in the background (they
-/// also run when a request future is dropped); failures are reported through `tracing`.
+/// expires 40 days after its period ends. Settling is idempotent (a reservation is charged at
+/// most once); when a request future is dropped it runs in the background, and failures are
+/// reported through `tracing`.
 /// Requires the `redis` feature and a Tokio runtime.
 #[derive(Clone)]
 pub struct RedisQuotaStore {
@@ -257,6 +258,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 impl QuotaStore for RedisQuotaStore {
     type ReserveFuture = BoxFuture<Reserved>;
     type UsageFuture = BoxFuture<UsageCounts>;
+    type SettleFuture = BoxFuture<()>;
 
     fn reserve(
         &self,
@@ -277,12 +279,15 @@ impl QuotaStore for RedisQuotaStore {
         }))
     }
 
-    fn commit(&self, reservation: &Reservation) {
-        self.settle_in_background(reservation, true);
+    fn settle(&self, reservation: &Reservation, charge: bool) -> Answer<(), Self::SettleFuture> {
+        let (store, reservation) = (self.clone(), reservation.clone());
+        Answer::Pending(Box::pin(async move {
+            store.settle_async(&reservation, charge).await
+        }))
     }
 
-    fn release(&self, reservation: &Reservation) {
-        self.settle_in_background(reservation, false);
+    fn settle_detached(&self, reservation: &Reservation, charge: bool) {
+        self.settle_in_background(reservation, charge);
     }
 
     fn usage(&self, tenant: &TenantId, period: Period) -> Answer<UsageCounts, Self::UsageFuture> {

@@ -163,28 +163,30 @@ impl<S: fmt::Debug, Q: fmt::Debug> fmt::Debug for QuotaGuard<S, Q> {
     }
 }
 
-/// A reservation that is released unless it is committed: dropping it (an error, a panic, a
-/// cancelled request) gives the scans back.
+/// A reservation and what becomes of it if the request future is dropped: released while
+/// the handler runs (an error, a panic, a client gone), settled as decided once the handler
+/// answered. Disarmed when the settlement is done.
 struct Held<Q: QuotaStore> {
     store: Q,
     reservation: Option<Reservation>,
+    charge_on_drop: bool,
 }
 
 impl<Q: QuotaStore> Held<Q> {
-    fn settle(&mut self, charge: bool) {
-        if let Some(r) = self.reservation.take() {
-            if charge {
-                self.store.commit(&r);
-            } else {
-                self.store.release(&r);
-            }
+    fn new(store: Q, reservation: Reservation) -> Self {
+        Self {
+            store,
+            reservation: Some(reservation),
+            charge_on_drop: false,
         }
     }
 }
 
 impl<Q: QuotaStore> Drop for Held<Q> {
     fn drop(&mut self) {
-        self.settle(false);
+        if let Some(r) = self.reservation.take() {
+            self.store.settle_detached(&r, self.charge_on_drop);
+        }
     }
 }
 
@@ -320,6 +322,12 @@ pin_project! {
             future: S::Future,
             held: Option<Held<Q>>,
         },
+        Settle {
+            #[pin]
+            settle: Q::SettleFuture,
+            held: Option<Held<Q>>,
+            result: Option<Result<S::Response, S::Error>>,
+        },
         Reject { error: Option<NatError> },
     }
 }
@@ -333,10 +341,7 @@ where
         Self {
             state: State::Inner {
                 future,
-                held: reservation.map(|r| Held {
-                    store: store.clone(),
-                    reservation: Some(r),
-                }),
+                held: reservation.map(|r| Held::new(store.clone(), r)),
             },
         }
     }
@@ -371,10 +376,7 @@ where
                     match verdict(&config, &tenant, period, answer) {
                         Verdict::Pass(reservation) => State::Inner {
                             // Held before the call, so a panic in `call` releases it too.
-                            held: reservation.map(|r| Held {
-                                store,
-                                reservation: Some(r),
-                            }),
+                            held: reservation.map(|r| Held::new(store, r)),
                             future: inner.call(req),
                         },
                         Verdict::Reject(error) => State::Reject { error: Some(error) },
@@ -382,10 +384,41 @@ where
                 }
                 StateProj::Inner { future, held } => {
                     let result = ready!(future.poll(cx));
-                    if let Some(mut held) = held.take() {
-                        let charge = matches!(&result, Ok(r) if r.status().is_success());
-                        held.settle(charge);
+                    let Some(mut held) = held.take() else {
+                        return Poll::Ready(result.map(wrap));
+                    };
+                    let charge = matches!(&result, Ok(r) if r.status().is_success());
+                    held.charge_on_drop = charge;
+                    let Some(reservation) = held.reservation.as_ref() else {
+                        return Poll::Ready(result.map(wrap));
+                    };
+                    match held.store.settle(reservation, charge) {
+                        Answer::Ready(settled) => {
+                            let tenant = reservation_tenant(&held);
+                            held.reservation = None;
+                            report_settle(settled, tenant);
+                            return Poll::Ready(result.map(wrap));
+                        }
+                        Answer::Pending(settle) => State::Settle {
+                            settle,
+                            held: Some(held),
+                            result: Some(result),
+                        },
                     }
+                }
+                StateProj::Settle {
+                    settle,
+                    held,
+                    result,
+                } => {
+                    let settled = ready!(settle.poll(cx));
+                    if let Some(mut held) = held.take() {
+                        // Done (or failed and left to lapse): nothing more on drop.
+                        let tenant = reservation_tenant(&held);
+                        held.reservation = None;
+                        report_settle(settled, tenant);
+                    }
+                    let result = result.take().expect("polled after completion");
                     return Poll::Ready(result.map(wrap));
                 }
                 StateProj::Reject { error } => {
@@ -398,6 +431,21 @@ where
     }
 }
 
+fn reservation_tenant<Q: QuotaStore>(held: &Held<Q>) -> Option<TenantId> {
+    held.reservation.as_ref().map(|r| r.tenant().clone())
+}
+
+fn report_settle(settled: Result<(), StoreError>, tenant: Option<TenantId>) {
+    if let Err(error) = settled {
+        tracing::error!(
+            target: "tower_nat",
+            tenant = tenant.as_ref().map(TenantId::as_str),
+            error = %error,
+            "quota store could not settle a reservation; it lapses by itself"
+        );
+    }
+}
+
 impl<S, Q, ReqB> fmt::Debug for ResponseFuture<S, Q, ReqB>
 where
     S: Service<Request<ReqB>>,
@@ -407,6 +455,7 @@ where
         let state = match self.state {
             State::Reserve { .. } => "Reserve",
             State::Inner { .. } => "Inner",
+            State::Settle { .. } => "Settle",
             State::Reject { .. } => "Reject",
         };
         f.debug_struct("ResponseFuture")

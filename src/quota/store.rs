@@ -110,14 +110,19 @@ pub enum Reserved {
 /// Where scan usage lives.
 ///
 /// Contract: `reserve` is atomic (concurrent reservations never exceed a quota: used plus
-/// reserved stays within it) and all-or-nothing for `full`; `commit` turns a reservation into
-/// usage; `release` drops it. `commit` and `release` return at once (a remote store finishes
-/// them in the background) because they also run when a request future is dropped.
+/// reserved stays within it) and all-or-nothing for `full`; `settle` with `charge` turns a
+/// reservation into usage, without it drops the reservation. [`QuotaGuard`](super::QuotaGuard)
+/// awaits `settle` before it answers, so the next request sees the result;
+/// `settle_detached` does the same without waiting, for a request future that is dropped
+/// (it must not block; a remote store finishes it in the background). A store whose
+/// `settle` answers later must make settling the same reservation twice harmless.
 pub trait QuotaStore: Clone + Send + Sync + 'static {
     /// The future of a reservation that cannot answer at once.
     type ReserveFuture: Future<Output = Result<Reserved, StoreError>> + Send;
     /// The future of a usage read that cannot answer at once.
     type UsageFuture: Future<Output = Result<UsageCounts, StoreError>> + Send;
+    /// The future of a settlement that cannot answer at once.
+    type SettleFuture: Future<Output = Result<(), StoreError>> + Send;
 
     /// The quota period of `tenant` at `now`. The default is the calendar month in UTC.
     fn period(&self, tenant: &TenantId, now: Duration) -> Period {
@@ -134,11 +139,11 @@ pub trait QuotaStore: Clone + Send + Sync + 'static {
         period: Period,
     ) -> Answer<Reserved, Self::ReserveFuture>;
 
-    /// Charges a reservation.
-    fn commit(&self, reservation: &Reservation);
+    /// Charges a reservation (`charge`) or drops it without charging.
+    fn settle(&self, reservation: &Reservation, charge: bool) -> Answer<(), Self::SettleFuture>;
 
-    /// Drops a reservation without charging it.
-    fn release(&self, reservation: &Reservation);
+    /// Like [`settle`](Self::settle), without waiting for the answer.
+    fn settle_detached(&self, reservation: &Reservation, charge: bool);
 
     /// The scans `tenant` was charged in `period`.
     fn usage(&self, tenant: &TenantId, period: Period) -> Answer<UsageCounts, Self::UsageFuture>;
@@ -235,7 +240,8 @@ impl MemoryQuotaStore {
         Reserved::Granted(Reservation::new(tenant.clone(), kind, period, 0))
     }
 
-    fn settle(&self, reservation: &Reservation, charge: bool) {
+    /// Charges (`charge`) or drops a reservation, synchronously.
+    pub fn settle_now(&self, reservation: &Reservation, charge: bool) {
         let Some(record) = self.tenants.get(reservation.tenant.as_str()) else {
             return;
         };
@@ -279,6 +285,7 @@ fn lock(m: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
 impl QuotaStore for MemoryQuotaStore {
     type ReserveFuture = std::future::Pending<Result<Reserved, StoreError>>;
     type UsageFuture = std::future::Pending<Result<UsageCounts, StoreError>>;
+    type SettleFuture = std::future::Pending<Result<(), StoreError>>;
 
     fn reserve(
         &self,
@@ -290,12 +297,13 @@ impl QuotaStore for MemoryQuotaStore {
         Answer::Ready(Ok(self.reserve_now(tenant, kind, limits, period)))
     }
 
-    fn commit(&self, reservation: &Reservation) {
-        self.settle(reservation, true);
+    fn settle(&self, reservation: &Reservation, charge: bool) -> Answer<(), Self::SettleFuture> {
+        self.settle_now(reservation, charge);
+        Answer::Ready(Ok(()))
     }
 
-    fn release(&self, reservation: &Reservation) {
-        self.settle(reservation, false);
+    fn settle_detached(&self, reservation: &Reservation, charge: bool) {
+        self.settle_now(reservation, charge);
     }
 
     fn usage(&self, tenant: &TenantId, period: Period) -> Answer<UsageCounts, Self::UsageFuture> {
