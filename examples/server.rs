@@ -14,6 +14,8 @@
 //! - `STRIPE_SECRET_KEY` and `STRIPE_WEBHOOK_SECRET`: both set, billing routes answer (as a
 //!   demo); otherwise they answer 503 `STRIPE_NOT_CONFIGURED`.
 //! - `NAT_SCAN_SECONDS`: how long a demo scan runs (default 3).
+//! - `NAT_REDIS_URL`: keep rate limits and quotas in Redis (`redis://127.0.0.1:6379/`), shared
+//!   by every instance; needs `--features redis`.
 //!
 //! On start it prints the address and one key per plan (`free key: nat_pk_...`). They are
 //! demo keys, printed so you can use them; a real server never prints or logs keys.
@@ -21,7 +23,9 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -36,10 +40,12 @@ use axum::{
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tower_nat::{
-    NatError, NatLayer, Tenant,
+    NatError, NatLayer, StoreError, Tenant,
     auth::{ApiKey, MemoryKeyStore},
     billing::BillingConfiguredLayer,
     clock::{SharedClock, SystemClock, UtcDate},
+    quota::{QuotaStore, Usage},
+    rate_limit::RateStore,
     tenant::{Plan, Plans},
 };
 
@@ -53,9 +59,13 @@ struct Scan {
     created: Duration,
 }
 
+type UsageFn = Arc<
+    dyn Fn(Tenant) -> Pin<Box<dyn Future<Output = Result<Usage, StoreError>> + Send>> + Send + Sync,
+>;
+
 #[derive(Clone)]
 struct AppState {
-    nat: NatLayer,
+    usage: UsageFn,
     scans: Arc<Mutex<HashMap<String, Scan>>>,
     clock: SharedClock,
     scan_duration: Duration,
@@ -74,6 +84,8 @@ pub struct Demo {
     pub scan_duration: Duration,
     /// The billing check.
     pub billing: BillingConfiguredLayer,
+    /// Redis for rate limits and quotas, if any.
+    pub redis_url: Option<String>,
 }
 
 impl std::fmt::Debug for Demo {
@@ -118,6 +130,7 @@ impl Demo {
             clock,
             scan_duration,
             billing,
+            redis_url: None,
         }
     }
 
@@ -147,19 +160,62 @@ impl Demo {
                 .map_err(|_| "NAT_SCAN_SECONDS must be a whole number".to_owned())?,
             Err(_) => 3,
         };
-        Ok(Self::new(
+        let mut demo = Self::new(
             plans,
             Arc::new(SystemClock),
             BillingConfiguredLayer::from_env(),
             fixed,
             Duration::from_secs(seconds),
-        ))
+        );
+        demo.redis_url = std::env::var("NAT_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        Ok(demo)
     }
 
-    /// The demo app with every layer in front of it.
-    pub fn router(&self) -> Router {
+    /// The demo app with every layer in front of it, on Redis stores when `redis_url` is set.
+    pub fn router(&self) -> Result<Router, String> {
+        match &self.redis_url {
+            None => Ok(self.router_with(self.nat.clone())),
+            Some(url) => self.redis_router(url),
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    fn redis_router(&self, url: &str) -> Result<Router, String> {
+        use tower_nat::{
+            quota::RedisQuotaStore, rate_limit::RedisRateStore, store::redis::RedisBackend,
+        };
+        let backend = RedisBackend::open(url).map_err(|e| format!("NAT_REDIS_URL: {e}"))?;
+        let nat = self
+            .nat
+            .clone()
+            .with_rate_store(RedisRateStore::new(backend.clone()))
+            .with_quota_store(RedisQuotaStore::new(backend));
+        Ok(self.router_with(nat))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn redis_router(&self, _url: &str) -> Result<Router, String> {
+        Err(
+            "NAT_REDIS_URL is set, but the example was built without the redis feature: \
+             run it with --features redis"
+                .to_owned(),
+        )
+    }
+
+    fn router_with<R, Q>(&self, nat: NatLayer<MemoryKeyStore, R, Q>) -> Router
+    where
+        R: RateStore,
+        Q: QuotaStore,
+    {
+        let for_usage = nat.clone();
+        let usage_of: UsageFn = Arc::new(move |tenant: Tenant| {
+            let nat = for_usage.clone();
+            Box::pin(async move { nat.usage(&tenant).await })
+        });
         let state = AppState {
-            nat: self.nat.clone(),
+            usage: usage_of,
             scans: Arc::default(),
             clock: self.clock.clone(),
             scan_duration: self.scan_duration,
@@ -176,7 +232,7 @@ impl Demo {
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
             .with_state(state)
-            .layer(self.nat.clone())
+            .layer(nat)
     }
 }
 
@@ -194,7 +250,7 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn usage(State(state): State<AppState>, Extension(tenant): Extension<Tenant>) -> Response {
-    match state.nat.usage(&tenant).await {
+    match (state.usage)(tenant).await {
         Ok(usage) => Json(usage).into_response(),
         Err(_) => nat_error(NatError::Internal),
     }
@@ -368,12 +424,22 @@ async fn main() {
             "not configured (503 on /api/v1/billing/*)"
         }
     );
+    if demo.redis_url.is_some() {
+        println!("stores: Redis (NAT_REDIS_URL)");
+    }
     println!("press Ctrl-C to stop");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         println!("shutting down");
     };
-    if let Err(e) = serve(listener, demo.router(), shutdown).await {
+    let router = match demo.router() {
+        Ok(router) => router,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = serve(listener, router, shutdown).await {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -108,7 +108,7 @@ async fn demo(billing: BillingConfiguredLayer) -> Running {
         [Some(fixed_free), None, None, None],
         Duration::from_secs(3),
     );
-    let (addr, stop) = start(demo.router()).await;
+    let (addr, stop) = start(demo.router().unwrap()).await;
     Running {
         addr,
         client: Client::builder(TokioExecutor::new()).build_http(),
