@@ -14,34 +14,38 @@ use crate::{
 };
 
 /// One GCRA step in Redis: the same arithmetic as the in-memory store, in microseconds (Lua
-/// numbers are doubles; microseconds since 1970 stay exact). Returns
-/// `{allowed, remaining, retry_after_us, reset_us}`.
+/// numbers are doubles; microseconds since 1970 stay exact, and `%d` writes them exactly).
+/// State is one string `"tat:limit"` with an expiry. ARGV: limit, interval_us, now_us (''
+/// for Redis `TIME`). Returns `{allowed, remaining, retry_after_us, reset_us}`.
 const GCRA: &str = r"
 local limit = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
 local now
-if ARGV[2] ~= '' then
-  now = tonumber(ARGV[2])
+if ARGV[3] ~= '' then
+  now = tonumber(ARGV[3])
 else
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = t[1] * 1000000 + t[2]
 end
-local interval = math.ceil(60000000 / limit)
 local tolerance = interval * limit
-local state = redis.call('HMGET', KEYS[1], 'tat', 'limit')
-local tat = tonumber(state[1]) or 0
-local old = tonumber(state[2])
-if old and old ~= limit and tat > now then
-  local level = math.ceil((tat - now) * interval / math.ceil(60000000 / old))
-  if level > tolerance then level = tolerance end
-  tat = now + level
+local tat = 0
+local state = redis.call('GET', KEYS[1])
+if state then
+  local sep = string.find(state, ':', 1, true)
+  tat = tonumber(string.sub(state, 1, sep - 1))
+  local old = tonumber(string.sub(state, sep + 1))
+  if old ~= limit and tat > now then
+    local level = math.ceil((tat - now) * interval / math.ceil(60000000 / old))
+    if level > tolerance then level = tolerance end
+    tat = now + level
+  end
 end
 local new_tat = math.max(tat, now) + interval
 local ahead = new_tat - now
 if ahead > tolerance then
   return {0, 0, ahead - tolerance, math.max(tat - now, 0)}
 end
-redis.call('HSET', KEYS[1], 'tat', new_tat, 'limit', limit)
-redis.call('PEXPIRE', KEYS[1], math.ceil(ahead / 1000) + 1000)
+redis.call('SET', KEYS[1], string.format('%d:%d', new_tat, limit), 'PX', math.ceil(ahead / 1000) + 1000)
 return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
 ";
 
@@ -54,7 +58,7 @@ return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
 /// Tests can inject a [`Clock`](crate::clock::Clock) with
 /// [`with_clock`](RedisRateStore::with_clock).
 ///
-/// Each tenant is one small hash (`tat`, `limit`) that expires once its state has drained,
+/// Each tenant is one small string (`"tat:limit"`) that expires once its state has drained,
 /// so idle tenants cost nothing. Requires the `redis` feature and a Tokio runtime.
 #[derive(Clone)]
 pub struct RedisRateStore {
@@ -94,7 +98,11 @@ impl RedisRateStore {
             .unwrap_or_default();
         let mut conn = self.backend.connection();
         let mut invocation = self.script.key(redis_key);
-        invocation.arg(limit.max(1)).arg(now);
+        let limit_arg = limit.max(1);
+        invocation
+            .arg(limit_arg)
+            .arg(60_000_000_u64.div_ceil(u64::from(limit_arg)))
+            .arg(now);
         let reply: Vec<i64> = self
             .backend
             .bounded(invocation.invoke_async(&mut conn))
