@@ -1,36 +1,53 @@
-//! Criterion benches of the layers, one group per question. `cargo bench` runs them all.
+//! Criterion benches of every layer, the whole stack, and tower_governor on the same request
+//! stream, in one run. `cargo bench --bench layers`; BENCHMARKS.md has the figures.
+//!
+//! Requests are built outside the timed routine (criterion's `iter_batched`); every service
+//! answers at once, so futures are polled once without a runtime. The inner service is the
+//! same everywhere: a handler that answers with a body and a content type.
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
 
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
-use std::{sync::Arc, time::Duration};
-
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Layer, Service};
 use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder};
 use tower_nat::{
+    NatLayer,
     auth::{ApiKeyAuthLayer, MemoryKeyStore},
     billing::BillingConfiguredLayer,
     clock::FakeClock,
+    feature_gate::FeatureGateLayer,
     internal_error::InternalErrorGuardLayer,
+    quota::QuotaGuardLayer,
     rate_limit::{MemoryRateStore, PlanRateLimitLayer, RateKeyResolver, RateTarget},
+    scan_request::ValidateScanRequestLayer,
     tenant::{Plan, PlanLimits, Plans, Tenant, TenantId},
 };
 
-type Ready = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+type Body = axum::body::Body;
+type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
 
-fn ok_service() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = Ready,
-> + Clone {
+/// The inner service of every bench (tower_governor needs an axum body).
+fn handler()
+-> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible, Future = Ready>
++ Clone
++ Send
++ 'static {
     tower::service_fn(|_req: Request<Full<Bytes>>| {
-        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
+        let mut response = Response::new(Body::empty());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        std::future::ready(Ok(response))
     })
 }
 
@@ -44,59 +61,65 @@ fn now<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
-fn foundation(c: &mut Criterion) {
-    let store = MemoryKeyStore::new();
-    let keys: Vec<String> = (0..1_000)
-        .map(|i| {
-            let id = format!("tenant-{i}");
-            store.insert_tenant(id.as_str(), Plan::Pro);
-            store.issue_key(&id, None).unwrap().expose().to_owned()
-        })
-        .collect();
-    let mut group = c.benchmark_group("foundation");
-    let mut bare = ok_service();
-    let mut auth = ServiceBuilder::new()
-        .layer(ApiKeyAuthLayer::new(store.clone()))
-        .service(ok_service());
-    let mut guarded = ServiceBuilder::new()
-        .layer(InternalErrorGuardLayer::new())
-        .layer(BillingConfiguredLayer::new(false))
-        .layer(ApiKeyAuthLayer::new(store))
-        .service(ok_service());
-    let mut i = 0usize;
-    let mut request = move || {
-        i = (i + 1) % keys.len();
-        Request::get("/api/v1/usage")
-            .header("x-api-key", &keys[i])
-            .body(Full::default())
-            .unwrap()
-    };
-    group.bench_function("bare service_fn", |b| {
-        b.iter_batched(
-            &mut request,
-            |req| now(bare.call(req)),
-            BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("ApiKeyAuth", |b| {
-        b.iter_batched(
-            &mut request,
-            |req| now(auth.call(req)),
-            BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("guard + billing + ApiKeyAuth", |b| {
-        b.iter_batched(
-            &mut request,
-            |req| now(guarded.call(req)),
-            BatchSize::SmallInput,
-        )
-    });
-    group.finish();
+/// `n` tenants on a 4,000-requests-a-minute plan, each with a key, and one request per
+/// tenant; a fake clock advanced 15 µs per request outside the timed routine, so that with
+/// 1,000 tenants in turn each sees exactly its limit and every request is admitted.
+struct Fixture {
+    keys: MemoryKeyStore,
+    plans: Arc<Plans>,
+    clock: FakeClock,
+    requests: Arc<Vec<Request<Full<Bytes>>>>,
 }
 
-/// A tower_governor key extractor that keys by the `X-API-Key` header, as a server without
-/// tenant-aware middleware would.
+fn fixture(tenants: usize) -> Fixture {
+    let keys = MemoryKeyStore::new();
+    let mut limits = PlanLimits::default_for(Plan::Enterprise);
+    limits.requests_per_minute = 4_000;
+    let plans = Arc::new(Plans::default().with(Plan::Enterprise, limits));
+    let requests = (0..tenants)
+        .map(|i| {
+            let id = format!("tenant-{i:07}");
+            keys.insert_tenant(id.as_str(), Plan::Enterprise);
+            let key = keys.issue_key(&id, None).unwrap();
+            let mut req = Request::get("/api/v1/scans")
+                .header("x-api-key", key.expose())
+                .body(Full::default())
+                .unwrap();
+            // For layers benched alone behind where authentication would be.
+            req.extensions_mut()
+                .insert(Tenant::new(id, Plan::Enterprise, "key"));
+            req
+        })
+        .collect();
+    Fixture {
+        keys,
+        plans,
+        clock: FakeClock::new(Duration::from_secs(1_750_000_000)),
+        requests: Arc::new(requests),
+    }
+}
+
+impl Fixture {
+    fn stream(&self) -> impl FnMut() -> Request<Full<Bytes>> + use<> {
+        let (requests, clock) = (self.requests.clone(), self.clock.clone());
+        let mut i = 0usize;
+        move || {
+            i = (i + 1) % requests.len();
+            clock.advance(Duration::from_micros(15));
+            requests[i].clone()
+        }
+    }
+
+    fn nat(&self) -> NatLayer {
+        NatLayer::new(self.keys.clone())
+            .clock(Arc::new(self.clock.clone()))
+            .plans(self.plans.clone())
+            .billing(BillingConfiguredLayer::new(false))
+    }
+}
+
+/// tower_governor keyed by the `X-API-Key` header, as a server without tenant-aware
+/// middleware would key it.
 #[derive(Clone)]
 struct HeaderKey;
 
@@ -110,6 +133,52 @@ impl tower_governor::key_extractor::KeyExtractor for HeaderKey {
             .map(str::to_owned)
             .ok_or(tower_governor::GovernorError::UnableToExtractKey)
     }
+}
+
+/// tower_governor with a burst no request reaches (every request is admitted, as in our
+/// benches), without or with its `x-ratelimit-*` headers.
+fn governor_plain<S>(
+    inner: S,
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
++ Clone
++ Send
++ Sync
++ 'static
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut builder = GovernorConfigBuilder::default().key_extractor(HeaderKey);
+    builder.per_nanosecond(1).burst_size(1_000_000_000);
+    GovernorLayer {
+        config: Arc::new(builder.finish().unwrap()),
+    }
+    .layer(inner)
+}
+
+fn governor_headers<S>(
+    inner: S,
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
++ Clone
++ Send
++ Sync
++ 'static
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut builder = GovernorConfigBuilder::default().key_extractor(HeaderKey);
+    builder.per_nanosecond(1).burst_size(1_000_000_000);
+    GovernorLayer {
+        config: Arc::new(builder.use_headers().finish().unwrap()),
+    }
+    .layer(inner)
 }
 
 /// Our resolver keyed by the same header, for a like-for-like comparison.
@@ -126,117 +195,196 @@ impl RateKeyResolver for HeaderResolver {
     }
 }
 
-type AxumReady = std::future::Ready<Result<Response<axum::body::Body>, Infallible>>;
-
-/// The inner service of the rate-limit group: tower_governor needs an axum body.
-fn axum_ok() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<axum::body::Body>,
-    Error = Infallible,
-    Future = AxumReady,
-> + Clone {
-    tower::service_fn(|_req: Request<Full<Bytes>>| {
-        // Like a real handler's answer: a body and its content type.
-        let mut response = Response::new(axum::body::Body::empty());
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        std::future::ready(Ok(response))
-    })
+fn bench<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    f: &Fixture,
+    mut service: S,
+) where
+    S: Service<Request<Full<Bytes>>>,
+{
+    let mut next = f.stream();
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            &mut next,
+            |req| now(service.call(req)),
+            BatchSize::SmallInput,
+        )
+    });
 }
 
-/// Our limiter against tower_governor on the same request stream: 1,000 keys, round robin,
-/// limits high enough that every request is admitted (the common path).
-fn rate_limit(c: &mut Criterion) {
-    const KEYS: usize = 1_000;
-    const LIMIT: u32 = 1_000_000_000;
-    const OUR_LIMIT: u32 = 4_000;
-    let requests: Vec<Request<Full<Bytes>>> = (0..KEYS)
-        .map(|i| {
-            let mut req = Request::get("/api/v1/scans")
-                .header("x-api-key", format!("nat_pk_{i:032}"))
-                .body(Full::default())
-                .unwrap();
-            req.extensions_mut().insert(Tenant::new(
-                format!("tenant-{i}"),
-                Plan::Enterprise,
-                "key",
-            ));
-            req
-        })
-        .collect();
-    // Our limiter runs on a fake clock that advances 15 µs a request, outside the timed
-    // routine: with 1,000 keys in turn each key sees 4,000 requests a minute, exactly its
-    // limit, so every request is admitted and the headers carry realistic numbers.
-    let clock = FakeClock::new(Duration::from_secs(1_750_000_000));
-    let mut next = {
-        let mut i = 0usize;
-        let clock = clock.clone();
-        move || {
-            i = (i + 1) % KEYS;
-            clock.advance(Duration::from_micros(15));
-            requests[i].clone()
-        }
-    };
-    let mut plans_limits = PlanLimits::default_for(Plan::Enterprise);
-    plans_limits.requests_per_minute = OUR_LIMIT;
-    let plans = Plans::default().with(Plan::Enterprise, plans_limits);
-
-    let governor = GovernorConfigBuilder::default()
-        .key_extractor(HeaderKey)
-        .per_nanosecond(1)
-        .burst_size(LIMIT)
-        .finish()
-        .unwrap();
-    let governor_headers = GovernorConfigBuilder::default()
-        .key_extractor(HeaderKey)
-        .per_nanosecond(1)
-        .burst_size(LIMIT)
-        .use_headers()
-        .finish()
-        .unwrap();
-    let mut gov = GovernorLayer {
-        config: Arc::new(governor),
-    }
-    .layer(axum_ok());
-    let mut gov_headers = GovernorLayer {
-        config: Arc::new(governor_headers),
-    }
-    .layer(axum_ok());
-    let store = || MemoryRateStore::with_clock(Arc::new(clock.clone()));
-    let mut ours = PlanRateLimitLayer::with_store(store(), plans).layer(axum_ok());
-    let mut ours_header = PlanRateLimitLayer::with_store(store(), Plans::default())
-        .resolver(HeaderResolver(OUR_LIMIT))
-        .layer(axum_ok());
-
-    let mut bare = axum_ok();
-    let mut group = c.benchmark_group("rate_limit");
-    group.bench_function("bare inner service", |b| {
-        b.iter_batched(&mut next, |req| now(bare.call(req)), BatchSize::SmallInput)
-    });
-    group.bench_function("tower_governor (header key)", |b| {
-        b.iter_batched(&mut next, |req| now(gov.call(req)), BatchSize::SmallInput)
-    });
-    group.bench_function("tower_governor (header key, use_headers)", |b| {
-        b.iter_batched(
-            &mut next,
-            |req| now(gov_headers.call(req)),
-            BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("PlanRateLimit (tenant)", |b| {
-        b.iter_batched(&mut next, |req| now(ours.call(req)), BatchSize::SmallInput)
-    });
-    group.bench_function("PlanRateLimit (header key)", |b| {
-        b.iter_batched(
-            &mut next,
-            |req| now(ours_header.call(req)),
-            BatchSize::SmallInput,
-        )
-    });
+/// Each layer alone, over 1,000 tenants.
+fn layers(c: &mut Criterion) {
+    let f = fixture(1_000);
+    let mut group = c.benchmark_group("layers");
+    bench(&mut group, "bare handler", &f, handler());
+    bench(
+        &mut group,
+        "InternalErrorGuard",
+        &f,
+        InternalErrorGuardLayer::new().layer(handler()),
+    );
+    bench(
+        &mut group,
+        "BillingConfigured",
+        &f,
+        BillingConfiguredLayer::new(false).layer(handler()),
+    );
+    let auth = ApiKeyAuthLayer::new(f.keys.clone()).clock(Arc::new(f.clock.clone()));
+    bench(
+        &mut group,
+        "ApiKeyAuth (SHA-256 + lookup)",
+        &f,
+        auth.layer(handler()),
+    );
+    let rate = PlanRateLimitLayer::with_store(
+        MemoryRateStore::with_clock(Arc::new(f.clock.clone())),
+        f.plans.clone(),
+    );
+    bench(&mut group, "PlanRateLimit", &f, rate.layer(handler()));
+    bench(
+        &mut group,
+        "ValidateScanRequest (not a scan)",
+        &f,
+        ValidateScanRequestLayer::new().layer(handler()),
+    );
+    bench(
+        &mut group,
+        "FeatureGate (scans, not a scan)",
+        &f,
+        FeatureGateLayer::scans(f.plans.clone()).layer(handler()),
+    );
+    let quota = QuotaGuardLayer::new(f.plans.clone()).clock(Arc::new(f.clock.clone()));
+    bench(
+        &mut group,
+        "QuotaGuard (not a scan)",
+        &f,
+        quota.layer(handler()),
+    );
     group.finish();
 }
 
-criterion_group!(benches, foundation, rate_limit);
+/// Our limiter against tower_governor on the same request stream.
+fn rate_limit(c: &mut Criterion) {
+    let f = fixture(1_000);
+    let mut group = c.benchmark_group("rate_limit");
+    bench(&mut group, "bare handler", &f, handler());
+    bench(
+        &mut group,
+        "tower_governor (header key)",
+        &f,
+        governor_plain(handler()),
+    );
+    bench(
+        &mut group,
+        "tower_governor (header key, use_headers)",
+        &f,
+        governor_headers(handler()),
+    );
+    let store = || MemoryRateStore::with_clock(Arc::new(f.clock.clone()));
+    bench(
+        &mut group,
+        "PlanRateLimit (tenant)",
+        &f,
+        PlanRateLimitLayer::with_store(store(), f.plans.clone()).layer(handler()),
+    );
+    let by_header =
+        PlanRateLimitLayer::with_store(store(), f.plans.clone()).resolver(HeaderResolver(4_000));
+    bench(
+        &mut group,
+        "PlanRateLimit (header key)",
+        &f,
+        by_header.layer(handler()),
+    );
+    group.finish();
+}
+
+/// The whole stack against one tower_governor layer, at 1,000 and 1,000,000 tenants.
+fn stack(c: &mut Criterion) {
+    for tenants in [1_000usize, 1_000_000] {
+        let f = fixture(tenants);
+        let mut group = c.benchmark_group(format!("stack/{tenants} tenants"));
+        bench(&mut group, "bare handler", &f, handler());
+        bench(
+            &mut group,
+            "tower_governor (header key)",
+            &f,
+            governor_plain(handler()),
+        );
+        bench(
+            &mut group,
+            "NatLayer (whole stack, not a scan)",
+            &f,
+            f.nat().layer(handler()),
+        );
+        group.finish();
+    }
+}
+
+/// Wall time for `iters` requests split over `threads` threads sharing the same state.
+fn run<S, F>(f: &Fixture, threads: usize, make: &F, iters: u64) -> Duration
+where
+    F: Fn() -> S,
+    S: Service<Request<Full<Bytes>>> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let mut service = make();
+            let barrier = barrier.clone();
+            // Each thread sends its own share of the tenants, prebuilt.
+            let requests: Vec<_> = (0..(iters as usize).div_ceil(threads))
+                .map(|i| f.requests[(i * threads + t) % f.requests.len()].clone())
+                .collect();
+            std::thread::spawn(move || {
+                barrier.wait();
+                for req in requests {
+                    let _ = now(service.call(req));
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
+}
+
+/// Time per request with one thread and with two threads sharing the same state.
+fn threads(c: &mut Criterion) {
+    // 100,000 tenants: without the clock moving, none reaches its limit in a run.
+    let f = fixture(100_000);
+    let mut group = c.benchmark_group("threads");
+    // One state for all threads: the limiter state is shared, as in a server.
+    let nat = f.nat();
+    let ours = || nat.layer(handler());
+    let theirs = governor_plain(handler());
+    let theirs = || theirs.clone();
+    for threads in [1usize, 2] {
+        group.bench_with_input(BenchmarkId::new("NatLayer", threads), &threads, |b, &t| {
+            b.iter_custom(|iters| run(&f, t, &ours, iters))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("tower_governor", threads),
+            &threads,
+            |b, &t| b.iter_custom(|iters| run(&f, t, &theirs, iters)),
+        );
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(40)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = layers, rate_limit, stack, threads
+}
 criterion_main!(benches);
