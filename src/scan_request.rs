@@ -431,6 +431,21 @@ impl<'de> Deserialize<'de> for Fields {
     }
 }
 
+/// Checks a scan-creation body as [`ValidateScanRequest`] does (without the size limit and
+/// the content type) and returns its kind, or the 400 it would answer. Never panics, for any
+/// bytes.
+///
+/// ```
+/// use tower_nat::scan_request::{ScanKind, validate_scan_body};
+///
+/// assert_eq!(validate_scan_body(br#"{"url":"https://e.example"}"#, ScanKind::Functional), Ok(ScanKind::Functional));
+/// let error = validate_scan_body(b"[]", ScanKind::Functional).unwrap_err();
+/// assert_eq!(error.message(), "Request body must be a JSON object.");
+/// ```
+pub fn validate_scan_body(body: &[u8], default_kind: ScanKind) -> Result<ScanKind, NatError> {
+    validate(body, default_kind).map_err(Invalid::into_error)
+}
+
 /// Checks a scan-creation body and returns its kind.
 fn validate(body: &[u8], default_kind: ScanKind) -> Result<ScanKind, Invalid> {
     if body.iter().all(u8::is_ascii_whitespace) {
