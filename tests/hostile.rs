@@ -182,6 +182,7 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    #[allow(clippy::too_many_arguments)] // One argument per column of the case table.
     fn push(
         &mut self,
         name: &'static str,
