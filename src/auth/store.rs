@@ -1,6 +1,15 @@
 //! Key stores: the [`KeyStore`] trait and the in-memory [`MemoryKeyStore`].
 
-use std::{fmt, future::Future, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    hash::{BuildHasherDefault, Hasher},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+    },
+    time::Duration,
+};
 
 use dashmap::DashMap;
 
@@ -56,15 +65,49 @@ pub struct MemoryKeyStore {
 
 #[derive(Default)]
 struct Inner {
-    keys: DashMap<KeyHash, KeyEntry>,
+    keys: DashMap<KeyHash, KeyEntry, BuildHasherDefault<HashOfHash>>,
     ids: DashMap<KeyId, KeyHash>,
-    tenants: DashMap<TenantId, Plan>,
+    tenants: DashMap<TenantId, Arc<TenantSlot>>,
+}
+
+/// A tenant as its keys see it: one lookup per request finds the key and, through this, the
+/// tenant's current plan.
+struct TenantSlot {
+    id: TenantId,
+    plan: AtomicU8,
+    deleted: AtomicBool,
+}
+
+impl TenantSlot {
+    fn plan(&self) -> Plan {
+        Plan::ALL[usize::from(self.plan.load(Ordering::Acquire)) % Plan::ALL.len()]
+    }
 }
 
 struct KeyEntry {
-    tenant: TenantId,
+    tenant: Arc<TenantSlot>,
     key_id: KeyId,
     expires_at: Option<Duration>,
+}
+
+/// Hashes a [`KeyHash`] by its first eight bytes. A SHA-256 output is already uniform, and
+/// only the server inserts keys, so no client can crowd a bucket: hashing it again would be
+/// wasted work on every request.
+#[derive(Default)]
+struct HashOfHash(u64);
+
+impl Hasher for HashOfHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl MemoryKeyStore {
@@ -76,14 +119,25 @@ impl MemoryKeyStore {
     /// Adds a tenant, or changes its plan if it exists. A plan change applies to the next
     /// request.
     pub fn insert_tenant(&self, tenant: impl Into<TenantId>, plan: Plan) {
-        self.inner.tenants.insert(tenant.into(), plan);
+        let id = tenant.into();
+        self.inner
+            .tenants
+            .entry(id.clone())
+            .and_modify(|slot| slot.plan.store(plan as u8, Ordering::Release))
+            .or_insert_with(|| {
+                Arc::new(TenantSlot {
+                    id,
+                    plan: AtomicU8::new(plan as u8),
+                    deleted: AtomicBool::new(false),
+                })
+            });
     }
 
     /// Changes a tenant's plan; `false` if there is no such tenant.
     pub fn set_plan(&self, tenant: &str, plan: Plan) -> bool {
-        match self.inner.tenants.get_mut(tenant) {
-            Some(mut p) => {
-                *p = plan;
+        match self.inner.tenants.get(tenant) {
+            Some(slot) => {
+                slot.plan.store(plan as u8, Ordering::Release);
                 true
             }
             None => false,
@@ -92,22 +146,25 @@ impl MemoryKeyStore {
 
     /// A tenant's plan, if the tenant exists.
     pub fn plan(&self, tenant: &str) -> Option<Plan> {
-        self.inner.tenants.get(tenant).map(|p| *p)
+        self.inner.tenants.get(tenant).map(|slot| slot.plan())
     }
 
     /// Deletes a tenant and all its keys; `false` if there was no such tenant.
     pub fn delete_tenant(&self, tenant: &str) -> bool {
         // The tenant goes first: from then on its keys fail even before they are removed.
-        let existed = self.inner.tenants.remove(tenant).is_some();
+        let Some((_, slot)) = self.inner.tenants.remove(tenant) else {
+            return false;
+        };
+        slot.deleted.store(true, Ordering::Release);
         let inner = &self.inner;
         inner.keys.retain(|_, entry| {
-            let keep = entry.tenant.as_str() != tenant;
+            let keep = !Arc::ptr_eq(&entry.tenant, &slot);
             if !keep {
                 inner.ids.remove(&entry.key_id);
             }
             keep
         });
-        existed
+        true
     }
 
     /// Stores `key`'s hash for `tenant`, expiring at `expires_at` (since the Unix epoch) if
@@ -128,11 +185,7 @@ impl MemoryKeyStore {
         hash: KeyHash,
         expires_at: Option<Duration>,
     ) -> Option<KeyId> {
-        let (tenant, _) = self
-            .inner
-            .tenants
-            .get(tenant)
-            .map(|e| (e.key().clone(), *e.value()))?;
+        let tenant = self.inner.tenants.get(tenant).map(|slot| slot.clone())?;
         let key_id = KeyId::from(format!("key_{}", &hash.to_hex()[..16]));
         self.inner.ids.insert(key_id.clone(), hash);
         self.inner.keys.insert(
@@ -173,9 +226,12 @@ impl KeyStore for MemoryKeyStore {
 
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
         let record = self.inner.keys.get(hash).and_then(|entry| {
-            let plan = *self.inner.tenants.get(entry.tenant.as_str())?;
+            let slot = &entry.tenant;
+            if slot.deleted.load(Ordering::Acquire) {
+                return None;
+            }
             Some(KeyRecord {
-                tenant: Tenant::new(entry.tenant.clone(), plan, entry.key_id.clone()),
+                tenant: Tenant::new(slot.id.clone(), slot.plan(), entry.key_id.clone()),
                 expires_at: entry.expires_at,
             })
         });
