@@ -187,7 +187,8 @@ impl MemoryQuotaStore {
     }
 
     /// Drops the records of tenants with nothing in flight whose period ended before `now`;
-    /// returns how many were dropped.
+    /// returns how many were dropped. (A record is kept for the current period only, so this
+    /// is what bounds memory across months.)
     pub fn evict_stale(&self, now: Duration) -> usize {
         let today = UtcDate::from_unix(now);
         let before = self.tenants.len();
@@ -195,7 +196,11 @@ impl MemoryQuotaStore {
             let r = lock(record);
             r.period.end > today || r.reserved != UsageCounts::default()
         });
-        before.saturating_sub(self.tenants.len())
+        let after = self.tenants.len();
+        if after.saturating_mul(4) < self.tenants.capacity() {
+            self.tenants.shrink_to_fit();
+        }
+        before.saturating_sub(after)
     }
 
     /// The reservation logic, synchronously.

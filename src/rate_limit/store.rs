@@ -101,14 +101,18 @@ impl MemoryRateStore {
     }
 
     /// Removes every tenant whose state has drained (it would get a full burst anyway) and
-    /// returns how many were removed.
+    /// returns how many were removed. When most of the table is then empty, its memory is
+    /// given back.
     pub fn evict_idle(&self) -> usize {
         let now = now_nanos(&self.inner.clock);
-        let before = self.inner.slots.len();
-        self.inner
-            .slots
-            .retain(|_, slot| slot.tat.load(Ordering::Acquire) > now);
-        before.saturating_sub(self.inner.slots.len())
+        let slots = &self.inner.slots;
+        let before = slots.len();
+        slots.retain(|_, slot| slot.tat.load(Ordering::Acquire) > now);
+        let after = slots.len();
+        if after.saturating_mul(4) < slots.capacity() {
+            slots.shrink_to_fit();
+        }
+        before.saturating_sub(after)
     }
 
     /// The number of tenants with state.
