@@ -40,7 +40,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -57,7 +60,9 @@ const TENANTS: usize = 1_000_000;
 fn main() {
     // Tenant ids exist before the stores see them (authentication made them); the stores
     // share them by reference count, so their own cost is what is measured.
-    let ids: Vec<TenantId> = (0..TENANTS).map(|i| TenantId::from(format!("tenant-{i:07}"))).collect();
+    let ids: Vec<TenantId> = (0..TENANTS)
+        .map(|i| TenantId::from(format!("tenant-{i:07}")))
+        .collect();
     let clock = FakeClock::at_date(UtcDate::new(2025, 1, 15).unwrap());
 
     let before = live();
@@ -78,7 +83,8 @@ fn main() {
         security: Quota::Limited(0),
     };
     for id in &ids {
-        let Reserved::Granted(r) = quota.reserve_now(id, ScanKind::Functional, limits, period) else {
+        let Reserved::Granted(r) = quota.reserve_now(id, ScanKind::Functional, limits, period)
+        else {
             panic!("quota")
         };
         quota.settle_detached(&r, true);

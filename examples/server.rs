@@ -63,10 +63,31 @@ type UsageFn = Arc<
     dyn Fn(Tenant) -> Pin<Box<dyn Future<Output = Result<Usage, StoreError>> + Send>> + Send + Sync,
 >;
 
+/// The demo's scans, oldest forgotten first beyond [`Scans::KEEP`], so a long run stays small.
+#[derive(Default)]
+struct Scans {
+    by_id: HashMap<String, Scan>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Scans {
+    const KEEP: usize = 10_000;
+
+    fn insert(&mut self, scan: Scan) {
+        self.order.push_back(scan.id.clone());
+        self.by_id.insert(scan.id.clone(), scan);
+        while self.order.len() > Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     usage: UsageFn,
-    scans: Arc<Mutex<HashMap<String, Scan>>>,
+    scans: Arc<Mutex<Scans>>,
     clock: SharedClock,
     scan_duration: Duration,
     billing_configured: bool,
@@ -308,7 +329,7 @@ async fn create_scan(
         created: state.clock.now(),
     };
     let value = scan_json(&scan, scan.created, state.scan_duration);
-    state.scans.lock().unwrap().insert(scan.id.clone(), scan);
+    state.scans.lock().unwrap().insert(scan);
     (StatusCode::ACCEPTED, Json(value)).into_response()
 }
 
@@ -318,7 +339,7 @@ async fn get_scan(
     Path(id): Path<String>,
 ) -> Response {
     let scans = state.scans.lock().unwrap();
-    match scans.get(&id) {
+    match scans.by_id.get(&id) {
         // Another tenant's scan is as missing as one that never existed: the same bytes.
         Some(scan) if scan.tenant == tenant.id().as_str() => {
             Json(scan_json(scan, state.clock.now(), state.scan_duration)).into_response()
@@ -331,17 +352,19 @@ async fn list_scans(
     State(state): State<AppState>,
     Extension(tenant): Extension<Tenant>,
 ) -> Json<Value> {
+    // The tenant's 100 most recent scans, oldest first.
     let now = state.clock.now();
     let scans = state.scans.lock().unwrap();
-    let mut own: Vec<&Scan> = scans
-        .values()
+    let mut list: Vec<Value> = scans
+        .order
+        .iter()
+        .rev()
+        .filter_map(|id| scans.by_id.get(id))
         .filter(|s| s.tenant == tenant.id().as_str())
-        .collect();
-    own.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-    let list: Vec<Value> = own
-        .into_iter()
+        .take(100)
         .map(|s| scan_json(s, now, state.scan_duration))
         .collect();
+    list.reverse();
     Json(json!({ "scans": list }))
 }
 
