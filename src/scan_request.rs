@@ -451,7 +451,12 @@ fn validate(body: &[u8], default_kind: ScanKind) -> Result<ScanKind, Invalid> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Invalid::Empty);
     }
-    let fields: Fields = match serde_json::from_slice(body) {
+    // serde_json skips ignored members without checking their UTF-8: check it all first, so
+    // a body this layer accepts is one any JSON parser accepts (found by fuzzing).
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(Invalid::Malformed);
+    };
+    let fields: Fields = match serde_json::from_str(text) {
         Ok(fields) => fields,
         Err(e) if e.is_data() => return Err(Invalid::NotObject),
         Err(_) => return Err(Invalid::Malformed),
@@ -705,6 +710,11 @@ mod tests {
                 Err(Invalid::Duplicate("url".into())),
             ),
             (b"{\"url\":\"\xff\"}", Err(Invalid::Malformed)),
+            (
+                b"{\"url\":\"u\",\"mode\":\"fu\xecl\"}",
+                Err(Invalid::Malformed),
+            ),
+            (b"{\"url\":\"u\",\"x\":\"\xec\"}", Err(Invalid::Malformed)),
             (br#"{"url":"u"} x"#, Err(Invalid::Malformed)),
         ];
         for (body, expected) in cases {
