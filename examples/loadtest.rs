@@ -197,7 +197,9 @@ fn main() {
         // hits both alike.
         drive(bare, keys.clone(), conns, 1).await;
         drive(stacked, keys.clone(), conns, 1).await;
-        println!("| round | server | requests | non-200 | req/s | p50 µs | p90 µs | p99 µs | max µs |");
+        println!(
+            "| round | server | requests | non-200 | req/s | p50 µs | p90 µs | p99 µs | max µs |"
+        );
         println!("|---|---|---|---|---|---|---|---|---|");
         let mut ratios = Vec::new();
         for round in 1..=rounds {

@@ -111,20 +111,7 @@ pub struct FeatureGate<S> {
 }
 
 impl<S> FeatureGate<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_accessors!();
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for FeatureGate<S>

@@ -91,20 +91,7 @@ pub struct InternalErrorGuard<S> {
 }
 
 impl<S> InternalErrorGuard<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_accessors!();
 }
 
 fn report_error(error: &(dyn std::error::Error + Send + Sync)) {

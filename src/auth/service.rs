@@ -126,20 +126,7 @@ pub struct ApiKeyAuth<S, K> {
 }
 
 impl<S, K> ApiKeyAuth<S, K> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_accessors!();
 }
 
 impl<S: Clone, K: Clone> Clone for ApiKeyAuth<S, K> {

@@ -128,20 +128,7 @@ pub struct QuotaGuard<S, Q = MemoryQuotaStore> {
 }
 
 impl<S, Q> QuotaGuard<S, Q> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_accessors!();
 }
 
 impl<S: Clone, Q: Clone> Clone for QuotaGuard<S, Q> {

@@ -184,20 +184,7 @@ pub struct PlanRateLimit<S, R = MemoryRateStore, K = PlanResolver> {
 }
 
 impl<S, R, K> PlanRateLimit<S, R, K> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the layer, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_accessors!();
 }
 
 impl<S: Clone, R: Clone, K: Clone> Clone for PlanRateLimit<S, R, K> {
