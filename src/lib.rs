@@ -2,19 +2,25 @@
 //!
 //! [Tower](https://docs.rs/tower) middleware that gives any tower-based HTTP server (axum,
 //! hyper, anything built on `tower::Service`) the NAT API's error semantics, each rejection
-//! answered with the same documented JSON envelope:
+//! answered with the same documented JSON envelope ([`NatError`]):
 //!
-//! | status | `error` | layer |
+//! | status | `error` | answered by |
 //! |---|---|---|
-//! | 400 | `INVALID_REQUEST` | handlers, via [`NatError::invalid_request`] |
+//! | 400 | `INVALID_REQUEST` | [`scan_request::ValidateScanRequest`]; handlers via [`NatError::invalid_request`] |
 //! | 401 | `UNAUTHORIZED` | [`auth::ApiKeyAuth`] |
+//! | 402 | `QUOTA_EXCEEDED` | [`quota::QuotaGuard`] |
+//! | 403 | `FEATURE_NOT_AVAILABLE` | [`feature_gate::FeatureGate`] |
 //! | 404 | `NOT_FOUND` | handlers, via [`NatError::not_found`] |
+//! | 429 | `RATE_LIMITED` | [`rate_limit::PlanRateLimit`] |
 //! | 500 | `INTERNAL_ERROR` | [`internal_error::InternalErrorGuard`] |
 //! | 503 | `STRIPE_NOT_CONFIGURED` | [`billing::BillingConfigured`] |
 //!
 //! Every layer is `Clone`, answers at once (it never waits in `poll_ready` to enforce
 //! anything), keeps the inner body type inside [`NatBody`], and works alone in any tower
-//! stack. Composed, they go outermost first: internal errors, billing, authentication.
+//! stack. [`NatLayer`] composes them all in the contract's order, outermost first: internal
+//! errors, billing, authentication, rate limit, scan validation, feature gate, quota. Layers
+//! behind authentication read the [`Tenant`] it puts in the request's extensions and fail
+//! closed without one; any authentication of your own can insert it instead.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -22,12 +28,7 @@
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_nat::{
-//!     auth::{ApiKeyAuthLayer, MemoryKeyStore},
-//!     billing::BillingConfiguredLayer,
-//!     internal_error::InternalErrorGuardLayer,
-//!     tenant::{Plan, Tenant},
-//! };
+//! use tower_nat::{NatLayer, Tenant, auth::MemoryKeyStore, billing::BillingConfiguredLayer, tenant::Plan};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -36,17 +37,23 @@
 //! let key = keys.issue_key("acme", None).unwrap();
 //!
 //! let service = ServiceBuilder::new()
-//!     .layer(InternalErrorGuardLayer::new())
-//!     .layer(BillingConfiguredLayer::from_values(None, None))
-//!     .layer(ApiKeyAuthLayer::new(keys).exempt("/healthz"))
+//!     .layer(NatLayer::new(keys).billing(BillingConfiguredLayer::new(false)).exempt("/healthz"))
 //!     .service_fn(|req: Request<Full<Bytes>>| async move {
-//!         let tenant = Tenant::of(&req).expect("authenticated");
-//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(tenant.id().to_string()))))
+//!         let tenant = Tenant::of(&req).map(|t| t.id().to_string()).unwrap_or_default();
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(tenant))))
 //!     });
 //!
 //! let ok = Request::get("/api/v1/usage").header("x-api-key", key.expose());
 //! let response = service.clone().oneshot(ok.body(Full::default()).unwrap()).await.unwrap();
+//! assert_eq!(response.headers()["x-ratelimit-remaining"], "29");
 //! assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "acme");
+//!
+//! // A Free tenant asking for a security scan: 403, from the feature gate.
+//! let scan = Request::post("/api/v1/scan")
+//!     .header("x-api-key", key.expose())
+//!     .body(Full::from(r#"{"url":"https://example.com","mode":"security"}"#));
+//! let response = service.clone().oneshot(scan.unwrap()).await.unwrap();
+//! assert_eq!(response.status(), 403);
 //!
 //! let billing = Request::post("/api/v1/billing/checkout").header("x-api-key", key.expose());
 //! let response = service.oneshot(billing.body(Full::default()).unwrap()).await.unwrap();
