@@ -504,3 +504,77 @@ async fn asynchronous_stores_give_the_same_answers() {
     assert_eq!(layer.usage(&free()).await.unwrap().scans_used, 3);
     assert_eq!(store.0.in_flight("acme"), UsageCounts::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_tasks_some_dropped_some_failing_charge_exactly_the_2xx() {
+    let plans = Plans::from_json(r#"{"free": {"functional_scans_per_month": 100000}}"#).unwrap();
+    let s = setup(UtcDate::new(2025, 9, 9).unwrap(), plans);
+    let in_handler = Arc::new(AtomicUsize::new(0));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let (count, notify) = (in_handler.clone(), entered.clone());
+    let svc = ServiceBuilder::new()
+        .layer(tower_nat::internal_error::InternalErrorGuardLayer::new())
+        .layer(ValidateScanRequestLayer::new())
+        .layer(s.quota.clone())
+        .service(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let (count, notify) = (count.clone(), notify.clone());
+            async move {
+                let outcome = req.headers()["x-outcome"].to_str().unwrap().to_owned();
+                count.fetch_add(1, Ordering::SeqCst);
+                notify.notify_one();
+                tokio::task::yield_now().await;
+                let status = match outcome.as_str() {
+                    "error" => return Err(std::io::Error::other("backend down")),
+                    "panic" => panic!("handler panicked"),
+                    "hang" => std::future::pending::<StatusCode>().await,
+                    code => StatusCode::from_bytes(code.as_bytes()).unwrap(),
+                };
+                let mut r = Response::new(Full::<Bytes>::default());
+                *r.status_mut() = status;
+                Ok(r)
+            }
+        }));
+    let outcomes = ["202", "201", "500", "404", "error", "panic", "hang"];
+    let tenant = free();
+    let mut hanging = Vec::new();
+    let mut finishing = Vec::new();
+    for i in 0..700 {
+        let outcome = outcomes[i % outcomes.len()];
+        let (svc, tenant) = (svc.clone(), tenant.clone());
+        let task = tokio::spawn(async move {
+            svc.oneshot(scan(&tenant, "functional", Some(outcome)))
+                .await
+                .unwrap()
+                .status()
+        });
+        if outcome == "hang" {
+            hanging.push(task);
+        } else {
+            finishing.push(task);
+        }
+    }
+    // Every request reaches the handler (the quota has room for all), then the hanging ones
+    // are dropped mid-flight, as when clients go away.
+    while in_handler.load(Ordering::SeqCst) < 700 {
+        entered.notified().await;
+    }
+    for task in &hanging {
+        task.abort();
+    }
+    let mut accepted = 0;
+    for task in finishing {
+        if task.await.unwrap().is_success() {
+            accepted += 1;
+        }
+    }
+    for task in hanging {
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(accepted, 200, "202 and 201, 100 of each");
+    assert_eq!(used(&s.quota, &tenant).await, (200, 0));
+    assert_eq!(
+        s.quota.store().in_flight("acme"),
+        UsageCounts::default(),
+        "no reservation left"
+    );
+}

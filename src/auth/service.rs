@@ -148,7 +148,8 @@ impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for ApiKeyAuth<S, K> {
     }
 }
 
-/// Why a request was refused; only logged, never sent (the client sees one 401 for all).
+/// The hash of the request's one well-formed `X-API-Key`, or why there is none (only logged,
+/// never sent: the client sees one 401 for every cause).
 fn key_hash<B>(req: &Request<B>, format: &KeyFormat) -> Result<KeyHash, &'static str> {
     let mut values = req.headers().get_all(X_API_KEY).iter();
     let value = values.next().ok_or("missing X-API-Key")?;
