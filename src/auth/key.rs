@@ -12,6 +12,17 @@ const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 /// Characters after the prefix in keys made by [`ApiKey::generate`] (about 190 bits).
 pub const GENERATED_KEY_LEN: usize = 32;
 
+/// `ALNUM[b]`: whether byte `b` is in `[A-Za-z0-9]`.
+static ALNUM: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    table
+};
+
 /// How many characters of a key `Debug` and logs may show: the prefix and four more.
 const SHOWN: usize = KEY_PREFIX.len() + 4;
 
@@ -164,11 +175,15 @@ impl KeyFormat {
 
     /// Whether `key` has this format.
     pub fn check(&self, key: &[u8]) -> bool {
-        let Some(body) = key.strip_prefix(KEY_PREFIX.as_bytes()) else {
+        let len = key.len().wrapping_sub(KEY_PREFIX.len());
+        if !(self.min_len..=self.max_len).contains(&len) {
             return false;
-        };
-        (self.min_len..=self.max_len).contains(&body.len())
-            && body.iter().all(u8::is_ascii_alphanumeric)
+        }
+        let (prefix, body) = key.split_at(KEY_PREFIX.len());
+        // One table lookup per byte, folded without early exits: the hot path of every
+        // request, and no timing difference between where a bad byte sits.
+        prefix == KEY_PREFIX.as_bytes()
+            && body.iter().fold(true, |ok, b| ok & ALNUM[usize::from(*b)])
     }
 }
 
