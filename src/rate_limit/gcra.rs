@@ -42,7 +42,12 @@ pub(crate) fn interval(limit: u32) -> u64 {
 /// the current time, both in nanoseconds. Returns the decision and, when the request is
 /// allowed, the new `tat` to store.
 pub(crate) fn check(tat: u64, now: u64, limit: u32) -> (RateDecision, Option<u64>) {
-    let t = interval(limit);
+    check_with(tat, now, limit, interval(limit))
+}
+
+/// [`check`] with the interval for `limit` already known (the in-memory store keeps it per
+/// tenant, saving a division per request).
+pub(crate) fn check_with(tat: u64, now: u64, limit: u32, t: u64) -> (RateDecision, Option<u64>) {
     let tolerance = t * u64::from(limit.max(1));
     let new_tat = tat.max(now) + t;
     let ahead = new_tat - now;

@@ -61,7 +61,18 @@ struct Inner {
 
 struct Slot {
     limit: u32,
+    interval: u64,
     tat: AtomicU64,
+}
+
+impl Slot {
+    fn new(limit: u32, tat: u64) -> Self {
+        Self {
+            limit,
+            interval: gcra::interval(limit),
+            tat: AtomicU64::new(tat),
+        }
+    }
 }
 
 impl Default for MemoryRateStore {
@@ -133,7 +144,7 @@ impl MemoryRateStore {
         loop {
             if let Some(slot) = inner.slots.get(key.as_str()) {
                 if slot.limit == limit {
-                    return cas_loop(&slot.tat, now, limit);
+                    return cas_loop(&slot, now);
                 }
             } else {
                 // First request: only an admitted request creates state.
@@ -141,10 +152,7 @@ impl MemoryRateStore {
                 let Some(tat) = tat else { return decision };
                 match inner.slots.entry(key.clone()) {
                     dashmap::Entry::Vacant(v) => {
-                        v.insert(Slot {
-                            limit,
-                            tat: AtomicU64::new(tat),
-                        });
+                        v.insert(Slot::new(limit, tat));
                         return decision;
                     }
                     dashmap::Entry::Occupied(_) => continue,
@@ -155,10 +163,7 @@ impl MemoryRateStore {
                 if slot.limit != limit {
                     let tat = slot.tat.load(Ordering::Acquire);
                     let converted = gcra::convert(tat, now, slot.limit, limit);
-                    *slot = Slot {
-                        limit,
-                        tat: AtomicU64::new(converted),
-                    };
+                    *slot = Slot::new(limit, converted);
                 }
             }
         }
@@ -186,12 +191,15 @@ fn now_nanos(clock: &SharedClock) -> u64 {
     u64::try_from(clock.now().as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn cas_loop(tat: &AtomicU64, now: u64, limit: u32) -> RateDecision {
-    let mut current = tat.load(Ordering::Acquire);
+fn cas_loop(slot: &Slot, now: u64) -> RateDecision {
+    let mut current = slot.tat.load(Ordering::Acquire);
     loop {
-        let (decision, next) = gcra::check(current, now, limit);
+        let (decision, next) = gcra::check_with(current, now, slot.limit, slot.interval);
         let Some(next) = next else { return decision };
-        match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+        match slot
+            .tat
+            .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => return decision,
             Err(actual) => current = actual,
         }
