@@ -135,51 +135,40 @@ impl tower_governor::key_extractor::KeyExtractor for HeaderKey {
     }
 }
 
-/// tower_governor with a burst no request reaches (every request is admitted, as in our
-/// benches), without or with its `x-ratelimit-*` headers.
-fn governor_plain<S>(
-    inner: S,
-) -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
-+ Clone
-+ Send
-+ Sync
-+ 'static
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
+/// Defines a function that puts tower_governor in front of `inner`, with a burst no request
+/// reaches (every request is admitted, as in our benches); `$finish` turns the builder into
+/// the configuration.
+macro_rules! governor_fn {
+    ($name:ident, |$builder:ident| $finish:expr) => {
+        fn $name<S>(
+            inner: S,
+        ) -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + Sync
-        + 'static,
-{
-    let mut builder = GovernorConfigBuilder::default().key_extractor(HeaderKey);
-    builder.per_nanosecond(1).burst_size(1_000_000_000);
-    GovernorLayer {
-        config: Arc::new(builder.finish().unwrap()),
-    }
-    .layer(inner)
+        + 'static
+        where
+            S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
+                + Clone
+                + Send
+                + Sync
+                + 'static,
+        {
+            let mut $builder = GovernorConfigBuilder::default().key_extractor(HeaderKey);
+            $builder.per_nanosecond(1).burst_size(1_000_000_000);
+            GovernorLayer {
+                config: Arc::new($finish),
+            }
+            .layer(inner)
+        }
+    };
 }
 
-fn governor_headers<S>(
-    inner: S,
-) -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
-+ Clone
-+ Send
-+ Sync
-+ 'static
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
-    let mut builder = GovernorConfigBuilder::default().key_extractor(HeaderKey);
-    builder.per_nanosecond(1).burst_size(1_000_000_000);
-    GovernorLayer {
-        config: Arc::new(builder.use_headers().finish().unwrap()),
-    }
-    .layer(inner)
-}
+governor_fn!(governor_plain, |builder| builder.finish().unwrap());
+governor_fn!(governor_headers, |builder| builder
+    .use_headers()
+    .finish()
+    .unwrap());
 
 /// Our resolver keyed by the same header, for a like-for-like comparison.
 #[derive(Clone)]

@@ -122,30 +122,25 @@ impl<K, R, Q> NatLayer<K, R, Q> {
     /// Keeps rate-limit state in `store` (e.g. Redis, shared by several instances).
     #[must_use]
     pub fn with_rate_store<R2>(self, store: R2) -> NatLayer<K, R2, Q> {
-        NatLayer {
-            keys: self.keys,
-            rate: store,
-            quota: self.quota,
-            plans: self.plans,
-            clock: self.clock,
-            exempt: self.exempt,
-            exempt_prefixes: self.exempt_prefixes,
-            key_format: self.key_format,
-            billing: self.billing,
-            validation: self.validation,
-            draft_headers: self.draft_headers,
-            rate_on_store_error: self.rate_on_store_error,
-            quota_on_store_error: self.quota_on_store_error,
-        }
+        self.with_stores(|_| store, |quota| quota)
     }
 
     /// Keeps scan usage in `store`.
     #[must_use]
     pub fn with_quota_store<Q2>(self, store: Q2) -> NatLayer<K, R, Q2> {
+        self.with_stores(|rate| rate, |_| store)
+    }
+
+    /// The same configuration with the stores mapped by `rate` and `quota`.
+    fn with_stores<R2, Q2>(
+        self,
+        rate: impl FnOnce(R) -> R2,
+        quota: impl FnOnce(Q) -> Q2,
+    ) -> NatLayer<K, R2, Q2> {
         NatLayer {
             keys: self.keys,
-            rate: self.rate,
-            quota: store,
+            rate: rate(self.rate),
+            quota: quota(self.quota),
             plans: self.plans,
             clock: self.clock,
             exempt: self.exempt,
