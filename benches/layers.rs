@@ -20,16 +20,17 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder};
 use tower_nat::{
-    NatLayer,
+    NatError, NatLayer,
     auth::{ApiKeyAuthLayer, MemoryKeyStore},
     billing::BillingConfiguredLayer,
     clock::FakeClock,
     feature_gate::FeatureGateLayer,
     internal_error::InternalErrorGuardLayer,
+    plan::{Plan, PlanLimits, Plans},
     quota::QuotaGuardLayer,
-    rate_limit::{MemoryRateStore, PlanRateLimitLayer, RateKeyResolver, RateTarget},
+    rate_limit::{PlanRateLimitLayer, RateKeyResolver, RateTarget},
     scan_request::ValidateScanRequestLayer,
-    tenant::{Plan, PlanLimits, Plans, Tenant, TenantId},
+    tenant::{Tenant, TenantId},
 };
 
 type Body = axum::body::Body;
@@ -73,21 +74,28 @@ struct Fixture {
 
 fn fixture(tenants: usize) -> Fixture {
     let keys = MemoryKeyStore::new();
-    let mut limits = PlanLimits::default_for(Plan::Enterprise);
-    limits.requests_per_minute = 4_000;
-    let plans = Arc::new(Plans::default().with(Plan::Enterprise, limits));
+    let limits = PlanLimits {
+        requests_per_minute: 4_000,
+        ..Plans::default().get(&Plan::ENTERPRISE).unwrap().clone()
+    };
+    let plans = Arc::new(
+        Plans::builder()
+            .plan(Plan::ENTERPRISE, limits)
+            .build()
+            .unwrap(),
+    );
     let requests = (0..tenants)
         .map(|i| {
             let id = format!("tenant-{i:07}");
-            keys.insert_tenant(id.as_str(), Plan::Enterprise);
-            let key = keys.issue_key(&id, None).unwrap();
+            keys.insert_tenant(id.as_str(), Plan::ENTERPRISE);
+            let key = keys.issue_key(&id, None).unwrap().key;
             let mut req = Request::get("/api/v1/scans")
                 .header("x-api-key", key.expose())
                 .body(Full::default())
                 .unwrap();
             // For layers benched alone behind where authentication would be.
             req.extensions_mut()
-                .insert(Tenant::new(id, Plan::Enterprise, "key"));
+                .insert(Tenant::new(id, Plan::ENTERPRISE, "key"));
             req
         })
         .collect();
@@ -175,12 +183,16 @@ governor_fn!(governor_headers, |builder| builder
 struct HeaderResolver(u32);
 
 impl RateKeyResolver for HeaderResolver {
-    fn resolve<'r, B>(&self, req: &'r Request<B>) -> Option<RateTarget<'r>> {
-        let key = req.headers().get("x-api-key")?.to_str().ok()?;
-        Some(RateTarget {
+    fn resolve<'r, B>(&self, req: &'r Request<B>) -> Result<Option<RateTarget<'r>>, NatError> {
+        let key = req
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(NatError::Unauthorized)?;
+        Ok(Some(RateTarget {
             key: std::borrow::Cow::Owned(TenantId::from(key)),
             limit: self.0,
-        })
+        }))
     }
 }
 
@@ -226,10 +238,7 @@ fn layers(c: &mut Criterion) {
         &f,
         auth.layer(handler()),
     );
-    let rate = PlanRateLimitLayer::with_store(
-        MemoryRateStore::with_clock(Arc::new(f.clock.clone())),
-        f.plans.clone(),
-    );
+    let rate = PlanRateLimitLayer::new(f.plans.clone()).clock(Arc::new(f.clock.clone()));
     bench(&mut group, "PlanRateLimit", &f, rate.layer(handler()));
     bench(
         &mut group,
@@ -270,15 +279,14 @@ fn rate_limit(c: &mut Criterion) {
         &f,
         governor_headers(handler()),
     );
-    let store = || MemoryRateStore::with_clock(Arc::new(f.clock.clone()));
+    let limiter = || PlanRateLimitLayer::new(f.plans.clone()).clock(Arc::new(f.clock.clone()));
     bench(
         &mut group,
         "PlanRateLimit (tenant)",
         &f,
-        PlanRateLimitLayer::with_store(store(), f.plans.clone()).layer(handler()),
+        limiter().layer(handler()),
     );
-    let by_header =
-        PlanRateLimitLayer::with_store(store(), f.plans.clone()).resolver(HeaderResolver(4_000));
+    let by_header = limiter().with_resolver(HeaderResolver(4_000));
     bench(
         &mut group,
         "PlanRateLimit (header key)",

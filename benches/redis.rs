@@ -104,7 +104,10 @@ fn redis_round_trips(c: &mut Criterion) {
             i = (i + 1) % keys.len();
             let (store, key) = (store.clone(), keys[i].clone());
             async move {
-                let d = store.check_async(&key, 1_000_000).await.unwrap();
+                let d = store
+                    .check_async(&key, 1_000_000, std::time::Duration::ZERO)
+                    .await
+                    .unwrap();
                 assert!(d.allowed);
             }
         })
@@ -142,9 +145,12 @@ fn redis_round_trips(c: &mut Criterion) {
                 let tasks: Vec<_> = (0..IN_FLIGHT)
                     .map(|k| {
                         let (store, key) = (store.clone(), keys[(start + k) % keys.len()].clone());
-                        tokio::spawn(
-                            async move { store.check_async(&key, 1_000_000).await.unwrap() },
-                        )
+                        tokio::spawn(async move {
+                            store
+                                .check_async(&key, 1_000_000, std::time::Duration::ZERO)
+                                .await
+                                .unwrap()
+                        })
                     })
                     .collect();
                 for t in tasks {

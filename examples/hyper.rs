@@ -7,7 +7,7 @@
 //! Listens on `NAT_ADDR` (default `127.0.0.1:8081`) and prints one demo key per plan. Routes:
 //! `GET /api/v1/usage`, `POST /api/v1/scan` (202), `GET /healthz`; everything else is 404.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -20,7 +20,8 @@ use hyper_util::{
 };
 use tower::ServiceBuilder;
 use tower_nat::{
-    NatError, NatLayer, Tenant, auth::MemoryKeyStore, scan_request::RequestBody, tenant::Plan,
+    NatError, NatLayer, auth::MemoryKeyStore, plan::Plan, quota::UsageReader,
+    scan_request::RequestBody, tenant::Tenant,
 };
 
 type Body = RequestBody<Incoming>;
@@ -35,21 +36,21 @@ fn json(status: StatusCode, value: String) -> Response<Full<Bytes>> {
 }
 
 async fn handle(
-    nat: Arc<NatLayer>,
+    usage: UsageReader,
     req: Request<Body>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let tenant = req.extensions().get::<Tenant>().cloned();
     let response = match (req.method().as_str(), req.uri().path(), tenant) {
         ("GET", "/healthz", _) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-        ("GET", "/api/v1/usage", Some(tenant)) => match nat.usage(&tenant).await {
+        ("GET", "/api/v1/usage", Some(tenant)) => match usage.usage(&tenant).await {
             Ok(usage) => json(StatusCode::OK, serde_json::to_string(&usage).unwrap()),
-            Err(_) => NatError::Internal.into_response(),
+            Err(error) => NatError::from(error).into_http_response(),
         },
         ("POST", "/api/v1/scan", Some(_)) => {
             // The body was validated and is handed over byte for byte.
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => return Ok(NatError::Internal.into_response()),
+                Err(_) => return Ok(NatError::Internal.into_http_response()),
             };
             let url = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -59,7 +60,7 @@ async fn handle(
                 serde_json::json!({"scan_id": "scan_demo", "status": "running", "url": url});
             json(StatusCode::ACCEPTED, reply.to_string())
         }
-        _ => NatError::not_found().into_response(),
+        _ => NatError::not_found().into_http_response(),
     };
     Ok(response)
 }
@@ -67,19 +68,19 @@ async fn handle(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = MemoryKeyStore::new();
-    for plan in Plan::ALL {
+    for plan in Plan::BUILT_IN {
         let tenant = format!("demo-{plan}");
-        keys.insert_tenant(tenant.as_str(), plan);
+        keys.insert_tenant(tenant.as_str(), plan.clone());
         let key = keys.issue_key(&tenant, None).expect("tenant exists");
-        println!("{plan} key: {}", key.expose());
+        println!("{plan} key: {}", key.key.expose());
     }
     let nat = NatLayer::new(keys).exempt("/healthz");
-    let shared = Arc::new(nat.clone());
+    let usage = nat.usage_reader();
     let service = ServiceBuilder::new()
         // hyper's body type cannot be rebuilt from bytes; RequestBody can.
         .map_request(|req: Request<Incoming>| req.map(RequestBody::new))
         .layer(nat)
-        .service_fn(move |req: Request<Body>| handle(shared.clone(), req));
+        .service_fn(move |req: Request<Body>| handle(usage.clone(), req));
 
     let addr: SocketAddr = std::env::var("NAT_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:8081".into())

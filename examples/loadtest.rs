@@ -26,8 +26,8 @@ use tower_nat::{
     NatLayer,
     auth::MemoryKeyStore,
     billing::BillingConfiguredLayer,
+    plan::{Plan, PlanLimits, Plans},
     scan_request::RequestBody,
-    tenant::{Plan, PlanLimits, Plans},
 };
 
 const TENANTS: usize = 1_000;
@@ -154,16 +154,22 @@ fn main() {
         let keys: Vec<String> = (0..TENANTS)
             .map(|i| {
                 let id = format!("tenant-{i}");
-                store.insert_tenant(id.as_str(), Plan::Enterprise);
-                store.issue_key(&id, None).unwrap().expose().to_owned()
+                store.insert_tenant(id.as_str(), Plan::ENTERPRISE);
+                store.issue_key(&id, None).unwrap().key.expose().to_owned()
             })
             .collect();
         let keys = Arc::new(keys);
         // Limits no tenant reaches in the run: every request takes the full success path.
-        let mut limits = PlanLimits::default_for(Plan::Enterprise);
-        limits.requests_per_minute = 1_000_000;
+        let limits = PlanLimits {
+            requests_per_minute: 1_000_000,
+            ..Plans::default().get(&Plan::ENTERPRISE).unwrap().clone()
+        };
+        let plans = Plans::builder()
+            .plan(Plan::ENTERPRISE, limits)
+            .build()
+            .unwrap();
         let nat = NatLayer::new(store)
-            .plans(Plans::default().with(Plan::Enterprise, limits))
+            .plans(plans)
             .billing(BillingConfiguredLayer::new(false));
 
         let bare = listen(|stream| async move {

@@ -10,19 +10,16 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    sync::{
-        Arc,
-        atomic::{AtomicIsize, Ordering},
-    },
+    sync::atomic::{AtomicIsize, Ordering},
     time::Duration,
 };
 
 use tower_nat::{
-    clock::{FakeClock, UtcDate},
+    clock::{Clock, FakeClock, UtcDate},
+    plan::{Allowance, ScanKind},
     quota::{MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reserved},
     rate_limit::MemoryRateStore,
-    scan_request::ScanKind,
-    tenant::{Quota, TenantId},
+    tenant::TenantId,
 };
 
 struct Counting;
@@ -66,24 +63,25 @@ fn main() {
     let clock = FakeClock::at_date(UtcDate::new(2025, 1, 15).unwrap());
 
     let before = live();
-    let rate = MemoryRateStore::with_clock(Arc::new(clock.clone()));
+    let rate = MemoryRateStore::new();
     for id in &ids {
-        assert!(rate.check_now(id, 120).allowed);
+        assert!(rate.check_now(id, 120, clock.now()).allowed);
     }
     let rate_bytes = live() - before;
     clock.advance(Duration::from_secs(1));
-    let evicted = rate.evict_idle();
+    let evicted = rate.evict_idle(clock.now());
     let rate_after = live() - before;
 
     let before = live();
     let quota = MemoryQuotaStore::new();
-    let period = Period::calendar_month(tower_nat::clock::Clock::now(&clock));
+    let now = clock.now();
+    let period = Period::calendar_month(now);
     let limits = QuotaLimits {
-        functional: Quota::Limited(50),
-        security: Quota::Limited(0),
+        functional: Allowance::Limited(50),
+        security: Allowance::Limited(0),
     };
     for id in &ids {
-        let Reserved::Granted(r) = quota.reserve_now(id, ScanKind::Functional, limits, period)
+        let Reserved::Granted(r) = quota.reserve_now(id, ScanKind::Functional, limits, period, now)
         else {
             panic!("quota")
         };

@@ -4,8 +4,17 @@
 //!
 //! The configuration is read once, when the layer is built ([`BillingConfiguredLayer::from_env`]
 //! reads `STRIPE_SECRET_KEY` and `STRIPE_WEBHOOK_SECRET`; unset or empty counts as missing).
-//! The layer keeps only whether both were present, never their values. The billing prefix is
-//! matched without regard to ASCII case, so `/API/V1/Billing/...` cannot slip past it.
+//! The layer keeps only whether both were present, never their values.
+//!
+//! Which requests are billing requests, two ways:
+//!
+//! - **By path** (the default): everything under `/api/v1/billing`
+//!   ([`BillingConfiguredLayer::prefix`] changes it), matched on the path the client sent,
+//!   also under axum's `nest` (with the `axum` feature, axum's `OriginalUri`), and without
+//!   regard to ASCII case, so `/API/V1/Billing/...` cannot slip past it.
+//! - **By placement**: [`BillingConfiguredLayer::every_request`] guards every request the
+//!   layer sees, with no path matched: put it on the billing routes only (axum's
+//!   `route_layer`, or a nested billing router's `layer`).
 //!
 //! Put it outside [`ApiKeyAuth`](crate::auth::ApiKeyAuth), so the Stripe webhook (exempt from
 //! key auth) still gets the 503 when billing is off.
@@ -40,26 +49,33 @@
 //! # }
 //! ```
 
-use std::{
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
-use http::{Request, Response};
+use http::Request;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::{body::NatBody, error::NatError, future::ResponseFuture, routes::Routes};
+use crate::{
+    error::NatError,
+    gate::Gate,
+    path::{Routes, client_path},
+};
 
 /// The default billing prefix.
 pub const DEFAULT_BILLING_PREFIX: &str = "/api/v1/billing";
 
 /// Applies [`BillingConfigured`] to a service.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BillingConfiguredLayer {
+    gate: BillingCheck,
+}
+
+/// What [`BillingConfigured`] checks: whether billing is configured, and which requests are
+/// billing requests.
+#[derive(Clone, Debug)]
+pub(crate) struct BillingCheck {
     configured: bool,
-    prefixes: Arc<Routes>,
+    // `None`: every request the layer sees.
+    prefixes: Option<Arc<Routes>>,
 }
 
 impl BillingConfiguredLayer {
@@ -77,37 +93,57 @@ impl BillingConfiguredLayer {
         Self::new(present(secret_key) && present(webhook_secret))
     }
 
-    /// Billing is configured, or not, as given.
+    /// Billing is configured, or not, as given; billing requests are those under
+    /// `/api/v1/billing`.
     pub fn new(configured: bool) -> Self {
-        let mut prefixes = Routes::default();
-        prefixes.add_prefix(DEFAULT_BILLING_PREFIX);
         Self {
-            configured,
-            prefixes: Arc::new(prefixes),
+            gate: BillingCheck {
+                configured,
+                prefixes: None,
+            },
         }
+        .prefix(DEFAULT_BILLING_PREFIX)
     }
 
-    /// Guards `prefix` (and everything below it) instead of `/api/v1/billing`.
+    /// Guards `prefix` (and everything below it, as the client sent it) instead of
+    /// `/api/v1/billing`.
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         let mut prefixes = Routes::default();
         prefixes.add_prefix(prefix);
-        self.prefixes = Arc::new(prefixes);
+        self.gate.prefixes = Some(Arc::new(prefixes));
+        self
+    }
+
+    /// Guards every request this layer sees, whatever its path: for a layer placed on the
+    /// billing routes themselves.
+    #[must_use]
+    pub fn every_request(mut self) -> Self {
+        self.gate.prefixes = None;
         self
     }
 
     /// Whether billing is configured.
     pub fn is_configured(&self) -> bool {
-        self.configured
+        self.gate.configured
     }
 }
 
-impl fmt::Debug for BillingConfiguredLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BillingConfiguredLayer")
-            .field("configured", &self.configured)
-            .field("prefixes", &self.prefixes)
-            .finish()
+impl Gate for BillingCheck {
+    fn check<B>(&self, req: &Request<B>) -> Result<(), NatError> {
+        if self.configured {
+            return Ok(());
+        }
+        let billing = match &self.prefixes {
+            None => true,
+            Some(prefixes) => prefixes.matches_prefix_ignore_case(client_path(req)),
+        };
+        if !billing {
+            return Ok(());
+        }
+        let error = NatError::StripeNotConfigured;
+        error.report(None, "billing route while Stripe is not configured");
+        Err(error)
     }
 }
 
@@ -117,7 +153,7 @@ impl<S> Layer<S> for BillingConfiguredLayer {
     fn layer(&self, inner: S) -> Self::Service {
         BillingConfigured {
             inner,
-            layer: self.clone(),
+            gate: self.gate.clone(),
         }
     }
 }
@@ -127,36 +163,11 @@ impl<S> Layer<S> for BillingConfiguredLayer {
 #[derive(Clone, Debug)]
 pub struct BillingConfigured<S> {
     inner: S,
-    layer: BillingConfiguredLayer,
+    gate: BillingCheck,
 }
 
 impl<S> BillingConfigured<S> {
     crate::inner_accessors!();
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for BillingConfigured<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<NatBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResB>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if !self.layer.configured
-            && self
-                .layer
-                .prefixes
-                .matches_prefix_ignore_case(req.uri().path())
-        {
-            let error = NatError::StripeNotConfigured;
-            error.report(None, "billing route while Stripe is not configured");
-            return ResponseFuture::reject(&error);
-        }
-        ResponseFuture::inner(self.inner.call(req))
-    }
-}
+crate::gate::gated_service!(impl<> for BillingConfigured<S>, gate = BillingCheck);

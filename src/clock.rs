@@ -27,7 +27,7 @@ use std::{
 ///
 /// Rate limiting tolerates a clock that steps backwards (it never admits extra because of it);
 /// quota periods and key expiry are wall-clock by nature.
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: fmt::Debug + Send + Sync + 'static {
     /// The current time since 1970-01-01T00:00:00Z.
     fn now(&self) -> Duration;
 }

@@ -6,12 +6,16 @@
 //! byte-stable: the fixed ones are static bytes, the others are rendered the same way every
 //! time.
 //!
-//! Handlers return the same type for 400 and 404:
+//! Handlers return the same type for 400 and 404. With the `axum` feature it is axum's
+//! `IntoResponse` (and `?` works on a [`StoreError`]); without a framework,
+//! [`NatError::into_http_response`] gives a plain `http::Response`:
 //!
 //! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
 //! use tower_nat::NatError;
 //!
-//! let response = NatError::not_found().into_response();
+//! let response: http::Response<Full<Bytes>> = NatError::not_found().into_http_response();
 //! assert_eq!(response.status(), 404);
 //! assert_eq!(response.headers()["content-type"], "application/json");
 //! assert_eq!(
@@ -24,13 +28,14 @@ use std::{borrow::Cow, fmt};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
 
 use crate::{
     body::NatBody,
     clock::UtcDate,
     headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, number},
-    tenant::{Feature, Plan, TenantId},
+    plan::{Feature, Plan},
+    report,
+    tenant::TenantId,
 };
 
 /// The 401 body: the same bytes for every cause.
@@ -44,13 +49,23 @@ const NOT_FOUND_BODY: &str =
 
 /// An error answered with the NAT JSON envelope.
 ///
-/// [`NatError::into_response`] turns it into an `http::Response` without any framework; with
-/// the `axum` feature it is also `axum_core::response::IntoResponse`.
+/// [`NatError::into_http_response`] turns it into an `http::Response` without any framework;
+/// with the `axum` feature it is also `axum_core::response::IntoResponse`, so
+/// `NatError::not_found().into_response()` in a handler is axum's response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NatError {
     /// 400 `INVALID_REQUEST`: the request is malformed; the message says how.
     InvalidRequest {
+        /// What is wrong with the request.
+        message: Cow<'static, str>,
+    },
+    /// `INVALID_REQUEST` with a 4xx status other than 400 (405, 406, 408, ...): how
+    /// [`ErrorEnvelope`](crate::envelope::ErrorEnvelope) answers a framework's refusal that
+    /// keeps its status.
+    Rejected {
+        /// The 4xx status.
+        status: StatusCode,
         /// What is wrong with the request.
         message: Cow<'static, str>,
     },
@@ -95,6 +110,15 @@ impl NatError {
         }
     }
 
+    /// `INVALID_REQUEST` with the 4xx `status` (400 if `status` is not a client error).
+    pub fn rejected(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        let message = message.into();
+        if status == StatusCode::BAD_REQUEST || !status.is_client_error() {
+            return NatError::InvalidRequest { message };
+        }
+        NatError::Rejected { status, message }
+    }
+
     /// A 404 with the generic message `The requested resource was not found.`.
     pub fn not_found() -> Self {
         NatError::NotFound {
@@ -114,6 +138,7 @@ impl NatError {
     pub fn status(&self) -> StatusCode {
         match self {
             NatError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            NatError::Rejected { status, .. } => *status,
             NatError::Unauthorized => StatusCode::UNAUTHORIZED,
             NatError::QuotaExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             NatError::FeatureNotAvailable { .. } => StatusCode::FORBIDDEN,
@@ -127,7 +152,7 @@ impl NatError {
     /// The envelope's `error` code, e.g. `RATE_LIMITED`.
     pub fn code(&self) -> &'static str {
         match self {
-            NatError::InvalidRequest { .. } => "INVALID_REQUEST",
+            NatError::InvalidRequest { .. } | NatError::Rejected { .. } => "INVALID_REQUEST",
             NatError::Unauthorized => "UNAUTHORIZED",
             NatError::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             NatError::FeatureNotAvailable { .. } => "FEATURE_NOT_AVAILABLE",
@@ -141,9 +166,9 @@ impl NatError {
     /// The envelope's `message`.
     pub fn message(&self) -> Cow<'static, str> {
         match self {
-            NatError::InvalidRequest { message } | NatError::NotFound { message } => {
-                message.clone()
-            }
+            NatError::InvalidRequest { message }
+            | NatError::Rejected { message, .. }
+            | NatError::NotFound { message } => message.clone(),
             NatError::Unauthorized => "Missing or invalid API key.".into(),
             NatError::QuotaExceeded { resets_on } => {
                 format!("Monthly scan quota exhausted. Quota resets on {resets_on}.").into()
@@ -171,7 +196,9 @@ impl NatError {
             NatError::NotFound { message } if message == NOT_FOUND_MESSAGE => {
                 Bytes::from_static(NOT_FOUND_BODY.as_bytes())
             }
-            NatError::InvalidRequest { message } | NatError::NotFound { message } => {
+            NatError::InvalidRequest { message }
+            | NatError::Rejected { message, .. }
+            | NatError::NotFound { message } => {
                 let mut out = envelope_start(self.code(), message);
                 out.push('}');
                 out.into()
@@ -186,9 +213,9 @@ impl NatError {
             NatError::FeatureNotAvailable { feature, plan } => {
                 let mut out = envelope_start(self.code(), &self.message());
                 out.push_str(",\"feature\":\"");
-                out.push_str(feature.as_str());
+                out.push_str(feature.name());
                 out.push_str("\",\"plan\":\"");
-                out.push_str(plan.as_str());
+                out.push_str(plan.name());
                 out.push_str("\"}");
                 out.into()
             }
@@ -202,9 +229,10 @@ impl NatError {
         }
     }
 
-    /// The full response, with an [`http_body_util::Full`] body.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        self.to_response_with(Full::new)
+    /// The full response, without any framework, with any body type that can be made from
+    /// [`Bytes`] (`http_body_util::Full<Bytes>`, `axum::body::Body`, ...).
+    pub fn into_http_response<B: From<Bytes>>(self) -> Response<B> {
+        self.to_response_with(B::from)
     }
 
     /// The full response with the rejection variant of [`NatBody`], for middleware.
@@ -230,20 +258,10 @@ impl NatError {
 
     /// Reports this rejection as a `tracing` event (target `tower_nat`): its code, status and
     /// the tenant where known, plus a short internal `reason` that never reaches the client.
-    /// Keys are never part of it.
+    /// Keys are never part of it. Refusals a client caused are `DEBUG` events, so a flood of
+    /// bad requests is not a flood of logs; 500s are `ERROR` events, sampled.
     pub(crate) fn report(&self, tenant: Option<&TenantId>, reason: &'static str) {
-        let tenant = tenant.map(TenantId::as_str);
-        match self {
-            NatError::Internal => {
-                tracing::error!(target: "tower_nat", code = self.code(), status = self.status().as_u16(), tenant, reason, "request rejected");
-            }
-            NatError::StripeNotConfigured => {
-                tracing::warn!(target: "tower_nat", code = self.code(), status = self.status().as_u16(), tenant, reason, "request rejected");
-            }
-            _ => {
-                tracing::info!(target: "tower_nat", code = self.code(), status = self.status().as_u16(), tenant, reason, "request rejected");
-            }
-        }
+        report::rejection(self.code(), self.status().as_u16(), tenant, reason);
     }
 }
 
@@ -270,14 +288,25 @@ impl std::error::Error for NatError {}
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum_core::response::IntoResponse for NatError {
     fn into_response(self) -> axum_core::response::Response {
-        self.to_response_with(axum_core::body::Body::from)
+        self.into_http_response()
+    }
+}
+
+/// A store failure in a handler: `?` turns it into the 500 envelope. The cause is reported
+/// through `tracing` (target `tower_nat`, level `ERROR`, sampled), never sent.
+impl From<StoreError> for NatError {
+    fn from(error: StoreError) -> Self {
+        report::failure("store", &error);
+        NatError::Internal
     }
 }
 
 /// The error of a store (key, rate-limit or quota store): the backend failed or timed out.
 ///
 /// Layers answer it with 500 `INTERNAL_ERROR` (or, where configured, let the request through)
-/// and report it through `tracing`; its text never reaches a client.
+/// and report it through `tracing`; its text never reaches a client. It displays as
+/// `store error` and keeps the backend's error as its [`source`](std::error::Error::source),
+/// so reporters that walk the chain print each cause once.
 #[derive(Debug)]
 pub struct StoreError {
     source: Box<dyn std::error::Error + Send + Sync>,
@@ -294,7 +323,7 @@ impl StoreError {
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "store error: {}", self.source)
+        f.write_str("store error")
     }
 }
 

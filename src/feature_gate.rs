@@ -3,7 +3,7 @@
 //!
 //! Two kinds of gate:
 //! - [`FeatureGateLayer::scans`]: per scan kind. A request carrying a
-//!   [`ScanKind`] (put there by
+//!   [`ScanKind`](crate::plan::ScanKind) (put there by
 //!   [`ValidateScanRequest`](crate::scan_request::ValidateScanRequest)) needs security scanning
 //!   for `security` and `full`; other requests pass.
 //! - [`FeatureGateLayer::require`]: every request of the route needs the feature, e.g.
@@ -11,8 +11,10 @@
 //!
 //! The 403 names the feature and the plan:
 //! `{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}`.
-//! A request with no [`Tenant`](crate::Tenant) is refused with 401 unless authentication marked
-//! it [`AuthExempt`](crate::tenant::AuthExempt).
+//! Features are those of the request's plan in the [`Plans`](crate::plan::Plans) table (the
+//! built-in ones, or your own by name). A request with no [`Tenant`](crate::tenant::Tenant)
+//! is refused with 401 unless authentication marked it
+//! [`AuthExempt`](crate::tenant::AuthExempt); a tenant whose plan the table lacks gets 500.
 //!
 //! # Example
 //!
@@ -22,72 +24,118 @@
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_nat::{feature_gate::FeatureGateLayer, tenant::{Feature, Plan, Plans, Tenant}};
+//! use tower_nat::{feature_gate::FeatureGateLayer, plan::{Feature, Plan, Plans}, tenant::Tenant};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let webhooks = ServiceBuilder::new()
-//!     .layer(FeatureGateLayer::require(Feature::Webhooks, Plans::default()))
+//!     .layer(FeatureGateLayer::require(Feature::WEBHOOKS, Plans::default()))
 //!     .service_fn(|_: Request<Full<Bytes>>| async {
 //!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("registered"))))
 //!     });
 //!
 //! let mut req = Request::post("/api/v1/webhooks").body(Full::default()).unwrap();
-//! req.extensions_mut().insert(Tenant::new("acme", Plan::Pro, "key_1"));
+//! req.extensions_mut().insert(Tenant::new("acme", Plan::PRO, "key_1"));
 //! let response = webhooks.clone().oneshot(req).await.unwrap();
 //! assert_eq!(response.status(), 403);
 //!
 //! let mut req = Request::post("/api/v1/webhooks").body(Full::default()).unwrap();
-//! req.extensions_mut().insert(Tenant::new("acme", Plan::Team, "key_1"));
+//! req.extensions_mut().insert(Tenant::new("acme", Plan::TEAM, "key_1"));
 //! assert_eq!(webhooks.oneshot(req).await.unwrap().status(), 200);
 //! # }
 //! ```
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
-use http::{Request, Response};
+use http::Request;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::{
-    body::NatBody,
     error::NatError,
-    future::ResponseFuture,
-    scan_request::ScanKind,
-    tenant::{Caller, Feature, Plans},
+    gate::Gate,
+    plan::{Feature, Plans, ScanKind},
+    tenant::Caller,
 };
-
-#[derive(Clone, Copy, Debug)]
-enum Gate {
-    Scans,
-    Require(Feature),
-}
 
 /// Applies [`FeatureGate`] to a service.
 #[derive(Clone, Debug)]
 pub struct FeatureGateLayer {
-    gate: Gate,
+    gate: FeatureCheck,
+}
+
+/// What [`FeatureGate`] checks: which feature a request needs, against the plan table.
+#[derive(Clone, Debug)]
+pub(crate) struct FeatureCheck {
+    // `None`: the feature the request's scan kind needs.
+    feature: Option<Feature>,
     plans: Arc<Plans>,
 }
 
 impl FeatureGateLayer {
-    /// Gates scan creation by scan kind: `security` and `full` need security scanning.
+    /// Gates scan creation by scan kind: `security` and `full` need
+    /// [`Feature::SECURITY_SCANNING`].
     pub fn scans(plans: impl Into<Arc<Plans>>) -> Self {
         Self {
-            gate: Gate::Scans,
-            plans: plans.into(),
+            gate: FeatureCheck {
+                feature: None,
+                plans: plans.into(),
+            },
         }
     }
 
-    /// Every request needs `feature`.
+    /// Every request needs `feature` (a built-in one, or one of the table's own:
+    /// [`Plans::feature`]).
     pub fn require(feature: Feature, plans: impl Into<Arc<Plans>>) -> Self {
         Self {
-            gate: Gate::Require(feature),
-            plans: plans.into(),
+            gate: FeatureCheck {
+                feature: Some(feature),
+                plans: plans.into(),
+            },
         }
+    }
+}
+
+impl Gate for FeatureCheck {
+    fn check<B>(&self, req: &Request<B>) -> Result<(), NatError> {
+        let needed = match &self.feature {
+            Some(feature) => feature.clone(),
+            None => match req
+                .extensions()
+                .get::<ScanKind>()
+                .and_then(|k| k.required_feature())
+            {
+                Some(feature) => feature,
+                None => return Ok(()),
+            },
+        };
+        let tenant = match Caller::of(req.extensions()) {
+            Caller::Tenant(tenant) => tenant,
+            Caller::Exempt => return Ok(()),
+            Caller::Unknown => {
+                let error = NatError::Unauthorized;
+                error.report(None, "no tenant in the request (feature gate fails closed)");
+                return Err(error);
+            }
+        };
+        let Some(limits) = self.plans.limits(tenant) else {
+            let error = NatError::Internal;
+            error.report(
+                Some(tenant.id()),
+                "the tenant's plan is not in the plan table",
+            );
+            return Err(error);
+        };
+        if limits.has(&needed) {
+            return Ok(());
+        }
+        // The table's own names, display names included.
+        let feature = self.plans.feature(needed.name()).cloned().unwrap_or(needed);
+        let error = NatError::FeatureNotAvailable {
+            feature,
+            plan: limits.plan().clone(),
+        };
+        error.report(Some(tenant.id()), "plan lacks the feature");
+        Err(error)
     }
 }
 
@@ -97,7 +145,7 @@ impl<S> Layer<S> for FeatureGateLayer {
     fn layer(&self, inner: S) -> Self::Service {
         FeatureGate {
             inner,
-            layer: self.clone(),
+            gate: self.gate.clone(),
         }
     }
 }
@@ -107,53 +155,11 @@ impl<S> Layer<S> for FeatureGateLayer {
 #[derive(Clone, Debug)]
 pub struct FeatureGate<S> {
     inner: S,
-    layer: FeatureGateLayer,
+    gate: FeatureCheck,
 }
 
 impl<S> FeatureGate<S> {
     crate::inner_accessors!();
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for FeatureGate<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<NatBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResB>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let needed = match self.layer.gate {
-            Gate::Require(feature) => Some(feature),
-            Gate::Scans => req
-                .extensions()
-                .get::<ScanKind>()
-                .and_then(|k| k.required_feature()),
-        };
-        let Some(feature) = needed else {
-            return ResponseFuture::inner(self.inner.call(req));
-        };
-        match Caller::of(req.extensions()) {
-            Caller::Tenant(tenant) if self.layer.plans.get(tenant.plan()).has(feature) => {}
-            Caller::Tenant(tenant) => {
-                let error = NatError::FeatureNotAvailable {
-                    feature,
-                    plan: tenant.plan(),
-                };
-                error.report(Some(tenant.id()), "plan lacks the feature");
-                return ResponseFuture::reject(&error);
-            }
-            Caller::Exempt => {}
-            Caller::Unknown => {
-                let error = NatError::Unauthorized;
-                error.report(None, "no tenant in the request (feature gate fails closed)");
-                return ResponseFuture::reject(&error);
-            }
-        }
-        ResponseFuture::inner(self.inner.call(req))
-    }
-}
+crate::gate::gated_service!(impl<> for FeatureGate<S>, gate = FeatureCheck);

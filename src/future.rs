@@ -1,5 +1,6 @@
-//! [`ResponseFuture`]: the future of every layer that decides synchronously: it either runs
-//! the inner service's future or yields a ready rejection.
+//! The response futures of the crate's layers: [`ResponseFuture`] for the layers that decide
+//! synchronously from the request alone, [`GuardFuture`] for those whose decision may come
+//! later (a store, a body to read).
 
 use std::{
     fmt,
@@ -16,10 +17,12 @@ use crate::{
     error::NatError,
 };
 
+pub use crate::guard::ResponseFuture as GuardFuture;
+
 pin_project! {
-    /// The response future of [`BillingConfigured`](crate::billing::BillingConfigured),
-    /// [`FeatureGate`](crate::feature_gate::FeatureGate) and the other layers that decide
-    /// before calling the inner service.
+    /// The response future of [`BillingConfigured`](crate::billing::BillingConfigured) and
+    /// [`FeatureGate`](crate::feature_gate::FeatureGate): the inner service's future, or a
+    /// ready rejection.
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,

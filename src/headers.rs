@@ -10,9 +10,10 @@ pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// `X-RateLimit-Remaining`: how many more requests, sent at once, would pass.
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-/// `RateLimit` (IETF draft): `limit=L, remaining=R, reset=S`.
+/// `RateLimit` (IETF draft 09): `"default";r=R;t=S`, the remaining requests and the seconds
+/// until a full burst is back.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-/// `RateLimit-Policy` (IETF draft): `L;w=60`.
+/// `RateLimit-Policy` (IETF draft 09): `"default";q=L;w=60`, the limit a minute.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 const CACHED: usize = 4096;

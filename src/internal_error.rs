@@ -2,8 +2,8 @@
 //! 500 `INTERNAL_ERROR` envelope.
 //!
 //! Nothing of the error or the panic reaches the client: the error's text is reported through
-//! `tracing` (target `tower_nat`, level `error`), and the panic payload too when it is a
-//! string. (Rust's panic hook still prints panics to stderr unless the server replaces it.)
+//! `tracing` (target `tower_nat`, level `error`, sampled), and the panic payload too when it
+//! is a string. (Rust's panic hook still prints panics to stderr unless the server replaces it.)
 //! The guard's own error type is [`Infallible`], so it also adapts fallible services to
 //! frameworks such as axum that need infallible ones.
 //!
@@ -53,6 +53,7 @@ use tower_service::Service;
 use crate::{
     body::{NatBody, wrap},
     error::NatError,
+    report,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -94,18 +95,21 @@ impl<S> InternalErrorGuard<S> {
     crate::inner_accessors!();
 }
 
-fn report_error(error: &(dyn std::error::Error + Send + Sync)) {
-    tracing::error!(target: "tower_nat", error = %error, "inner service failed");
+fn report_error(error: &(dyn std::error::Error + Send + Sync + 'static)) {
+    report::failure("inner service", error);
     NatError::Internal.report(None, "inner service error");
 }
 
 fn report_panic(payload: &(dyn Any + Send)) {
+    static PANICS: report::Sampler = report::Sampler::new();
     let message = payload
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(non-string panic payload)");
-    tracing::error!(target: "tower_nat", panic = message, "inner service panicked");
+    if let Some(suppressed) = PANICS.admit() {
+        tracing::error!(target: "tower_nat", panic = message, suppressed, "inner service panicked");
+    }
     NatError::Internal.report(None, "inner service panicked");
 }
 

@@ -1,36 +1,47 @@
 //! The whole NAT stack in one layer: [`NatLayer`] composes every middleware of this crate in
 //! the contract's order from one configuration.
 //!
-//! Outermost first: [`InternalErrorGuard`] → [`BillingConfigured`] → [`ApiKeyAuth`] →
-//! [`PlanRateLimit`] → [`ValidateScanRequest`] → [`FeatureGate`] (scan kinds) →
-//! [`QuotaGuard`] → your service. So a Free tenant asking for a security scan with no quota
+//! Outermost first: [`ErrorEnvelope`] → [`InternalErrorGuard`] → [`BillingConfigured`] →
+//! [`ApiKeyAuth`] → [`PlanRateLimit`] → [`ValidateScanRequest`] → [`FeatureGate`] (scan kinds)
+//! → [`QuotaGuard`] → your service. So a Free tenant asking for a security scan with no quota
 //! left gets 403, not 402; a rate-limited request never reaches the quota; the Stripe webhook
-//! (exempt from key auth) still gets 503 when billing is off.
+//! (exempt from key auth) still gets 503 when billing is off; and every error, the
+//! framework's own included, is in the envelope.
 //!
 //! Routes exempted with [`NatLayer::exempt`] skip authentication, rate limits and quotas
-//! (but not the billing check or the internal-error guard).
+//! (but not the billing check, the internal-error guard or the envelope).
+//!
+//! # Where it goes
+//!
+//! Every path decision (exempt routes, scan creation, the billing prefix) is made on the path
+//! the client sent, so the layer works the same at the top of an app and on a router nested
+//! under a prefix (axum's `nest` and `nest_service`: enable the `axum` feature, which reads
+//! axum's `OriginalUri`). Servers that place layers per route can instead give routes their
+//! meaning by placement: [`NatLayer::scan_creation`] on the scan route, and
+//! [`BillingConfiguredLayer::every_request`] on the billing routes. Put CORS outside it (a
+//! preflight carries no API key).
 //!
 //! # Example
 //!
 //! ```
-//! use axum::{Extension, Json, Router, routing::get};
-//! use tower_nat::{NatLayer, Tenant, auth::MemoryKeyStore, quota::Usage};
+//! use axum::{Json, Router, routing::{get, post}};
+//! use tower_nat::{NatError, NatLayer, auth::MemoryKeyStore, quota::Usage, tenant::Tenant};
 //!
-//! let keys = MemoryKeyStore::new();
-//! let nat = NatLayer::new(keys)
-//!     .exempt("/healthz")
-//!     .exempt("/api/v1/billing/webhook");
-//! let usage = nat.clone();
-//! let app: Router = Router::new()
-//!     .route("/api/v1/usage", get(move |Extension(tenant): Extension<Tenant>| {
-//!         let nat = usage.clone();
-//!         async move { Json(nat.usage(&tenant).await.unwrap()) }
+//! let nat = NatLayer::new(MemoryKeyStore::new()).exempt("/healthz");
+//! let usage = nat.usage_reader();
+//! let api: Router = Router::new()
+//!     .route("/usage", get(move |tenant: Tenant| async move {
+//!         Ok::<_, NatError>(Json(usage.usage(&tenant).await?))
 //!     }))
+//!     .route("/scan", post(|| async { (http::StatusCode::ACCEPTED, "{}") }));
+//! // The client's paths are /api/v1/usage and /api/v1/scan: that is what the layer matches.
+//! let app: Router = Router::new()
+//!     .nest("/api/v1", api)
 //!     .route("/healthz", get(|| async { "ok" }))
 //!     .layer(nat);
 //! ```
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
 use tower_layer::Layer;
 
@@ -38,145 +49,144 @@ use crate::{
     auth::{ApiKeyAuth, ApiKeyAuthLayer, KeyFormat, MemoryKeyStore},
     billing::{BillingConfigured, BillingConfiguredLayer},
     clock::{self, SharedClock},
+    envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
     error::StoreError,
     feature_gate::{FeatureGate, FeatureGateLayer},
     internal_error::{InternalErrorGuard, InternalErrorGuardLayer},
-    quota::{self, MemoryQuotaStore, QuotaGuard, QuotaGuardLayer, QuotaStore, Usage},
+    plan::Plans,
+    quota::{MemoryQuotaStore, QuotaGuard, QuotaGuardLayer, QuotaStore, Usage, UsageReader},
     rate_limit::{MemoryRateStore, PlanRateLimit, PlanRateLimitLayer},
     scan_request::{ValidateScanRequest, ValidateScanRequestLayer},
     store::OnStoreError,
-    tenant::{Plans, Tenant},
+    tenant::Tenant,
 };
 
 /// The service [`NatLayer`] wraps around `S`.
 pub type NatService<S, K = MemoryKeyStore, R = MemoryRateStore, Q = MemoryQuotaStore> =
-    InternalErrorGuard<
-        BillingConfigured<
-            ApiKeyAuth<PlanRateLimit<ValidateScanRequest<FeatureGate<QuotaGuard<S, Q>>>, R>, K>,
-        >,
+    ErrorEnvelope<
+        InternalErrorGuard<BillingConfigured<ApiKeyAuth<PlanRateLimit<ScanCreation<S, Q>, R>, K>>>,
     >;
+
+/// The service [`ScanCreationLayer`] wraps around `S`.
+pub type ScanCreation<S, Q = MemoryQuotaStore> = ValidateScanRequest<FeatureGate<QuotaGuard<S, Q>>>;
 
 /// Every layer of the crate, composed in the contract's order from one configuration. See the
 /// [module docs](self).
 ///
-/// Defaults: the NAT plan table, in-memory rate-limit and quota stores, the system clock,
-/// billing read from the environment ([`BillingConfiguredLayer::from_env`]) when the layer is
-/// made, scan validation of `POST /api/v1/scan` with a 1 MiB limit, no exempt routes.
+/// Defaults: NAT's plan table, in-memory rate-limit and quota stores, the system clock, scan
+/// validation of `POST /api/v1/scan` with a 1 MiB limit, no exempt routes, the error envelope
+/// on, and billing **not configured** (503 `STRIPE_NOT_CONFIGURED` under `/api/v1/billing`)
+/// until you pass [`NatLayer::billing`], e.g. `BillingConfiguredLayer::from_env()`. Nothing is
+/// read from the environment unless you ask.
+#[derive(Clone, Debug)]
 pub struct NatLayer<K = MemoryKeyStore, R = MemoryRateStore, Q = MemoryQuotaStore> {
-    keys: K,
-    rate: R,
-    quota: Q,
+    auth: ApiKeyAuthLayer<K>,
+    rate: PlanRateLimitLayer<R>,
+    scans: ScanCreationLayer<Q>,
+    billing: BillingConfiguredLayer,
+    envelope: bool,
     plans: Arc<Plans>,
     clock: SharedClock,
-    exempt: Vec<String>,
-    exempt_prefixes: Vec<String>,
-    key_format: KeyFormat,
-    billing: BillingConfiguredLayer,
-    validation: ValidateScanRequestLayer,
-    draft_headers: bool,
-    rate_on_store_error: OnStoreError,
-    quota_on_store_error: OnStoreError,
 }
 
 impl<K> NatLayer<K> {
     /// The stack with `keys` as key store and every other setting at its default.
     pub fn new(keys: K) -> Self {
+        let plans = Arc::new(Plans::default());
         Self {
-            keys,
-            rate: MemoryRateStore::new(),
-            quota: MemoryQuotaStore::new(),
-            plans: Arc::new(Plans::default()),
+            auth: ApiKeyAuthLayer::new(keys),
+            rate: PlanRateLimitLayer::new(plans.clone()),
+            scans: ScanCreationLayer {
+                validation: ValidateScanRequestLayer::new(),
+                features: FeatureGateLayer::scans(plans.clone()),
+                quota: QuotaGuardLayer::new(plans.clone()),
+            },
+            billing: BillingConfiguredLayer::new(false),
+            envelope: true,
+            plans,
             clock: clock::system(),
-            exempt: Vec::new(),
-            exempt_prefixes: Vec::new(),
-            key_format: KeyFormat::default(),
-            billing: BillingConfiguredLayer::from_env(),
-            validation: ValidateScanRequestLayer::new(),
-            draft_headers: false,
-            rate_on_store_error: OnStoreError::Allow,
-            quota_on_store_error: OnStoreError::Reject,
         }
     }
 }
 
-impl<K, Q> NatLayer<K, MemoryRateStore, Q> {
-    /// Reads time from `clock` everywhere: key expiry, quota periods and the in-memory rate
-    /// limiter (which is replaced by a fresh one on `clock`; call
-    /// [`with_rate_store`](Self::with_rate_store) after this, not before).
-    #[must_use]
-    pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.rate = MemoryRateStore::with_clock(clock.clone());
-        self.clock = clock;
-        self
-    }
-}
-
 impl<K, R, Q> NatLayer<K, R, Q> {
-    /// Uses this plan table.
+    /// Uses this plan table everywhere.
     #[must_use]
     pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
-        self.plans = plans.into();
+        let plans = plans.into();
+        self.rate = self.rate.plans(plans.clone());
+        self.scans.features = FeatureGateLayer::scans(plans.clone());
+        self.scans.quota = self.scans.quota.plans(plans.clone());
+        self.plans = plans;
+        self
+    }
+
+    /// Reads time from `clock` everywhere: key expiry, rate limits and quota periods.
+    #[must_use]
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.auth = self.auth.clock(clock.clone());
+        self.rate = self.rate.clock(clock.clone());
+        self.scans.quota = self.scans.quota.clock(clock.clone());
+        self.clock = clock;
         self
     }
 
     /// Keeps rate-limit state in `store` (e.g. Redis, shared by several instances).
     #[must_use]
     pub fn with_rate_store<R2>(self, store: R2) -> NatLayer<K, R2, Q> {
-        self.with_stores(|_| store, |quota| quota)
+        NatLayer {
+            auth: self.auth,
+            rate: self.rate.with_store(store),
+            scans: self.scans,
+            billing: self.billing,
+            envelope: self.envelope,
+            plans: self.plans,
+            clock: self.clock,
+        }
     }
 
     /// Keeps scan usage in `store`.
     #[must_use]
     pub fn with_quota_store<Q2>(self, store: Q2) -> NatLayer<K, R, Q2> {
-        self.with_stores(|rate| rate, |_| store)
-    }
-
-    /// The same configuration with the stores mapped by `rate` and `quota`.
-    fn with_stores<R2, Q2>(
-        self,
-        rate: impl FnOnce(R) -> R2,
-        quota: impl FnOnce(Q) -> Q2,
-    ) -> NatLayer<K, R2, Q2> {
         NatLayer {
-            keys: self.keys,
-            rate: rate(self.rate),
-            quota: quota(self.quota),
+            auth: self.auth,
+            rate: self.rate,
+            scans: ScanCreationLayer {
+                validation: self.scans.validation,
+                features: self.scans.features,
+                quota: self.scans.quota.with_store(store),
+            },
+            billing: self.billing,
+            envelope: self.envelope,
             plans: self.plans,
             clock: self.clock,
-            exempt: self.exempt,
-            exempt_prefixes: self.exempt_prefixes,
-            key_format: self.key_format,
-            billing: self.billing,
-            validation: self.validation,
-            draft_headers: self.draft_headers,
-            rate_on_store_error: self.rate_on_store_error,
-            quota_on_store_error: self.quota_on_store_error,
         }
     }
 
-    /// Lets requests to exactly `path` through without a key, rate limit or quota.
+    /// Lets requests to exactly `path` (as the client sent it) through without a key, rate
+    /// limit or quota.
     #[must_use]
     pub fn exempt(mut self, path: impl Into<String>) -> Self {
-        self.exempt.push(path.into());
+        self.auth = self.auth.exempt(path);
         self
     }
 
     /// Like [`exempt`](Self::exempt) for `prefix` and everything below it.
     #[must_use]
     pub fn exempt_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.exempt_prefixes.push(prefix.into());
+        self.auth = self.auth.exempt_prefix(prefix);
         self
     }
 
     /// Accepts API keys of this format.
     #[must_use]
     pub fn key_format(mut self, format: KeyFormat) -> Self {
-        self.key_format = format;
+        self.auth = self.auth.key_format(format);
         self
     }
 
-    /// The billing check to use (by default [`BillingConfiguredLayer::from_env`], read when
-    /// [`NatLayer::new`] ran).
+    /// The billing check (by default: not configured, on `/api/v1/billing`). Pass
+    /// [`BillingConfiguredLayer::from_env`] to read the Stripe variables.
     #[must_use]
     pub fn billing(mut self, billing: BillingConfiguredLayer) -> Self {
         self.billing = billing;
@@ -186,89 +196,95 @@ impl<K, R, Q> NatLayer<K, R, Q> {
     /// The scan validation to use (routes, body limit, default mode).
     #[must_use]
     pub fn scan_validation(mut self, validation: ValidateScanRequestLayer) -> Self {
-        self.validation = validation;
+        self.scans.validation = validation;
         self
     }
 
     /// Also sends the IETF draft `RateLimit` and `RateLimit-Policy` headers.
     #[must_use]
     pub fn draft_rate_limit_headers(mut self, enabled: bool) -> Self {
-        self.draft_headers = enabled;
+        self.rate = self.rate.draft_headers(enabled);
         self
     }
 
     /// What rate limiting does when its store fails (default: let requests through).
     #[must_use]
     pub fn rate_limit_on_store_error(mut self, choice: OnStoreError) -> Self {
-        self.rate_on_store_error = choice;
+        self.rate = self.rate.on_store_error(choice);
         self
     }
 
     /// What quota enforcement does when its store fails (default: 500).
     #[must_use]
     pub fn quota_on_store_error(mut self, choice: OnStoreError) -> Self {
-        self.quota_on_store_error = choice;
+        self.scans.quota = self.scans.quota.on_store_error(choice);
+        self
+    }
+
+    /// Whether every error response that is not already JSON is put in the envelope
+    /// ([`ErrorEnvelope`], on by default).
+    #[must_use]
+    pub fn error_envelope(mut self, enabled: bool) -> Self {
+        self.envelope = enabled;
         self
     }
 
     /// The plan table.
-    pub fn plan_table(&self) -> &Plans {
-        &self.plans
+    pub fn plan_table(&self) -> Arc<Plans> {
+        self.plans.clone()
     }
 
     /// The key store.
     pub fn key_store(&self) -> &K {
-        &self.keys
+        self.auth.store()
     }
 
     /// The rate-limit store.
     pub fn rate_store(&self) -> &R {
-        &self.rate
+        self.rate.store()
     }
 
     /// The quota store.
     pub fn quota_store(&self) -> &Q {
-        &self.quota
+        self.scans.quota.store()
+    }
+}
+
+impl<K, R, Q: Clone> NatLayer<K, R, Q> {
+    /// Validation, feature gate and quota for a layer placed on the scan route itself: every
+    /// request it sees is a scan creation, whatever its path. It shares this layer's quota
+    /// store, plans and clock, and a scan this layer already validated and reserved (by path)
+    /// is neither read nor charged twice.
+    ///
+    /// ```
+    /// use axum::{Router, routing::post};
+    /// use tower_nat::{NatLayer, auth::MemoryKeyStore};
+    ///
+    /// let nat = NatLayer::new(MemoryKeyStore::new());
+    /// let app: Router = Router::new()
+    ///     .route("/v2/scans", post(|| async { (http::StatusCode::ACCEPTED, "{}") }))
+    ///     .route_layer(nat.scan_creation())
+    ///     .layer(nat);
+    /// ```
+    pub fn scan_creation(&self) -> ScanCreationLayer<Q> {
+        ScanCreationLayer {
+            validation: self.scans.validation.clone().every_request(),
+            features: self.scans.features.clone(),
+            quota: self.scans.quota.clone(),
+        }
     }
 }
 
 impl<K, R, Q: QuotaStore> NatLayer<K, R, Q> {
     /// The usage snapshot of `tenant` now: everything `GET /api/v1/usage` answers.
     pub async fn usage(&self, tenant: &Tenant) -> Result<Usage, StoreError> {
-        quota::snapshot(&self.quota, &self.plans, &self.clock, tenant).await
+        self.scans.quota.usage(tenant).await
     }
-}
 
-impl<K: Clone, R: Clone, Q: Clone> Clone for NatLayer<K, R, Q> {
-    fn clone(&self) -> Self {
-        Self {
-            keys: self.keys.clone(),
-            rate: self.rate.clone(),
-            quota: self.quota.clone(),
-            plans: self.plans.clone(),
-            clock: self.clock.clone(),
-            exempt: self.exempt.clone(),
-            exempt_prefixes: self.exempt_prefixes.clone(),
-            key_format: self.key_format,
-            billing: self.billing.clone(),
-            validation: self.validation.clone(),
-            draft_headers: self.draft_headers,
-            rate_on_store_error: self.rate_on_store_error,
-            quota_on_store_error: self.quota_on_store_error,
-        }
-    }
-}
-
-impl<K: fmt::Debug, R: fmt::Debug, Q: fmt::Debug> fmt::Debug for NatLayer<K, R, Q> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatLayer")
-            .field("keys", &self.keys)
-            .field("rate", &self.rate)
-            .field("quota", &self.quota)
-            .field("exempt", &self.exempt)
-            .field("exempt_prefixes", &self.exempt_prefixes)
-            .field("billing", &self.billing)
-            .finish_non_exhaustive()
+    /// A cheap, cloneable handle that reads usage snapshots, for handlers; its type names no
+    /// store.
+    pub fn usage_reader(&self) -> UsageReader {
+        self.scans.quota.usage_reader()
     }
 }
 
@@ -276,28 +292,33 @@ impl<S, K: Clone, R: Clone, Q: Clone> Layer<S> for NatLayer<K, R, Q> {
     type Service = NatService<S, K, R, Q>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let quota = QuotaGuardLayer::with_store(self.quota.clone(), self.plans.clone())
-            .clock(self.clock.clone())
-            .on_store_error(self.quota_on_store_error);
-        let features = FeatureGateLayer::scans(self.plans.clone());
-        let rate = PlanRateLimitLayer::with_store(self.rate.clone(), self.plans.clone())
-            .draft_headers(self.draft_headers)
-            .on_store_error(self.rate_on_store_error);
-        let mut auth = ApiKeyAuthLayer::new(self.keys.clone())
-            .key_format(self.key_format)
-            .clock(self.clock.clone());
-        for path in &self.exempt {
-            auth = auth.exempt(path.clone());
-        }
-        for prefix in &self.exempt_prefixes {
-            auth = auth.exempt_prefix(prefix.clone());
-        }
-        let service = quota.layer(inner);
-        let service = features.layer(service);
-        let service = self.validation.layer(service);
-        let service = rate.layer(service);
-        let service = auth.layer(service);
+        let service = self.scans.layer(inner);
+        let service = self.rate.layer(service);
+        let service = self.auth.layer(service);
         let service = self.billing.layer(service);
-        InternalErrorGuardLayer::new().layer(service)
+        let service = InternalErrorGuardLayer::new().layer(service);
+        ErrorEnvelopeLayer::new()
+            .enabled(self.envelope)
+            .layer(service)
+    }
+}
+
+/// Scan validation, the feature gate for scan kinds, and the quota, in that order: the part of
+/// the stack that gives a scan creation its meaning. [`NatLayer`] runs it on the scan routes
+/// it finds by path; [`NatLayer::scan_creation`] makes one for the scan route itself.
+#[derive(Clone, Debug)]
+pub struct ScanCreationLayer<Q = MemoryQuotaStore> {
+    validation: ValidateScanRequestLayer,
+    features: FeatureGateLayer,
+    quota: QuotaGuardLayer<Q>,
+}
+
+impl<S, Q: Clone> Layer<S> for ScanCreationLayer<Q> {
+    type Service = ScanCreation<S, Q>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let service = self.quota.layer(inner);
+        let service = self.features.layer(service);
+        self.validation.layer(service)
     }
 }

@@ -1,7 +1,6 @@
 //! Secrets hygiene: no `Debug` output, error, log line or response carries an API key beyond
-//! its short prefix, whatever happens to the request.
-
-mod common;
+//! its short prefix, whatever happens to the request. In its own binary: it captures every
+//! log line of the process.
 
 use std::{
     io::Write,
@@ -22,7 +21,7 @@ use tower_nat::{
     auth::{ApiKey, ApiKeyAuthLayer, MemoryKeyStore},
     billing::BillingConfiguredLayer,
     clock::FakeClock,
-    tenant::{Plan, Plans},
+    plan::{Plan, Plans},
 };
 
 /// Everything `tracing` writes, captured.
@@ -53,20 +52,21 @@ async fn no_log_line_response_or_debug_output_carries_a_key() {
         .with_max_level(tracing::Level::TRACE)
         .with_writer(logs.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("acme", Plan::Free);
-    let live = keys.issue_key("acme", None).unwrap();
+    keys.insert_tenant("acme", Plan::FREE);
+    let live = keys.issue_key("acme", None).unwrap().key;
     let expiring = keys
         .issue_key("acme", Some(Duration::from_secs(10)))
-        .unwrap();
+        .unwrap()
+        .key;
     let revoked_key = ApiKey::generate();
     let revoked_id = keys.add_key("acme", &revoked_key, None).unwrap();
     keys.revoke(&revoked_id);
     let unknown = ApiKey::generate();
     let plans = Plans::from_json(
-        r#"{"free": {"requests_per_minute": 8, "functional_scans_per_month": 1}}"#,
+        r#"{"plans": {"free": {"requests_per_minute": 8, "functional_scans_per_month": 1}}}"#,
     )
     .unwrap();
     let clock = FakeClock::new(Duration::from_secs(1_750_000_000));

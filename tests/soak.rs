@@ -5,10 +5,6 @@
 //! Ignored by default (it runs for a minute); `.ci/run` runs it for a shorter time:
 //! `NAT_SOAK_SECS=10 cargo test --release --test soak -- --ignored --nocapture`.
 
-#[path = "../examples/server.rs"]
-#[allow(unreachable_pub, missing_docs)]
-mod server;
-
 use std::{
     collections::BTreeMap,
     sync::Arc,
@@ -19,7 +15,7 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tower_nat::{billing::BillingConfiguredLayer, clock::SystemClock, tenant::Plans};
+use tower_nat::{billing::BillingConfiguredLayer, clock::SystemClock, plan::Plans};
 
 /// Resident memory of this process, from /proc (Linux).
 fn rss_bytes() -> u64 {
@@ -44,13 +40,13 @@ async fn soak() {
         .unwrap_or(60);
     // Generous limits so most traffic passes, small enough that 429 and 402 also occur.
     let plans = Plans::from_json(
-        r#"{"free": {"requests_per_minute": 30000, "functional_scans_per_month": 500},
+        r#"{"plans": {"free": {"requests_per_minute": 30000, "functional_scans_per_month": 500},
             "pro": {"requests_per_minute": 100000},
             "team": {"requests_per_minute": 100000},
-            "enterprise": {"requests_per_minute": 100000}}"#,
+            "enterprise": {"requests_per_minute": 100000}}}"#,
     )
     .unwrap();
-    let demo = server::Demo::new(
+    let demo = nat_demo::Demo::new(
         plans,
         Arc::new(SystemClock),
         BillingConfiguredLayer::new(false),
@@ -65,7 +61,7 @@ async fn soak() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, demo.router().unwrap(), async {
+    tokio::spawn(nat_demo::serve(listener, demo.router(demo.nat()), async {
         let _ = stopped.await;
     }));
 

@@ -11,6 +11,11 @@
 //!
 //! A failing store (for example a database that is down) gives 500 `INTERNAL_ERROR`.
 //!
+//! Exempt routes ([`ApiKeyAuthLayer::exempt`]) are matched against the path the client sent,
+//! also when a framework stripped a prefix before this layer (axum's `nest`: with the `axum`
+//! feature the layer reads axum's `OriginalUri`). Write them as the client sees them:
+//! `/api/v1/billing/webhook`, not `/billing/webhook`.
+//!
 //! # Example
 //!
 //! ```
@@ -19,13 +24,13 @@
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_nat::{auth::{ApiKeyAuthLayer, MemoryKeyStore}, tenant::{Plan, Tenant}};
+//! use tower_nat::{auth::{ApiKeyAuthLayer, MemoryKeyStore}, plan::Plan, tenant::Tenant};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let store = MemoryKeyStore::new();
-//! store.insert_tenant("acme", Plan::Pro);
-//! let key = store.issue_key("acme", None).unwrap();
+//! store.insert_tenant("acme", Plan::PRO);
+//! let key = store.issue_key("acme", None).unwrap().key;
 //!
 //! let service = ServiceBuilder::new()
 //!     .layer(ApiKeyAuthLayer::new(store).exempt("/healthz"))
@@ -55,9 +60,9 @@
 //! ```
 
 mod key;
-mod service;
+mod layer;
 mod store;
 
 pub use key::{ApiKey, GENERATED_KEY_LEN, KEY_PREFIX, KeyFormat, KeyHash};
-pub use service::{ApiKeyAuth, ApiKeyAuthLayer, ResponseFuture};
-pub use store::{KeyRecord, KeyStore, MemoryKeyStore};
+pub use layer::{ApiKeyAuth, ApiKeyAuthLayer};
+pub use store::{IssuedKey, KeyRecord, KeyStore, MemoryKeyStore};

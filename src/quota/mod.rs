@@ -4,9 +4,11 @@
 //! `{"error":"QUOTA_EXCEEDED","message":"Monthly scan quota exhausted. Quota resets on 2025-02-01.","quota_reset_date":"2025-02-01T00:00:00Z"}`.
 //!
 //! - **Only new scans.** A request is a scan creation when it carries a
-//!   [`ScanKind`](crate::scan_request::ScanKind) (put there by
-//!   [`ValidateScanRequest`](crate::scan_request::ValidateScanRequest)); polling, listing,
-//!   usage and scans already running are never charged or blocked.
+//!   [`ScanKind`](crate::plan::ScanKind) (put there by
+//!   [`ValidateScanRequest`](crate::scan_request::ValidateScanRequest), which decides which
+//!   routes are scan creations: by the path the client sent, or by its placement on the scan
+//!   route); polling, listing, usage and scans already running are never charged or blocked.
+//!   A scan one guard reserved is never charged again by a second guard on its way.
 //! - **Reserve, then commit or release.** Any status other than 2xx, an inner error, a panic
 //!   or a dropped future (the client went away) releases the reservation.
 //! - **No overdraft.** Reservations count against the quota while in flight, so concurrent
@@ -16,12 +18,15 @@
 //! - **Periods** are calendar months in UTC by default (a [`QuotaStore`] may define its own),
 //!   read from the injected [`Clock`](crate::clock::Clock); the quota resets at 00:00:00Z on
 //!   the first day of the next period, the `quota_reset_date`.
-//! - **Plan changes** apply at once: limits come from the tenant's current plan on every
-//!   request, so an upgraded tenant over its old quota can scan again.
-//! - A store failure answers 500 by default ([`OnStoreError::Reject`]); a request with no
-//!   [`Tenant`](crate::Tenant) is refused with 401.
+//! - **Plan changes** apply at once: limits come from the tenant's current plan (and its own
+//!   [`LimitOverrides`](crate::plan::LimitOverrides)) on every request, so an upgraded
+//!   tenant over its old quota can scan again.
+//! - A store failure answers 500 by default
+//!   ([`OnStoreError::Reject`](crate::store::OnStoreError::Reject)); a request with no
+//!   [`Tenant`](crate::tenant::Tenant) is refused with 401.
 //!
-//! [`QuotaGuardLayer::usage`] returns the [`Usage`] snapshot that `GET /api/v1/usage` answers.
+//! [`QuotaGuardLayer::usage`] returns the [`Usage`] snapshot that `GET /api/v1/usage` answers;
+//! [`QuotaGuardLayer::usage_reader`] gives handlers a cheap handle that does the same.
 //!
 //! # Example
 //!
@@ -33,14 +38,15 @@
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_nat::{
 //!     clock::{FakeClock, UtcDate},
+//!     plan::{Plan, Plans},
 //!     quota::QuotaGuardLayer,
 //!     scan_request::ValidateScanRequestLayer,
-//!     tenant::{Plan, Plans, Tenant},
+//!     tenant::Tenant,
 //! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let plans = Plans::from_json(r#"{"free": {"functional_scans_per_month": 1}}"#).unwrap();
+//! let plans = Plans::from_json(r#"{"plans": {"free": {"functional_scans_per_month": 1}}}"#).unwrap();
 //! let clock = FakeClock::at_date(UtcDate::new(2025, 1, 20).unwrap());
 //! let quota = QuotaGuardLayer::new(plans).clock(Arc::new(clock));
 //! let service = ServiceBuilder::new()
@@ -52,7 +58,7 @@
 //!         Ok::<_, Infallible>(response)
 //!     });
 //!
-//! let tenant = Tenant::new("acme", Plan::Free, "key_1");
+//! let tenant = Tenant::new("acme", Plan::FREE, "key_1");
 //! let scan = || {
 //!     let mut req = Request::post("/api/v1/scan")
 //!         .body(Full::from(r#"{"url":"https://example.com"}"#))
@@ -73,20 +79,17 @@
 //! # }
 //! ```
 
+mod layer;
 #[cfg(feature = "redis")]
 mod redis;
-mod service;
 mod store;
 mod usage;
-
-pub(crate) use usage::snapshot;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{DEFAULT_RESERVATION_LIFETIME, RedisQuotaStore};
-pub use crate::store::OnStoreError;
-pub use service::{QuotaGuard, QuotaGuardLayer, ResponseFuture};
+pub use layer::{QuotaGuard, QuotaGuardLayer};
 pub use store::{
     MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts,
 };
-pub use usage::Usage;
+pub use usage::{Usage, UsageReader};

@@ -7,11 +7,13 @@ use ::redis::Script;
 
 use super::store::{Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts};
 use crate::{
-    clock::SharedClock,
     error::StoreError,
-    scan_request::ScanKind,
-    store::{Answer, redis::RedisBackend},
-    tenant::{Quota, TenantId},
+    plan::{Allowance, ScanKind},
+    store::{
+        Answer,
+        redis::{RedisBackend, TimeSource},
+    },
+    tenant::TenantId,
 };
 
 /// The current time in microseconds: `ARGV[i]` when given, Redis's `TIME` otherwise; and
@@ -86,13 +88,13 @@ pub struct RedisQuotaStore {
     backend: RedisBackend,
     scripts: Arc<(Script, Script)>,
     lifetime: Duration,
-    clock: Option<SharedClock>,
+    time: TimeSource,
 }
 
-fn limit_arg(q: Quota) -> i64 {
+fn limit_arg(q: Allowance) -> i64 {
     match q {
-        Quota::Limited(n) => i64::try_from(n).unwrap_or(i64::MAX),
-        Quota::Unlimited => -1,
+        Allowance::Limited(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        Allowance::Unlimited => -1,
     }
 }
 
@@ -106,7 +108,7 @@ impl RedisQuotaStore {
                 Script::new(&format!("{NOW}{SETTLE}")),
             )),
             lifetime: DEFAULT_RESERVATION_LIFETIME,
-            clock: None,
+            time: TimeSource::Redis,
         }
     }
 
@@ -117,10 +119,10 @@ impl RedisQuotaStore {
         self
     }
 
-    /// Uses `clock` instead of Redis's `TIME` for reservation lifetimes (for tests).
+    /// Whose clock reservation lifetimes run on (default: Redis's).
     #[must_use]
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = Some(clock);
+    pub fn time_source(mut self, time: TimeSource) -> Self {
+        self.time = time;
         self
     }
 
@@ -137,15 +139,8 @@ impl RedisQuotaStore {
         period.end.unix_seconds() + KEEP_AFTER_PERIOD
     }
 
-    fn now_arg(&self) -> String {
-        self.clock
-            .as_ref()
-            .map(|c| c.now().as_micros().to_string())
-            .unwrap_or_default()
-    }
-
-    /// Reserves one scan of `kind` with the handle `id`, as [`QuotaStore::reserve`] but
-    /// awaited.
+    /// Reserves one scan of `kind` with the handle `id` at `at`, as [`QuotaStore::reserve`]
+    /// but awaited.
     pub async fn reserve_async(
         &self,
         tenant: &TenantId,
@@ -153,8 +148,9 @@ impl RedisQuotaStore {
         limits: QuotaLimits,
         period: Period,
         id: u64,
+        at: Duration,
     ) -> Result<Reserved, StoreError> {
-        let now = self.now_arg();
+        let now = self.time.arg(at);
         let mut invocation = self.scripts.0.prepare_invoke();
         for key in self.keys(tenant.as_str(), period) {
             invocation.key(key);
@@ -174,7 +170,7 @@ impl RedisQuotaStore {
             .bounded(invocation.invoke_async(&mut conn))
             .await?;
         Ok(if granted == 1 {
-            Reserved::Granted(Reservation::new(tenant.clone(), kind, period, id))
+            Reserved::Granted(Reservation::new(tenant.clone(), kind, period, id, at))
         } else {
             Reserved::Exhausted
         })
@@ -194,7 +190,7 @@ impl RedisQuotaStore {
             .arg(reservation.id())
             .arg(Self::expire_at(reservation.period()))
             .arg(if charge { "1" } else { "0" })
-            .arg(self.now_arg());
+            .arg(self.time.arg(reservation.made_at()));
         let mut conn = self.backend.connection();
         let _: i64 = self
             .backend
@@ -266,15 +262,17 @@ impl QuotaStore for RedisQuotaStore {
         kind: ScanKind,
         limits: QuotaLimits,
         period: Period,
+        now: Duration,
     ) -> Answer<Reserved, Self::ReserveFuture> {
         let mut id = [0u8; 8];
         if let Err(e) = getrandom::fill(&mut id) {
             return Answer::Ready(Err(StoreError::new(e.to_string())));
         }
         let (store, tenant) = (self.clone(), tenant.clone());
+        let id = u64::from_le_bytes(id);
         Answer::Pending(Box::pin(async move {
             store
-                .reserve_async(&tenant, kind, limits, period, u64::from_le_bytes(id))
+                .reserve_async(&tenant, kind, limits, period, id, now)
                 .await
         }))
     }

@@ -12,9 +12,9 @@ use dashmap::DashMap;
 use crate::{
     clock::UtcDate,
     error::StoreError,
-    scan_request::ScanKind,
+    plan::{Allowance, ScanKind},
     store::Answer,
-    tenant::{Quota, TenantId},
+    tenant::TenantId,
 };
 
 /// A quota period: from `start` (inclusive) to `end` (exclusive), both at 00:00:00Z. `end` is
@@ -38,13 +38,14 @@ impl Period {
     }
 }
 
-/// The quotas a reservation is checked against (from the tenant's current plan).
+/// The quotas a reservation is checked against (from the tenant's current plan and its own
+/// limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuotaLimits {
     /// Functional scans a period.
-    pub functional: Quota,
+    pub functional: Allowance,
     /// Security scans a period.
-    pub security: Quota,
+    pub security: Allowance,
 }
 
 /// Scans used in a period.
@@ -64,17 +65,25 @@ pub struct Reservation {
     kind: ScanKind,
     period: Period,
     id: u64,
+    at: Duration,
 }
 
 impl Reservation {
-    /// A reservation of `kind` for `tenant` in `period`; `id` is the store's own handle.
-    pub fn new(tenant: TenantId, kind: ScanKind, period: Period, id: u64) -> Self {
+    /// A reservation of `kind` for `tenant` in `period`, made at `at` (the layer's clock);
+    /// `id` is the store's own handle.
+    pub fn new(tenant: TenantId, kind: ScanKind, period: Period, id: u64, at: Duration) -> Self {
         Self {
             tenant,
             kind,
             period,
             id,
+            at,
         }
+    }
+
+    /// When it was made (the layer's clock, time since the Unix epoch).
+    pub fn made_at(&self) -> Duration {
+        self.at
     }
 
     /// The tenant.
@@ -130,13 +139,15 @@ pub trait QuotaStore: Clone + Send + Sync + 'static {
         Period::calendar_month(now)
     }
 
-    /// Reserves one scan of `kind` for `tenant` in `period`, if `limits` leave room.
+    /// Reserves one scan of `kind` for `tenant` in `period`, if `limits` leave room; `now` is
+    /// the layer's clock.
     fn reserve(
         &self,
         tenant: &TenantId,
         kind: ScanKind,
         limits: QuotaLimits,
         period: Period,
+        now: Duration,
     ) -> Answer<Reserved, Self::ReserveFuture>;
 
     /// Charges a reservation (`charge`) or drops it without charging.
@@ -165,10 +176,10 @@ struct Record {
     reserved: UsageCounts,
 }
 
-fn fits(quota: Quota, used: u64, reserved: u64, need: u64) -> bool {
+fn fits(quota: Allowance, used: u64, reserved: u64, need: u64) -> bool {
     match quota {
-        Quota::Unlimited => true,
-        Quota::Limited(limit) => need == 0 || used + reserved + need <= limit,
+        Allowance::Unlimited => true,
+        Allowance::Limited(limit) => need == 0 || used + reserved + need <= limit,
     }
 }
 
@@ -210,6 +221,7 @@ impl MemoryQuotaStore {
         kind: ScanKind,
         limits: QuotaLimits,
         period: Period,
+        now: Duration,
     ) -> Reserved {
         let record = match self.tenants.get(tenant.as_str()) {
             Some(record) => record,
@@ -242,7 +254,7 @@ impl MemoryQuotaStore {
         }
         r.reserved.functional += f;
         r.reserved.security += s;
-        Reserved::Granted(Reservation::new(tenant.clone(), kind, period, 0))
+        Reserved::Granted(Reservation::new(tenant.clone(), kind, period, 0, now))
     }
 
     /// Charges (`charge`) or drops a reservation, synchronously.
@@ -298,8 +310,9 @@ impl QuotaStore for MemoryQuotaStore {
         kind: ScanKind,
         limits: QuotaLimits,
         period: Period,
+        now: Duration,
     ) -> Answer<Reserved, Self::ReserveFuture> {
-        Answer::Ready(Ok(self.reserve_now(tenant, kind, limits, period)))
+        Answer::Ready(Ok(self.reserve_now(tenant, kind, limits, period, now)))
     }
 
     fn settle(&self, reservation: &Reservation, charge: bool) -> Answer<(), Self::SettleFuture> {

@@ -1,43 +1,29 @@
+//! The usage snapshot ([`Usage`]) and the handle that reads it ([`UsageReader`]).
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
 use serde::Serialize;
 
-use super::store::{Period, QuotaStore, UsageCounts};
-use crate::{
-    clock::SharedClock,
-    error::StoreError,
-    store::Answer,
-    tenant::{Plan, PlanLimits, Plans, Quota, Tenant, TenantId},
+use super::{
+    layer::Config,
+    store::{Period, QuotaStore, UsageCounts},
 };
-
-/// The usage snapshot of `tenant` now.
-pub(crate) async fn snapshot<Q: QuotaStore>(
-    store: &Q,
-    plans: &Plans,
-    clock: &SharedClock,
-    tenant: &Tenant,
-) -> Result<Usage, StoreError> {
-    let period = store.period(tenant.id(), clock.now());
-    let counts = match store.usage(tenant.id(), period) {
-        Answer::Ready(r) => r?,
-        Answer::Pending(f) => f.await?,
-    };
-    let limits = plans.get(tenant.plan());
-    Ok(Usage::new(
-        tenant.id().clone(),
-        tenant.plan(),
-        limits,
-        counts,
-        period,
-    ))
-}
+use crate::{
+    error::StoreError,
+    plan::{Allowance, Limits, Plan},
+    store::Answer,
+    tenant::{Tenant, TenantId},
+};
 
 /// A tenant's usage, as `GET /api/v1/usage` answers it.
 ///
 /// Serialized members, in order: `tenant_id`, `plan`, `scans_used`, `scans_limit`,
 /// `security_scan_count`, `monthly_security_scan_quota`, `approaching_limit`,
 /// `quota_reset_date`, `period_start`, `period_end`. `scans_*` count functional scans (a `full`
-/// scan counts one functional and one security scan); an unlimited quota is `null`;
-/// `approaching_limit` is true when usage is over 80% of either limited quota; dates are
-/// `YYYY-MM-DDT00:00:00Z`, `period_end` being the last second of the period.
+/// scan counts one functional and one security scan); limits are the tenant's (its plan's,
+/// or its own overrides); an unlimited quota is `null`; `approaching_limit` is true when usage
+/// is over 80% of either limited quota; dates are `YYYY-MM-DDT00:00:00Z`, `period_end` being
+/// the last second of the period.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Usage {
     /// The tenant.
@@ -62,28 +48,22 @@ pub struct Usage {
     pub period_end: String,
 }
 
-fn over_80_percent(used: u64, quota: Quota) -> bool {
+fn over_80_percent(used: u64, quota: Allowance) -> bool {
     match quota {
         // used / limit > 0.8, in integers.
-        Quota::Limited(limit) if limit > 0 => u128::from(used) * 5 > u128::from(limit) * 4,
+        Allowance::Limited(limit) if limit > 0 => u128::from(used) * 5 > u128::from(limit) * 4,
         _ => false,
     }
 }
 
 impl Usage {
-    /// The snapshot of `counts` for `tenant` on `plan` with `limits`, in `period`.
-    pub fn new(
-        tenant: TenantId,
-        plan: Plan,
-        limits: &PlanLimits,
-        counts: UsageCounts,
-        period: Period,
-    ) -> Self {
-        let functional = limits.functional_scans_per_month;
-        let security = limits.security_scans_per_month;
+    /// The snapshot of `counts` for `tenant` under `limits`, in `period`.
+    pub fn new(tenant: &Tenant, limits: Limits<'_>, counts: UsageCounts, period: Period) -> Self {
+        let functional = limits.functional_scans();
+        let security = limits.security_scans();
         Self {
-            tenant_id: tenant,
-            plan,
+            tenant_id: tenant.id().clone(),
+            plan: limits.plan().clone(),
             scans_used: counts.functional,
             scans_limit: functional.limit(),
             security_scan_count: counts.security,
@@ -94,5 +74,66 @@ impl Usage {
             period_start: period.start.midnight_rfc3339(),
             period_end: format!("{}T23:59:59Z", period.end.day_before()),
         }
+    }
+}
+
+/// Reads usage snapshots: a cheap, cloneable handle for handlers, whose type names neither
+/// the key store, the rate-limit store nor the quota store. Made by
+/// [`NatLayer::usage_reader`](crate::NatLayer::usage_reader) or
+/// [`QuotaGuardLayer::usage_reader`](super::QuotaGuardLayer::usage_reader); it reads the same
+/// store and plan table as the layer.
+#[derive(Clone)]
+pub struct UsageReader {
+    source: Arc<dyn ReadUsage>,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+trait ReadUsage: Send + Sync {
+    fn read<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<Usage, StoreError>>;
+}
+
+struct Source<Q> {
+    store: Q,
+    config: Arc<Config>,
+}
+
+impl<Q: QuotaStore> ReadUsage for Source<Q> {
+    fn read<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<Usage, StoreError>> {
+        Box::pin(async move {
+            let Some(limits) = self.config.plans.limits(tenant) else {
+                return Err(StoreError::new(format!(
+                    "the plan `{}` of tenant `{}` is not in the plan table",
+                    tenant.plan(),
+                    tenant.id()
+                )));
+            };
+            let period = self.store.period(tenant.id(), self.config.clock.now());
+            let counts = match self.store.usage(tenant.id(), period) {
+                Answer::Ready(r) => r?,
+                Answer::Pending(f) => f.await?,
+            };
+            Ok(Usage::new(tenant, limits, counts, period))
+        })
+    }
+}
+
+impl UsageReader {
+    pub(super) fn new<Q: QuotaStore>(store: Q, config: Arc<Config>) -> Self {
+        Self {
+            source: Arc::new(Source { store, config }),
+        }
+    }
+
+    /// The usage snapshot of `tenant` now. A store error, or a tenant whose plan the table
+    /// lacks, is an error (`?` in a handler returning `NatError` makes it the 500).
+    pub async fn usage(&self, tenant: &Tenant) -> Result<Usage, StoreError> {
+        self.source.read(tenant).await
+    }
+}
+
+impl fmt::Debug for UsageReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageReader").finish_non_exhaustive()
     }
 }

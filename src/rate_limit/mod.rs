@@ -24,7 +24,8 @@
 //! - **Concurrency never admits extra:** the check-and-update is one atomic operation per
 //!   tenant.
 //! - **Plan changes** apply to the next request and keep the count: a Free tenant that used
-//!   its 30 has 90 left the moment it is on Pro.
+//!   its 30 has 90 left the moment it is on Pro. A tenant's own limit
+//!   ([`LimitOverrides`](crate::plan::LimitOverrides)) counts as its plan's.
 //!
 //! A request with no [`Tenant`](crate::Tenant) is refused with 401 (the layer fails closed),
 //! unless authentication marked it [`AuthExempt`](crate::tenant::AuthExempt).
@@ -39,16 +40,16 @@
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_nat::{
 //!     clock::FakeClock,
-//!     rate_limit::{MemoryRateStore, PlanRateLimitLayer},
-//!     tenant::{Plan, Plans, Tenant},
+//!     plan::{Plan, Plans},
+//!     rate_limit::PlanRateLimitLayer,
+//!     tenant::Tenant,
 //! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let clock = FakeClock::default();
-//! let store = MemoryRateStore::with_clock(Arc::new(clock.clone()));
 //! let service = ServiceBuilder::new()
-//!     .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+//!     .layer(PlanRateLimitLayer::new(Plans::default()).clock(Arc::new(clock.clone())))
 //!     .service_fn(|_: Request<Full<Bytes>>| async {
 //!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
 //!     });
@@ -56,7 +57,7 @@
 //! let request = || {
 //!     let mut req = Request::new(Full::default());
 //!     // Normally ApiKeyAuth puts the tenant here.
-//!     req.extensions_mut().insert(Tenant::new("acme", Plan::Free, "key_1"));
+//!     req.extensions_mut().insert(Tenant::new("acme", Plan::FREE, "key_1"));
 //!     req
 //! };
 //! for remaining in (0..30).rev() {
@@ -70,17 +71,14 @@
 //! ```
 
 mod gcra;
+mod layer;
 #[cfg(feature = "redis")]
 mod redis;
-mod service;
 mod store;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisRateStore;
-pub use crate::store::OnStoreError;
 pub use gcra::RateDecision;
-pub use service::{
-    PlanRateLimit, PlanRateLimitLayer, PlanResolver, RateKeyResolver, RateTarget, ResponseFuture,
-};
+pub use layer::{PlanRateLimit, PlanRateLimitLayer, PlanResolver, RateKeyResolver, RateTarget};
 pub use store::{MemoryRateStore, RateStore};

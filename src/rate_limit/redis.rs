@@ -7,9 +7,11 @@ use ::redis::Script;
 
 use super::{gcra::RateDecision, store::RateStore};
 use crate::{
-    clock::SharedClock,
     error::StoreError,
-    store::{Answer, redis::RedisBackend},
+    store::{
+        Answer,
+        redis::{RedisBackend, TimeSource},
+    },
     tenant::TenantId,
 };
 
@@ -55,8 +57,8 @@ return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
 ///
 /// **Whose clock:** Redis's own (`TIME`), by default. Every instance then measures against
 /// the same clock, so clock skew between application servers cannot hand out extra requests.
-/// Tests can inject a [`Clock`](crate::clock::Clock) with
-/// [`with_clock`](RedisRateStore::with_clock).
+/// Tests can use the layer's [`Clock`](crate::clock::Clock) instead
+/// ([`TimeSource::Caller`]).
 ///
 /// Each tenant is one small string (`"tat:limit"`) that expires once its state has drained,
 /// so idle tenants cost nothing. Requires the `redis` feature and a Tokio runtime.
@@ -64,7 +66,7 @@ return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
 pub struct RedisRateStore {
     backend: RedisBackend,
     script: Arc<Script>,
-    clock: Option<SharedClock>,
+    time: TimeSource,
 }
 
 impl RedisRateStore {
@@ -73,29 +75,27 @@ impl RedisRateStore {
         Self {
             backend,
             script: Arc::new(Script::new(GCRA)),
-            clock: None,
+            time: TimeSource::Redis,
         }
     }
 
-    /// Uses `clock` instead of Redis's `TIME` (for tests).
+    /// Whose clock the limiter runs on (default: Redis's).
     #[must_use]
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = Some(clock);
+    pub fn time_source(mut self, time: TimeSource) -> Self {
+        self.time = time;
         self
     }
 
-    /// The decision for one request of `key` at `limit` requests a minute.
+    /// The decision for one request of `key` at `limit` requests a minute; `now` is used
+    /// with [`TimeSource::Caller`].
     pub async fn check_async(
         &self,
         key: &TenantId,
         limit: u32,
+        now: Duration,
     ) -> Result<RateDecision, StoreError> {
         let redis_key = self.backend.key("rl", key.as_str(), &[]);
-        let now = self
-            .clock
-            .as_ref()
-            .map(|c| c.now().as_micros().to_string())
-            .unwrap_or_default();
+        let now = self.time.arg(now);
         let mut conn = self.backend.connection();
         let mut invocation = self.script.key(redis_key);
         let limit_arg = limit.max(1);
@@ -124,12 +124,17 @@ impl RedisRateStore {
 impl RateStore for RedisRateStore {
     type Future = Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send>>;
 
-    fn check(&self, key: &TenantId, limit: u32) -> Answer<RateDecision, Self::Future> {
+    fn check(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future> {
         let store = self.clone();
         let key = key.clone();
-        Answer::Pending(Box::pin(
-            async move { store.check_async(&key, limit).await },
-        ))
+        Answer::Pending(Box::pin(async move {
+            store.check_async(&key, limit, now).await
+        }))
     }
 }
 
@@ -137,7 +142,7 @@ impl fmt::Debug for RedisRateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateStore")
             .field("backend", &self.backend)
-            .field("clock", &self.clock.as_ref().map(|_| "injected"))
+            .field("time", &self.time)
             .finish()
     }
 }

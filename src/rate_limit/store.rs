@@ -13,12 +13,7 @@ use std::{
 use dashmap::DashMap;
 
 use super::gcra::{self, RateDecision};
-use crate::{
-    clock::{self, SharedClock},
-    error::StoreError,
-    store::Answer,
-    tenant::TenantId,
-};
+use crate::{error::StoreError, store::Answer, tenant::TenantId};
 
 /// Where rate-limit state lives. One call per request does the whole check-and-update
 /// atomically (in memory: one compare-and-swap; in Redis: one script round trip).
@@ -26,9 +21,15 @@ pub trait RateStore: Clone + Send + Sync + 'static {
     /// The future of a check that cannot answer at once.
     type Future: Future<Output = Result<RateDecision, StoreError>> + Send;
 
-    /// Counts one request of `key` against `limit` requests a minute and returns the decision.
-    /// A refused request is not counted.
-    fn check(&self, key: &TenantId, limit: u32) -> Answer<RateDecision, Self::Future>;
+    /// Counts one request of `key` against `limit` requests a minute at `now` (the layer's
+    /// clock, time since the Unix epoch) and returns the decision. A refused request is not
+    /// counted. A store with a clock of its own (Redis's) may use that instead of `now`.
+    fn check(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future>;
 }
 
 /// The in-memory rate-limit store: one atomic word per tenant in a [`DashMap`].
@@ -43,7 +44,7 @@ pub trait RateStore: Clone + Send + Sync + 'static {
 ///   [`sweep_interval`](MemoryRateStore::sweep_interval) (default one minute), and on demand
 ///   with [`evict_idle`](MemoryRateStore::evict_idle). State exists only for tenants that
 ///   passed authentication.
-/// - Time comes from the injected [`Clock`](crate::clock::Clock).
+/// - Time is the layer's: each check is told `now`.
 #[derive(Clone)]
 pub struct MemoryRateStore {
     inner: Arc<Inner>,
@@ -54,8 +55,8 @@ type Hasher = foldhash::fast::RandomState;
 
 struct Inner {
     slots: DashMap<TenantId, Slot, Hasher>,
-    clock: SharedClock,
     sweep_every: u64,
+    // 0 until the first check sets it.
     next_sweep: AtomicU64,
 }
 
@@ -82,25 +83,17 @@ impl Default for MemoryRateStore {
 }
 
 impl MemoryRateStore {
-    /// An empty store on the system clock.
+    /// An empty store.
     pub fn new() -> Self {
-        Self::with_clock(clock::system())
+        Self::with_sweep(Duration::from_secs(60))
     }
 
-    /// An empty store on `clock`.
-    pub fn with_clock(clock: SharedClock) -> Self {
-        Self::build(clock, Duration::from_secs(60))
-    }
-
-    fn build(clock: SharedClock, sweep: Duration) -> Self {
-        let sweep_every = u64::try_from(sweep.as_nanos()).unwrap_or(u64::MAX);
-        let first = now_nanos(&clock).saturating_add(sweep_every);
+    fn with_sweep(sweep: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 slots: DashMap::with_hasher(Hasher::default()),
-                clock,
-                sweep_every,
-                next_sweep: AtomicU64::new(first),
+                sweep_every: u64::try_from(sweep.as_nanos()).unwrap_or(u64::MAX),
+                next_sweep: AtomicU64::new(0),
             }),
         }
     }
@@ -108,14 +101,14 @@ impl MemoryRateStore {
     /// Sweeps idle tenants on the request path at most once per `every` (default 60 s).
     #[must_use]
     pub fn sweep_interval(self, every: Duration) -> Self {
-        Self::build(self.inner.clock.clone(), every)
+        Self::with_sweep(every)
     }
 
     /// Removes every tenant whose state has drained (it would get a full burst anyway) and
     /// returns how many were removed. When most of the table is then empty, its memory is
     /// given back.
-    pub fn evict_idle(&self) -> usize {
-        let now = now_nanos(&self.inner.clock);
+    pub fn evict_idle(&self, now: Duration) -> usize {
+        let now = nanos(now);
         let slots = &self.inner.slots;
         let before = slots.len();
         slots.retain(|_, slot| slot.tat.load(Ordering::Acquire) > now);
@@ -136,10 +129,10 @@ impl MemoryRateStore {
         self.inner.slots.is_empty()
     }
 
-    /// The decision for one request of `key` at `limit` requests a minute.
-    pub fn check_now(&self, key: &TenantId, limit: u32) -> RateDecision {
+    /// The decision for one request of `key` at `limit` requests a minute at `now`.
+    pub fn check_now(&self, key: &TenantId, limit: u32, now: Duration) -> RateDecision {
         let inner = &*self.inner;
-        let now = now_nanos(&inner.clock);
+        let now = nanos(now);
         self.maybe_sweep(now);
         loop {
             if let Some(slot) = inner.slots.get(key.as_str()) {
@@ -175,20 +168,21 @@ impl MemoryRateStore {
             return;
         }
         let following = now.saturating_add(self.inner.sweep_every);
-        if self
+        let won = self
             .inner
             .next_sweep
             .compare_exchange(next, following, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            let removed = self.evict_idle();
+            .is_ok();
+        // The first check only starts the clock.
+        if won && next != 0 {
+            let removed = self.evict_idle(Duration::from_nanos(now));
             tracing::debug!(target: "tower_nat", removed, "rate-limit store swept idle tenants");
         }
     }
 }
 
-fn now_nanos(clock: &SharedClock) -> u64 {
-    u64::try_from(clock.now().as_nanos()).unwrap_or(u64::MAX)
+fn nanos(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn cas_loop(slot: &Slot, now: u64) -> RateDecision {
@@ -209,8 +203,13 @@ fn cas_loop(slot: &Slot, now: u64) -> RateDecision {
 impl RateStore for MemoryRateStore {
     type Future = std::future::Pending<Result<RateDecision, StoreError>>;
 
-    fn check(&self, key: &TenantId, limit: u32) -> Answer<RateDecision, Self::Future> {
-        Answer::Ready(Ok(self.check_now(key, limit)))
+    fn check(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future> {
+        Answer::Ready(Ok(self.check_now(key, limit, now)))
     }
 }
 

@@ -15,6 +15,30 @@ use ::redis::{
 
 use crate::error::StoreError;
 
+/// Whose clock a Redis store runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeSource {
+    /// Redis's own (`TIME`): every instance measures against the same clock, so clock skew
+    /// between application servers changes nothing. The default.
+    #[default]
+    Redis,
+    /// The time the layer passes, from its [`Clock`](crate::clock::Clock): for tests on a
+    /// [`FakeClock`](crate::clock::FakeClock).
+    Caller,
+}
+
+impl TimeSource {
+    /// The script argument for `now`: microseconds since the Unix epoch, or empty for Redis's
+    /// `TIME`.
+    pub(crate) fn arg(self, now: Duration) -> String {
+        match self {
+            TimeSource::Redis => String::new(),
+            TimeSource::Caller => now.as_micros().to_string(),
+        }
+    }
+}
+
 /// The default bound on every Redis call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 

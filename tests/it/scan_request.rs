@@ -1,19 +1,18 @@
 //! ValidateScanRequest: the 400 table, pass-through of valid bodies byte for byte, and
 //! untouched non-scan requests.
 
-mod common;
-
 use std::{
     convert::Infallible,
     sync::{Arc, Mutex},
 };
 
+use crate::common::invalid;
+use crate::common::{assert_envelope, send};
 use bytes::Bytes;
-use common::{assert_envelope, send};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_nat::scan_request::{ScanKind, ValidateScanRequestLayer};
+use tower_nat::{plan::ScanKind, scan_request::ValidateScanRequestLayer};
 
 type Seen = Arc<Mutex<Vec<(Option<ScanKind>, Bytes)>>>;
 type Resp = Response<tower_nat::NatBody<Full<Bytes>>>;
@@ -45,13 +44,6 @@ fn scan(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(body.into()))
         .unwrap()
-}
-
-fn invalid(message: &str) -> String {
-    format!(
-        r#"{{"error":"INVALID_REQUEST","message":{}}}"#,
-        serde_json::to_string(message).unwrap()
-    )
 }
 
 #[tokio::test]

@@ -2,19 +2,18 @@
 //! router, as a server would use it). Each case asserts the documented status, the exact
 //! envelope, and whether a handler was reached.
 
-mod common;
-
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},
 };
 
+use crate::common::{NOT_FOUND, STRIPE, UNAUTHORIZED, invalid};
 use axum::{
     Router,
     body::Body,
     extract::Path,
     http::StatusCode,
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use bytes::Bytes;
@@ -22,25 +21,15 @@ use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, StreamBody};
 use tower::ServiceExt;
 use tower_nat::{
-    NatError, NatLayer, Tenant,
+    NatError, NatLayer,
     auth::{ApiKey, MemoryKeyStore},
     billing::BillingConfiguredLayer,
-    tenant::Plan,
+    plan::Plan,
+    tenant::Tenant,
 };
 
-const UNAUTHORIZED: &str = common::UNAUTHORIZED;
-const STRIPE: &str = common::STRIPE;
-const NOT_FOUND: &str =
-    r#"{"error":"NOT_FOUND","message":"The requested resource was not found."}"#;
 const SCAN_NOT_FOUND: &str = r#"{"error":"NOT_FOUND","message":"Scan not found."}"#;
-const FORBIDDEN: &str = r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}"#;
-
-fn invalid(message: &str) -> String {
-    format!(
-        r#"{{"error":"INVALID_REQUEST","message":{}}}"#,
-        serde_json::to_string(message).unwrap()
-    )
-}
+const FORBIDDEN: &str = crate::common::SECURITY_ON_FREE;
 
 struct Stack {
     router: Router,
@@ -53,10 +42,10 @@ struct Stack {
 
 fn stack() -> Stack {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("pro", Plan::Pro);
-    keys.insert_tenant("free", Plan::Free);
-    let pro = keys.issue_key("pro", None).unwrap();
-    let free = keys.issue_key("free", None).unwrap();
+    keys.insert_tenant("pro", Plan::PRO);
+    keys.insert_tenant("free", Plan::FREE);
+    let pro = keys.issue_key("pro", None).unwrap().key;
+    let free = keys.issue_key("free", None).unwrap().key;
     let nat = NatLayer::new(keys)
         .billing(BillingConfiguredLayer::new(false))
         .exempt("/healthz")
@@ -98,9 +87,7 @@ fn stack() -> Stack {
             "/api/v1/scan/{id}",
             get(move |Path(_id): Path<String>| async move {
                 h3();
-                NatError::not_found_with("Scan not found.")
-                    .into_response()
-                    .map(Body::new)
+                NatError::not_found_with("Scan not found.").into_response()
             }),
         )
         .route(
@@ -124,10 +111,6 @@ fn stack() -> Stack {
                 "up"
             }),
         )
-        .fallback(|| async { NatError::not_found().into_response().map(Body::new) })
-        .method_not_allowed_fallback(|| async {
-            NatError::not_found().into_response().map(Body::new)
-        })
         .layer(nat.clone());
     Stack {
         router,
@@ -205,7 +188,7 @@ impl Builder<'_> {
     }
 
     fn key(&self, plan: Plan) -> (HeaderName, HeaderValue) {
-        let key = if plan == Plan::Free {
+        let key = if plan == Plan::FREE {
             &self.s.free
         } else {
             &self.s.pro
@@ -233,7 +216,7 @@ impl Builder<'_> {
 
     /// A body case on POST /api/v1/scan with the Pro key and a JSON content type.
     fn scan(&mut self, name: &'static str, body: impl Into<Vec<u8>>, outcome: Result<(), &str>) {
-        let headers = vec![self.key(Plan::Pro), json_ct()];
+        let headers = vec![self.key(Plan::PRO), json_ct()];
         let (status, expect) = match outcome {
             Ok(()) => (202, Expect::Handler),
             Err(message) => (400, Expect::Exact(invalid(message))),
@@ -260,7 +243,7 @@ impl Builder<'_> {
         body: Expect,
     ) {
         let headers = if key {
-            vec![self.key(Plan::Pro)]
+            vec![self.key(Plan::PRO)]
         } else {
             vec![]
         };
@@ -292,12 +275,12 @@ fn cases(s: &Stack) -> Vec<Case> {
     b.auth("empty key", vec![h("x-api-key", b"")], false);
     b.auth(
         "two identical valid keys",
-        vec![b.key(Plan::Pro), b.key(Plan::Pro)],
+        vec![b.key(Plan::PRO), b.key(Plan::PRO)],
         false,
     );
     b.auth(
         "valid key then a bad one",
-        vec![b.key(Plan::Pro), h("x-api-key", b"nat_pk_bad")],
+        vec![b.key(Plan::PRO), h("x-api-key", b"nat_pk_bad")],
         false,
     );
     b.auth(
@@ -374,7 +357,7 @@ fn cases(s: &Stack) -> Vec<Case> {
     b.auth("key in another header", vec![h("x-api-token", &pro)], false);
     b.auth(
         "valid key plus a Bearer for nobody",
-        vec![b.key(Plan::Pro), h("authorization", b"Bearer nat_pk_x")],
+        vec![b.key(Plan::PRO), h("authorization", b"Bearer nat_pk_x")],
         true,
     );
     b.push(
@@ -539,7 +522,7 @@ fn cases(s: &Stack) -> Vec<Case> {
         },
         Err(TOO_LARGE),
     );
-    let pro_key = b.key(Plan::Pro);
+    let pro_key = b.key(Plan::PRO);
     let ct = |value: &[u8]| vec![pro_key.clone(), h("content-type", value)];
     let body = || CaseBody::Bytes(br#"{"url":"u"}"#.to_vec());
     let cases_ct: [(&'static str, &[u8], bool); 5] = [
@@ -586,7 +569,7 @@ fn cases(s: &Stack) -> Vec<Case> {
         Method::POST,
         "/api/v1/scan",
         vec![
-            b.key(Plan::Pro),
+            b.key(Plan::PRO),
             json_ct(),
             h("content-length", b"99999999"),
         ],
@@ -598,7 +581,7 @@ fn cases(s: &Stack) -> Vec<Case> {
         "chunked body that runs past the limit",
         Method::POST,
         "/api/v1/scan",
-        vec![b.key(Plan::Pro), json_ct()],
+        vec![b.key(Plan::PRO), json_ct()],
         CaseBody::Chunks((0..40).map(|_| vec![b' '; 32 * 1024]).collect()),
         400,
         Expect::Exact(invalid(TOO_LARGE)),
@@ -607,7 +590,7 @@ fn cases(s: &Stack) -> Vec<Case> {
         "chunked valid body",
         Method::POST,
         "/api/v1/scan",
-        vec![b.key(Plan::Pro), json_ct()],
+        vec![b.key(Plan::PRO), json_ct()],
         CaseBody::Chunks(vec![
             b"{\"url\"".to_vec(),
             b":\"https://e.example\"".to_vec(),
@@ -616,7 +599,7 @@ fn cases(s: &Stack) -> Vec<Case> {
         202,
         Expect::Handler,
     );
-    let free = vec![b.key(Plan::Free), json_ct()];
+    let free = vec![b.key(Plan::FREE), json_ct()];
     b.push(
         "Free asks for a security scan",
         Method::POST,
@@ -757,8 +740,8 @@ fn cases(s: &Stack) -> Vec<Case> {
         Method::PATCH,
         "/api/v1/scan",
         true,
-        404,
-        nf(),
+        405,
+        Expect::Exact(invalid("Method not allowed.")),
     );
     b.path(
         "16 KiB path without a key",
@@ -845,7 +828,7 @@ async fn hostile_requests_get_the_documented_answer_and_nothing_else() {
     assert_eq!(s.scans.load(Ordering::SeqCst), accepted_scans);
     let usage = s
         .nat
-        .usage(&Tenant::new("pro", Plan::Pro, "k"))
+        .usage(&Tenant::new("pro", Plan::PRO, "k"))
         .await
         .unwrap();
     assert_eq!(usage.scans_used as usize, accepted_scans);

@@ -1,5 +1,4 @@
 //! A throwaway `redis-server` on a free loopback port, for tests. Killed when dropped.
-#![allow(dead_code, unreachable_pub)]
 
 use std::{
     net::{TcpListener, TcpStream},

@@ -1,82 +1,65 @@
 //! PlanRateLimit with a fake clock: bursts, header honesty, long-run rate, plan changes,
 //! eviction, concurrency, failing and asynchronous stores.
 
-mod common;
-
 use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
     sync::{Arc, Barrier},
     time::Duration,
 };
 
+use crate::common::{
+    UNAUTHORIZED, assert_envelope, handler, header, send,
+    stores::{Broken, Later},
+};
 use bytes::Bytes;
-use common::{UNAUTHORIZED, assert_envelope, send};
-use http::{Request, Response, StatusCode};
+use http::Request;
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder};
 use tower_nat::{
-    StoreError,
-    clock::FakeClock,
-    rate_limit::{MemoryRateStore, OnStoreError, PlanRateLimitLayer, RateDecision, RateStore},
-    store::Answer,
-    tenant::{AuthExempt, Plan, Plans, Tenant, TenantId},
+    clock::{Clock, FakeClock},
+    plan::{Plan, Plans},
+    rate_limit::{MemoryRateStore, PlanRateLimitLayer},
+    store::OnStoreError,
+    tenant::{AuthExempt, Tenant},
 };
 
-fn req(tenant: &str, plan: Plan) -> Request<Full<Bytes>> {
+fn req(tenant: &str, plan: &Plan) -> Request<Full<Bytes>> {
     let mut req = Request::get("/api/v1/scans").body(Full::default()).unwrap();
     req.extensions_mut()
-        .insert(Tenant::new(tenant, plan, "key_test"));
+        .insert(Tenant::new(tenant, plan.clone(), "key_test"));
     req
-}
-
-fn handler() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(|req: Request<Full<Bytes>>| async move {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
-        if req.uri().path() == "/missing" {
-            *r.status_mut() = StatusCode::NOT_FOUND;
-        }
-        Ok::<_, Infallible>(r)
-    })
 }
 
 fn setup() -> (FakeClock, MemoryRateStore) {
     let clock = FakeClock::new(Duration::from_secs(1_750_000_000));
-    let store = MemoryRateStore::with_clock(Arc::new(clock.clone()));
-    (clock, store)
+    (clock, MemoryRateStore::new())
 }
 
-fn header(h: &http::HeaderMap, name: &str) -> u64 {
-    h[name].to_str().unwrap().parse().unwrap()
+/// The limiter over `store`, on `clock`, with NAT's plans.
+fn limiter<R>(clock: &FakeClock, store: R) -> PlanRateLimitLayer<R> {
+    PlanRateLimitLayer::new(Plans::default())
+        .with_store(store)
+        .clock(Arc::new(clock.clone()))
 }
 
 #[tokio::test]
 async fn exactly_the_plan_limit_from_fresh_then_the_exact_429() {
     for (plan, limit, retry) in [
-        (Plan::Free, 30u64, 2u64),
-        (Plan::Pro, 120, 1),
-        (Plan::Team, 300, 1),
-        (Plan::Enterprise, 1000, 1),
+        (Plan::FREE, 30u64, 2u64),
+        (Plan::PRO, 120, 1),
+        (Plan::TEAM, 300, 1),
+        (Plan::ENTERPRISE, 1000, 1),
     ] {
-        let (_clock, store) = setup();
+        let (clock, store) = setup();
         let service = ServiceBuilder::new()
-            .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+            .layer(limiter(&clock, store))
             .service(handler());
         for i in 0..limit {
-            let got = send(&service, req("t", plan)).await;
+            let got = send(&service, req("t", &plan)).await;
             assert_eq!(got.0, 200, "{plan} request {i}");
             assert_eq!(header(&got.1, "x-ratelimit-limit"), limit);
             assert_eq!(header(&got.1, "x-ratelimit-remaining"), limit - i - 1);
         }
-        let got = send(&service, req("t", plan)).await;
+        let got = send(&service, req("t", &plan)).await;
         assert_envelope(
             &got,
             429,
@@ -102,18 +85,18 @@ fn xorshift(state: &mut u64) -> u64 {
 async fn remaining_means_exactly_that_many_more_pass_at_once() {
     let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+        .layer(limiter(&clock, store))
         .service(handler());
     let mut seed = 0x9e37_79b9_7f4a_7c15;
     for round in 0..200 {
         clock.advance(Duration::from_millis(xorshift(&mut seed) % 90_000));
-        let got = send(&service, req("t", Plan::Free)).await;
+        let got = send(&service, req("t", &Plan::FREE)).await;
         if got.0 == 429 {
             continue;
         }
         let k = header(&got.1, "x-ratelimit-remaining");
         for i in 0..k {
-            let next = send(&service, req("t", Plan::Free)).await;
+            let next = send(&service, req("t", &Plan::FREE)).await;
             assert_eq!(
                 next.0, 200,
                 "round {round}: request {i} of the promised {k}"
@@ -121,7 +104,7 @@ async fn remaining_means_exactly_that_many_more_pass_at_once() {
             assert_eq!(header(&next.1, "x-ratelimit-remaining"), k - i - 1);
         }
         assert_eq!(
-            send(&service, req("t", Plan::Free)).await.0,
+            send(&service, req("t", &Plan::FREE)).await.0,
             429,
             "round {round}"
         );
@@ -132,13 +115,13 @@ async fn remaining_means_exactly_that_many_more_pass_at_once() {
 async fn waiting_retry_after_seconds_is_admitted() {
     let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+        .layer(limiter(&clock, store))
         .service(handler());
     let mut seed = 42;
     let mut refusals = 0;
     for _ in 0..300 {
         clock.advance(Duration::from_millis(xorshift(&mut seed) % 3_000));
-        let got = send(&service, req("t", Plan::Free)).await;
+        let got = send(&service, req("t", &Plan::FREE)).await;
         if got.0 == 429 {
             refusals += 1;
             let n = header(&got.1, "retry-after");
@@ -146,7 +129,7 @@ async fn waiting_retry_after_seconds_is_admitted() {
             let body: serde_json::Value = serde_json::from_slice(&got.2).unwrap();
             assert_eq!(body["retry_after"], n);
             clock.advance(Duration::from_secs(n));
-            assert_eq!(send(&service, req("t", Plan::Free)).await.0, 200);
+            assert_eq!(send(&service, req("t", &Plan::FREE)).await.0, 200);
         }
     }
     assert!(
@@ -158,15 +141,15 @@ async fn waiting_retry_after_seconds_is_admitted() {
 #[tokio::test]
 async fn ten_minutes_at_twice_the_rate_admits_the_plan_rate() {
     // Bound: at least 10 minutes' worth (10 L) and at most that plus one burst (11 L).
-    for (plan, limit) in [(Plan::Free, 30u64), (Plan::Pro, 120)] {
+    for (plan, limit) in [(Plan::FREE, 30u64), (Plan::PRO, 120)] {
         let (clock, store) = setup();
         let service = ServiceBuilder::new()
-            .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+            .layer(limiter(&clock, store))
             .service(handler());
         let gap = Duration::from_nanos(60_000_000_000 / (2 * limit));
         let mut admitted = 0;
         for _ in 0..(20 * limit) {
-            if send(&service, req("t", plan)).await.0 == 200 {
+            if send(&service, req("t", &plan)).await.0 == 200 {
                 admitted += 1;
             }
             clock.advance(gap);
@@ -185,30 +168,30 @@ async fn ten_minutes_at_twice_the_rate_admits_the_plan_rate() {
 async fn tenants_are_independent_and_upgrades_keep_the_count() {
     let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+        .layer(limiter(&clock, store))
         .service(handler());
     for _ in 0..30 {
-        assert_eq!(send(&service, req("a", Plan::Free)).await.0, 200);
+        assert_eq!(send(&service, req("a", &Plan::FREE)).await.0, 200);
     }
-    assert_eq!(send(&service, req("a", Plan::Free)).await.0, 429);
-    let got = send(&service, req("b", Plan::Free)).await;
+    assert_eq!(send(&service, req("a", &Plan::FREE)).await.0, 429);
+    let got = send(&service, req("b", &Plan::FREE)).await;
     assert_eq!(
         (got.0.as_u16(), header(&got.1, "x-ratelimit-remaining")),
         (200, 29)
     );
     // Upgrade: 30 used of 120, so this one leaves 89.
-    let got = send(&service, req("a", Plan::Pro)).await;
+    let got = send(&service, req("a", &Plan::PRO)).await;
     assert_eq!(got.0, 200);
     assert_eq!(header(&got.1, "x-ratelimit-limit"), 120);
     assert_eq!(header(&got.1, "x-ratelimit-remaining"), 89);
     for _ in 0..89 {
-        assert_eq!(send(&service, req("a", Plan::Pro)).await.0, 200);
+        assert_eq!(send(&service, req("a", &Plan::PRO)).await.0, 200);
     }
-    assert_eq!(send(&service, req("a", Plan::Pro)).await.0, 429);
+    assert_eq!(send(&service, req("a", &Plan::PRO)).await.0, 429);
     // Downgrade back: 120 used is over Free's 30: a full Free bucket, which drains in 60 s.
-    assert_eq!(send(&service, req("a", Plan::Free)).await.0, 429);
+    assert_eq!(send(&service, req("a", &Plan::FREE)).await.0, 429);
     clock.advance(Duration::from_secs(60));
-    let got = send(&service, req("a", Plan::Free)).await;
+    let got = send(&service, req("a", &Plan::FREE)).await;
     assert_eq!(
         (got.0.as_u16(), header(&got.1, "x-ratelimit-remaining")),
         (200, 29)
@@ -219,40 +202,37 @@ async fn tenants_are_independent_and_upgrades_keep_the_count() {
 async fn idle_tenants_are_evicted() {
     let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(
-            store.clone(),
-            Plans::default(),
-        ))
+        .layer(limiter(&clock, store.clone()))
         .service(handler());
     for i in 0..100 {
-        send(&service, req(&format!("t{i}"), Plan::Pro)).await;
+        send(&service, req(&format!("t{i}"), &Plan::PRO)).await;
     }
     assert_eq!(store.len(), 100);
-    assert_eq!(store.evict_idle(), 0, "nobody has drained yet");
+    assert_eq!(store.evict_idle(clock.now()), 0, "nobody has drained yet");
     clock.advance(Duration::from_millis(499));
-    assert_eq!(store.evict_idle(), 0);
+    assert_eq!(store.evict_idle(clock.now()), 0);
     clock.advance(Duration::from_millis(1));
     // One Pro request drains in 0.5 s.
-    assert_eq!(store.evict_idle(), 100);
+    assert_eq!(store.evict_idle(clock.now()), 100);
     assert!(store.is_empty());
 
     // The automatic sweep runs on the request path once a minute.
     for i in 0..10 {
-        send(&service, req(&format!("u{i}"), Plan::Pro)).await;
+        send(&service, req(&format!("u{i}"), &Plan::PRO)).await;
     }
     clock.advance(Duration::from_secs(61));
-    send(&service, req("v", Plan::Pro)).await;
+    send(&service, req("v", &Plan::PRO)).await;
     assert_eq!(store.len(), 1, "only the tenant that just came in remains");
 }
 
 #[tokio::test]
 async fn headers_appear_on_the_inner_services_own_errors() {
-    let (_clock, store) = setup();
+    let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+        .layer(limiter(&clock, store))
         .service(handler());
-    let mut r = req("t", Plan::Team);
-    *r.uri_mut() = "/missing".parse().unwrap();
+    let mut r = req("t", &Plan::TEAM);
+    r.headers_mut().insert("x-outcome", "404".parse().unwrap());
     let got = send(&service, r).await;
     assert_eq!(got.0, 404);
     assert_eq!(header(&got.1, "x-ratelimit-limit"), 300);
@@ -261,32 +241,32 @@ async fn headers_appear_on_the_inner_services_own_errors() {
 
 #[tokio::test]
 async fn draft_headers_are_opt_in() {
-    let (_clock, store) = setup();
+    let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(store, Plans::default()).draft_headers(true))
+        .layer(limiter(&clock, store).draft_headers(true))
         .service(handler());
-    let got = send(&service, req("t", Plan::Free)).await;
+    let got = send(&service, req("t", &Plan::FREE)).await;
     assert_eq!(got.1["ratelimit-policy"], "\"default\";q=30;w=60");
     assert_eq!(got.1["ratelimit"], "\"default\";r=29;t=2");
     for _ in 0..29 {
-        send(&service, req("t", Plan::Free)).await;
+        send(&service, req("t", &Plan::FREE)).await;
     }
-    let got = send(&service, req("t", Plan::Free)).await;
+    let got = send(&service, req("t", &Plan::FREE)).await;
     assert_eq!(got.0, 429);
     assert_eq!(got.1["ratelimit"], "\"default\";r=0;t=60");
-    let (_clock, store) = setup();
+    let (clock, store) = setup();
     let plain = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+        .layer(limiter(&clock, store))
         .service(handler());
-    let got = send(&plain, req("t", Plan::Free)).await;
+    let got = send(&plain, req("t", &Plan::FREE)).await;
     assert!(got.1.get("ratelimit").is_none() && got.1.get("ratelimit-policy").is_none());
 }
 
 #[tokio::test]
 async fn no_tenant_fails_closed_and_exempt_passes_without_headers() {
-    let (_clock, store) = setup();
+    let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+        .layer(limiter(&clock, store))
         .service(handler());
     let bare = Request::get("/x").body(Full::default()).unwrap();
     assert_envelope(&send(&service, bare).await, 401, UNAUTHORIZED);
@@ -299,9 +279,9 @@ async fn no_tenant_fails_closed_and_exempt_passes_without_headers() {
 
 #[test]
 fn four_threads_hammering_one_tenant_admit_exactly_the_limit() {
-    let (_clock, store) = setup();
+    let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(store, Plans::default()))
+        .layer(limiter(&clock, store))
         .service(handler());
     let threads = 8;
     let per_thread = 500;
@@ -318,7 +298,7 @@ fn four_threads_hammering_one_tenant_admit_exactly_the_limit() {
                 let mut admitted = 0u32;
                 for _ in 0..per_thread {
                     let response = rt
-                        .block_on(service.call(req("hot", Plan::Enterprise)))
+                        .block_on(service.call(req("hot", &Plan::ENTERPRISE)))
                         .unwrap();
                     if response.status() == 200 {
                         admitted += 1;
@@ -332,66 +312,37 @@ fn four_threads_hammering_one_tenant_admit_exactly_the_limit() {
     assert_eq!(admitted, 1000);
 }
 
-/// A store that always fails.
-#[derive(Clone)]
-struct Broken;
-
-impl RateStore for Broken {
-    type Future = std::future::Pending<Result<RateDecision, StoreError>>;
-    fn check(&self, _: &TenantId, _: u32) -> Answer<RateDecision, Self::Future> {
-        Answer::Ready(Err(StoreError::new("connection refused")))
-    }
-}
-
-/// A store that answers later, like a remote one.
-#[derive(Clone)]
-struct Later(MemoryRateStore);
-
-impl RateStore for Later {
-    type Future = Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send>>;
-    fn check(&self, key: &TenantId, limit: u32) -> Answer<RateDecision, Self::Future> {
-        let store = self.0.clone();
-        let key = key.clone();
-        Answer::Pending(Box::pin(async move {
-            tokio::task::yield_now().await;
-            Ok(store.check_now(&key, limit))
-        }))
-    }
-}
-
 #[tokio::test]
 async fn failing_store_allows_by_default_and_rejects_when_told() {
     let open = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(Broken, Plans::default()))
+        .layer(PlanRateLimitLayer::new(Plans::default()).with_store(Broken::Now))
         .service(handler());
-    let got = send(&open, req("t", Plan::Free)).await;
+    let got = send(&open, req("t", &Plan::FREE)).await;
     assert_eq!((got.0.as_u16(), &got.2[..]), (200, &b"ok"[..]));
     assert!(got.1.get("x-ratelimit-limit").is_none());
     let closed = ServiceBuilder::new()
         .layer(
-            PlanRateLimitLayer::with_store(Broken, Plans::default())
+            PlanRateLimitLayer::new(Plans::default())
+                .with_store(Broken::Now)
                 .on_store_error(OnStoreError::Reject),
         )
         .service(handler());
     assert_envelope(
-        &send(&closed, req("t", Plan::Free)).await,
+        &send(&closed, req("t", &Plan::FREE)).await,
         500,
-        common::INTERNAL,
+        crate::common::INTERNAL,
     );
 }
 
 #[tokio::test]
 async fn asynchronous_stores_give_the_same_answers() {
-    let (_clock, store) = setup();
+    let (clock, store) = setup();
     let service = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(
-            Later(store),
-            Plans::default(),
-        ))
+        .layer(limiter(&clock, Later(store)))
         .service(handler());
     for i in 0..30u64 {
-        let got = send(&service, req("t", Plan::Free)).await;
+        let got = send(&service, req("t", &Plan::FREE)).await;
         assert_eq!(header(&got.1, "x-ratelimit-remaining"), 29 - i);
     }
-    assert_eq!(send(&service, req("t", Plan::Free)).await.0, 429);
+    assert_eq!(send(&service, req("t", &Plan::FREE)).await.0, 429);
 }

@@ -11,8 +11,9 @@ use proptest::prelude::*;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_nat::{
     auth::{ApiKeyAuthLayer, KeyFormat, MemoryKeyStore},
-    scan_request::{ScanKind, ValidateScanRequestLayer, validate_scan_body},
-    tenant::Plan,
+    plan::Plan,
+    plan::ScanKind,
+    scan_request::{ValidateScanRequestLayer, validate_scan_body},
 };
 
 fn rt() -> tokio::runtime::Runtime {
@@ -33,8 +34,8 @@ proptest! {
     #[test]
     fn any_key_header_is_refused_with_the_one_401(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
         let store = MemoryKeyStore::new();
-        store.insert_tenant("t", Plan::Free);
-        let live = store.issue_key("t", None).unwrap();
+        store.insert_tenant("t", Plan::FREE);
+        let live = store.issue_key("t", None).unwrap().key;
         prop_assume!(bytes != live.expose().as_bytes());
         let Ok(value) = HeaderValue::from_bytes(&bytes) else {
             // http refuses the value itself (control bytes): it cannot reach a service.
@@ -54,7 +55,7 @@ proptest! {
     #[test]
     fn well_formed_unknown_keys_are_refused(body in "[A-Za-z0-9]{32}") {
         let store = MemoryKeyStore::new();
-        store.insert_tenant("t", Plan::Free);
+        store.insert_tenant("t", Plan::FREE);
         let key = format!("nat_pk_{body}");
         prop_assert!(KeyFormat::default().check(key.as_bytes()));
         let service = ServiceBuilder::new().layer(ApiKeyAuthLayer::new(store)).service_fn(ok);

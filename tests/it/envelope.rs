@@ -1,15 +1,16 @@
 //! Every envelope's bytes, status and headers, exactly as the contract gives them.
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
 use tower_nat::{
     NatError,
     clock::UtcDate,
-    tenant::{Feature, Plan},
+    plan::{Feature, Plan},
 };
 
 async fn render(error: NatError) -> (u16, Vec<(String, String)>, String) {
-    let response = error.into_response();
+    let response: http::Response<Full<Bytes>> = error.into_http_response();
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -71,11 +72,19 @@ async fn fixed_envelopes() {
         ),
         (
             NatError::FeatureNotAvailable {
-                feature: Feature::SecurityScanning,
-                plan: Plan::Free,
+                feature: Feature::SECURITY_SCANNING,
+                plan: Plan::FREE,
             },
             403,
             r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}"#,
+        ),
+        (
+            NatError::FeatureNotAvailable {
+                feature: Feature::new("sso", "Single sign-on"),
+                plan: Plan::new("startup").with_display_name("Startup"),
+            },
+            403,
+            r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Single sign-on is not available on the Startup plan. Upgrade to access.","feature":"sso","plan":"startup"}"#,
         ),
     ];
     for (error, status, body) in cases {
@@ -129,8 +138,8 @@ fn codes_and_statuses() {
         ),
         (
             NatError::FeatureNotAvailable {
-                feature: Feature::Webhooks,
-                plan: Plan::Pro,
+                feature: Feature::WEBHOOKS,
+                plan: Plan::PRO,
             },
             403,
             "FEATURE_NOT_AVAILABLE",
@@ -146,11 +155,67 @@ fn codes_and_statuses() {
         ),
         (NatError::Internal, 500, "INTERNAL_ERROR"),
         (NatError::StripeNotConfigured, 503, "STRIPE_NOT_CONFIGURED"),
+        (
+            NatError::rejected(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
+            405,
+            "INVALID_REQUEST",
+        ),
+        // Not a client error: a plain 400.
+        (
+            NatError::rejected(StatusCode::BAD_GATEWAY, "x"),
+            400,
+            "INVALID_REQUEST",
+        ),
     ];
     for (error, status, code) in all {
         assert_eq!(error.status().as_u16(), status);
         assert_eq!(error.code(), code);
         assert_eq!(error.to_string(), format!("{code}: {}", error.message()));
+    }
+}
+
+#[cfg(feature = "axum")]
+mod axum_responses {
+    use axum::{
+        Json,
+        response::{IntoResponse, Response},
+    };
+    use http_body_util::BodyExt;
+    use tower_nat::{NatError, StoreError};
+
+    /// The call the README shows, with axum's trait in scope: axum's response, not a
+    /// framework-free one.
+    fn not_found() -> Response {
+        NatError::not_found().into_response()
+    }
+
+    async fn handler(fail: bool) -> Result<Json<u8>, NatError> {
+        let value: Result<u8, StoreError> = if fail {
+            Err(StoreError::new(
+                "db: password authentication failed for hunter2",
+            ))
+        } else {
+            Ok(7)
+        };
+        Ok(Json(value?))
+    }
+
+    #[tokio::test]
+    async fn the_natural_calls_give_axum_responses() {
+        let response = not_found();
+        assert_eq!(response.status(), 404);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, crate::common::NOT_FOUND);
+
+        let response = handler(true).await.into_response();
+        assert_eq!(response.status(), 500);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, crate::common::INTERNAL);
+        let response = handler(false).await.into_response();
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "7"
+        );
     }
 }
 

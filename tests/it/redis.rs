@@ -2,81 +2,62 @@
 //! two instances sharing one Redis, and faults (down, frozen, restarted).
 #![cfg(feature = "redis")]
 
-mod common;
-#[path = "common/redis_server.rs"]
-mod redis_server;
+use std::{sync::Arc, time::Duration};
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
-
+use crate::common::redis_server::RedisServer;
+use crate::common::{INTERNAL, assert_envelope, handler, plain, scan, send};
 use bytes::Bytes;
-use common::{INTERNAL, assert_envelope, send};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use redis_server::RedisServer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_nat::{
     clock::{FakeClock, UtcDate},
-    quota::{OnStoreError, QuotaGuardLayer, RedisQuotaStore},
+    plan::{Plan, Plans},
+    quota::{QuotaGuardLayer, RedisQuotaStore},
     rate_limit::{PlanRateLimitLayer, RedisRateStore},
     scan_request::ValidateScanRequestLayer,
-    store::redis::RedisBackend,
-    tenant::{Plan, Plans, Tenant},
+    store::OnStoreError,
+    store::redis::{RedisBackend, TimeSource},
+    tenant::Tenant,
 };
-
-fn ok() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        let mut r = Response::new(Full::default());
-        *r.status_mut() = StatusCode::ACCEPTED;
-        Ok::<_, Infallible>(r)
-    })
-}
-
-fn plain(t: &Tenant) -> Request<Full<Bytes>> {
-    let mut req = Request::get("/api/v1/scans").body(Full::default()).unwrap();
-    req.extensions_mut().insert(t.clone());
-    req
-}
-
-fn scan(t: &Tenant) -> Request<Full<Bytes>> {
-    let mut req = Request::post("/api/v1/scan")
-        .body(Full::new(Bytes::from_static(
-            br#"{"url":"https://e.example"}"#,
-        )))
-        .unwrap();
-    req.extensions_mut().insert(t.clone());
-    req
-}
 
 /// One "instance": its own connection, its own layers, the same Redis and prefix.
 fn instance(
     url: &str,
     clock: &FakeClock,
-) -> impl Service<Request<Full<Bytes>>, Response = StatusCode, Error = Infallible, Future = impl Send>
-+ Clone
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = StatusCode,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
 + Send
 + 'static {
     let backend = RedisBackend::open_with_timeout(url, Duration::from_secs(2))
         .unwrap()
         .prefix("shared:");
-    let rate = RedisRateStore::new(backend.clone()).with_clock(Arc::new(clock.clone()));
-    let quota = RedisQuotaStore::new(backend).with_clock(Arc::new(clock.clone()));
+    let rate = RedisRateStore::new(backend.clone()).time_source(TimeSource::Caller);
+    let quota = RedisQuotaStore::new(backend).time_source(TimeSource::Caller);
     // Free gets 1,000 requests a minute here, so the quota part is not rate limited.
-    let plans = Arc::new(Plans::from_json(r#"{"free": {"requests_per_minute": 1000}}"#).unwrap());
+    let plans = Arc::new(
+        Plans::from_json(r#"{"plans": {"free": {"requests_per_minute": 1000}}}"#).unwrap(),
+    );
     ServiceBuilder::new()
         .layer(tower::util::MapResponseLayer::new(|r: Response<_>| {
             r.status()
         }))
-        .layer(PlanRateLimitLayer::with_store(rate, plans.clone()))
+        .layer(
+            PlanRateLimitLayer::new(plans.clone())
+                .with_store(rate)
+                .clock(Arc::new(clock.clone())),
+        )
         .layer(ValidateScanRequestLayer::new())
-        .layer(QuotaGuardLayer::with_store(quota, plans).clock(Arc::new(clock.clone())))
-        .service(ok())
+        .layer(
+            QuotaGuardLayer::new(plans)
+                .with_store(quota)
+                .clock(Arc::new(clock.clone())),
+        )
+        .service(handler())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -89,18 +70,18 @@ async fn two_instances_share_limits_and_quotas() {
     let b = instance(&server.url(), &clock);
     // Rate limit: a Team tenant (300 a minute) sends 600 requests at once, split across both
     // instances: exactly 300 are admitted.
-    let team = Tenant::new("hot", Plan::Team, "k");
+    let team = Tenant::new("hot", Plan::TEAM, "k");
     let tasks: Vec<_> = (0..600)
         .map(|i| {
             let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
             let team = team.clone();
-            tokio::spawn(async move { svc.oneshot(plain(&team)).await.unwrap() })
+            tokio::spawn(async move { svc.oneshot(plain(&team, "/api/v1/scans")).await.unwrap() })
         })
         .collect();
     let mut admitted = 0;
     for t in tasks {
         let status: StatusCode = t.await.unwrap();
-        if status == StatusCode::ACCEPTED {
+        if status == StatusCode::OK {
             admitted += 1;
         } else {
             assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -109,12 +90,12 @@ async fn two_instances_share_limits_and_quotas() {
     assert_eq!(admitted, 300);
 
     // Quota: 80 concurrent scans of a Free tenant (50 a month) across both: exactly 50.
-    let free = Tenant::new("scanner", Plan::Free, "k");
+    let free = Tenant::new("scanner", Plan::FREE, "k");
     let tasks: Vec<_> = (0..80)
         .map(|i| {
             let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
             let free = free.clone();
-            tokio::spawn(async move { svc.oneshot(scan(&free)).await.unwrap() })
+            tokio::spawn(async move { svc.oneshot(scan(&free, "functional", None)).await.unwrap() })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -137,20 +118,18 @@ async fn quota_usage_survives_a_new_instance() {
         let backend = RedisBackend::open(&server.url())
             .unwrap()
             .prefix("restart:");
-        QuotaGuardLayer::with_store(
-            RedisQuotaStore::new(backend).with_clock(Arc::new(clock.clone())),
-            Plans::default(),
-        )
-        .clock(Arc::new(clock.clone()))
+        QuotaGuardLayer::new(Plans::default())
+            .with_store(RedisQuotaStore::new(backend).time_source(TimeSource::Caller))
+            .clock(Arc::new(clock.clone()))
     };
     let first = open();
     let svc = ServiceBuilder::new()
         .layer(ValidateScanRequestLayer::new())
         .layer(first.clone())
-        .service(ok());
-    let t = Tenant::new("durable", Plan::Free, "k");
+        .service(handler());
+    let t = Tenant::new("durable", Plan::FREE, "k");
     for _ in 0..3 {
-        assert_eq!(send(&svc, scan(&t)).await.0, 202);
+        assert_eq!(send(&svc, scan(&t, "functional", None)).await.0, 202);
     }
     drop(svc);
     drop(first);
@@ -178,8 +157,8 @@ fn faulty(server: RedisServer, timeout: Duration) -> Faulty {
         .unwrap()
         .prefix("faults:");
     let rate =
-        PlanRateLimitLayer::with_store(RedisRateStore::new(backend.clone()), Plans::default());
-    let quota = QuotaGuardLayer::with_store(RedisQuotaStore::new(backend), Plans::default());
+        PlanRateLimitLayer::new(Plans::default()).with_store(RedisRateStore::new(backend.clone()));
+    let quota = QuotaGuardLayer::new(Plans::default()).with_store(RedisQuotaStore::new(backend));
     Faulty {
         server,
         rate,
@@ -188,13 +167,15 @@ fn faulty(server: RedisServer, timeout: Duration) -> Faulty {
 }
 
 async fn statuses(f: &Faulty, t: &Tenant) -> (u16, bool, u16) {
-    let rate = ServiceBuilder::new().layer(f.rate.clone()).service(ok());
-    let got = send(&rate, plain(t)).await;
+    let rate = ServiceBuilder::new()
+        .layer(f.rate.clone())
+        .service(handler());
+    let got = send(&rate, plain(t, "/api/v1/scans")).await;
     let quota = ServiceBuilder::new()
         .layer(ValidateScanRequestLayer::new())
         .layer(f.quota.clone())
-        .service(ok());
-    let q = send(&quota, scan(t)).await;
+        .service(handler());
+    let q = send(&quota, scan(t, "functional", None)).await;
     if q.0 == 500 {
         assert_envelope(&q, 500, INTERNAL);
     }
@@ -208,7 +189,7 @@ async fn statuses(f: &Faulty, t: &Tenant) -> (u16, bool, u16) {
 /// Retries (bounded) until Redis answers again after a fault.
 async fn recovered(f: &Faulty, t: &Tenant) -> bool {
     for _ in 0..200 {
-        if statuses(f, t).await == (202, true, 202) {
+        if statuses(f, t).await == (200, true, 202) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -222,12 +203,12 @@ async fn redis_down_fails_open_for_limits_and_closed_for_quotas_then_recovers() 
         return;
     };
     let mut f = faulty(server, Duration::from_millis(200));
-    let t = Tenant::new("f", Plan::Pro, "k");
-    assert_eq!(statuses(&f, &t).await, (202, true, 202));
+    let t = Tenant::new("f", Plan::PRO, "k");
+    assert_eq!(statuses(&f, &t).await, (200, true, 202));
     f.server.stop();
     // Down: requests pass without rate-limit headers; scans are refused with 500.
     for _ in 0..3 {
-        assert_eq!(statuses(&f, &t).await, (202, false, 500));
+        assert_eq!(statuses(&f, &t).await, (200, false, 500));
     }
     f.server.restart();
     assert!(
@@ -242,14 +223,14 @@ async fn a_frozen_redis_times_out_instead_of_hanging() {
         return;
     };
     let f = faulty(server, Duration::from_millis(150));
-    let t = Tenant::new("slow", Plan::Pro, "k");
-    assert_eq!(statuses(&f, &t).await, (202, true, 202));
+    let t = Tenant::new("slow", Plan::PRO, "k");
+    assert_eq!(statuses(&f, &t).await, (200, true, 202));
     f.server.pause();
     // Every call is bounded by the timeout: the answers come, they do not hang.
     let answered = tokio::time::timeout(Duration::from_secs(10), statuses(&f, &t)).await;
     assert_eq!(
         answered.expect("answered within the bound"),
-        (202, false, 500)
+        (200, false, 500)
     );
     f.server.resume();
     assert!(recovered(&f, &t).await);
@@ -262,10 +243,11 @@ async fn the_failure_choices_are_configurable() {
     };
     let backend =
         RedisBackend::open_with_timeout(&server.url(), Duration::from_millis(200)).unwrap();
-    let rate =
-        PlanRateLimitLayer::with_store(RedisRateStore::new(backend.clone()), Plans::default())
-            .on_store_error(OnStoreError::Reject);
-    let quota = QuotaGuardLayer::with_store(RedisQuotaStore::new(backend), Plans::default())
+    let rate = PlanRateLimitLayer::new(Plans::default())
+        .with_store(RedisRateStore::new(backend.clone()))
+        .on_store_error(OnStoreError::Reject);
+    let quota = QuotaGuardLayer::new(Plans::default())
+        .with_store(RedisQuotaStore::new(backend))
         .on_store_error(OnStoreError::Allow);
     let mut f = Faulty {
         server,
@@ -273,12 +255,18 @@ async fn the_failure_choices_are_configurable() {
         quota,
     };
     f.server.stop();
-    let t = Tenant::new("choice", Plan::Pro, "k");
-    let rate = ServiceBuilder::new().layer(f.rate.clone()).service(ok());
-    assert_envelope(&send(&rate, plain(&t)).await, 500, INTERNAL);
+    let t = Tenant::new("choice", Plan::PRO, "k");
+    let rate = ServiceBuilder::new()
+        .layer(f.rate.clone())
+        .service(handler());
+    assert_envelope(
+        &send(&rate, plain(&t, "/api/v1/scans")).await,
+        500,
+        INTERNAL,
+    );
     let quota = ServiceBuilder::new()
         .layer(ValidateScanRequestLayer::new())
         .layer(f.quota.clone())
-        .service(ok());
-    assert_eq!(send(&quota, scan(&t)).await.0, 202);
+        .service(handler());
+    assert_eq!(send(&quota, scan(&t, "functional", None)).await.0, 202);
 }

@@ -1,12 +1,9 @@
 //! QuotaGuard with a fake clock: exact quotas, period boundaries, release on every failure
 //! path, no overdraft under concurrency, `full` all-or-nothing, usage snapshots.
 
-mod common;
-
 use std::{
     convert::Infallible,
     future::Future,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -14,56 +11,22 @@ use std::{
     time::Duration,
 };
 
+use crate::common::{
+    INTERNAL, UNAUTHORIZED, assert_envelope, handler, quota_body, scan, send,
+    stores::{Broken, Later},
+};
 use bytes::Bytes;
-use common::{INTERNAL, UNAUTHORIZED, assert_envelope, send};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_nat::{
-    StoreError,
     clock::{Clock, FakeClock, UtcDate},
-    quota::{
-        MemoryQuotaStore, OnStoreError, Period, QuotaGuardLayer, QuotaLimits, QuotaStore,
-        Reservation, Reserved, UsageCounts,
-    },
-    scan_request::{ScanKind, ValidateScanRequestLayer},
-    store::Answer,
-    tenant::{Plan, Plans, Tenant, TenantId},
+    plan::{Plan, Plans},
+    quota::{MemoryQuotaStore, QuotaGuardLayer, UsageCounts},
+    scan_request::ValidateScanRequestLayer,
+    store::OnStoreError,
+    tenant::Tenant,
 };
-
-fn quota_body(date: &str) -> String {
-    format!(
-        r#"{{"error":"QUOTA_EXCEEDED","message":"Monthly scan quota exhausted. Quota resets on {date}.","quota_reset_date":"{date}T00:00:00Z"}}"#
-    )
-}
-
-/// A handler whose answer depends on the path: `/api/v1/scan` accepts (202); the test picks
-/// other outcomes through the `x-outcome` header.
-fn handler() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(|req: Request<Full<Bytes>>| async move {
-        let outcome = req
-            .headers()
-            .get("x-outcome")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let status = match outcome.as_deref() {
-            Some("error") => return Err(std::io::Error::other("backend down")),
-            Some("panic") => panic!("handler panicked"),
-            Some("pending") => std::future::pending::<StatusCode>().await,
-            Some(code) => StatusCode::from_bytes(code.as_bytes()).unwrap(),
-            None => StatusCode::ACCEPTED,
-        };
-        let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
-        *r.status_mut() = status;
-        Ok(r)
-    })
-}
 
 type Resp = Response<tower_nat::NatBody<tower_nat::NatBody<tower_nat::NatBody<Full<Bytes>>>>>;
 
@@ -88,22 +51,8 @@ fn stack(
         .service(handler())
 }
 
-fn scan(tenant: &Tenant, mode: &str, outcome: Option<&str>) -> Request<Full<Bytes>> {
-    let mut b = Request::post("/api/v1/scan");
-    if let Some(o) = outcome {
-        b = b.header("x-outcome", o);
-    }
-    let mut req = b
-        .body(Full::new(Bytes::from(format!(
-            r#"{{"url":"https://example.com","mode":"{mode}"}}"#
-        ))))
-        .unwrap();
-    req.extensions_mut().insert(tenant.clone());
-    req
-}
-
 fn free() -> Tenant {
-    Tenant::new("acme", Plan::Free, "key_1")
+    Tenant::new("acme", Plan::FREE, "key_1")
 }
 
 async fn used(quota: &QuotaGuardLayer, tenant: &Tenant) -> (u64, u64) {
@@ -129,7 +78,8 @@ async fn free_gets_exactly_50_then_the_exact_402() {
 
 #[tokio::test]
 async fn period_boundaries_and_the_reset() {
-    let plans = Plans::from_json(r#"{"free": {"functional_scans_per_month": 2}}"#).unwrap();
+    let plans =
+        Plans::from_json(r#"{"plans": {"free": {"functional_scans_per_month": 2}}}"#).unwrap();
     for (start, reset) in [
         ((2025, 12, 31), "2026-01-01"),
         ((2024, 2, 29), "2024-03-01"),
@@ -260,12 +210,12 @@ async fn concurrent_creations_never_overdraw() {
 #[tokio::test]
 async fn full_reserves_both_or_neither() {
     let plans = Plans::from_json(
-        r#"{"pro": {"functional_scans_per_month": 3, "security_scans_per_month": 1}}"#,
+        r#"{"plans": {"pro": {"functional_scans_per_month": 3, "security_scans_per_month": 1}}}"#,
     )
     .unwrap();
     let s = setup(UtcDate::new(2025, 7, 1).unwrap(), plans);
     let svc = stack(&s.quota);
-    let pro = Tenant::new("p", Plan::Pro, "k");
+    let pro = Tenant::new("p", Plan::PRO, "k");
     assert_eq!(send(&svc, scan(&pro, "full", None)).await.0, 202);
     assert_eq!(used(&s.quota, &pro).await, (1, 1));
     // Security is used up: a second full scan takes neither kind.
@@ -293,7 +243,8 @@ async fn full_reserves_both_or_neither() {
 
 #[tokio::test]
 async fn polling_listing_and_usage_are_never_charged_or_blocked() {
-    let plans = Plans::from_json(r#"{"free": {"functional_scans_per_month": 1}}"#).unwrap();
+    let plans =
+        Plans::from_json(r#"{"plans": {"free": {"functional_scans_per_month": 1}}}"#).unwrap();
     let s = setup(UtcDate::new(2025, 7, 1).unwrap(), plans);
     let svc = stack(&s.quota);
     assert_eq!(send(&svc, scan(&free(), "functional", None)).await.0, 202);
@@ -310,7 +261,7 @@ async fn polling_listing_and_usage_are_never_charged_or_blocked() {
             .body(Full::default())
             .unwrap();
         req.extensions_mut().insert(free());
-        assert_eq!(send(&svc, req).await.0, 202, "{method} {path}");
+        assert_eq!(send(&svc, req).await.0, 200, "{method} {path}");
     }
     assert_eq!(used(&s.quota, &free()).await, (1, 0));
 }
@@ -319,7 +270,7 @@ async fn polling_listing_and_usage_are_never_charged_or_blocked() {
 async fn unlimited_plans_are_never_blocked_but_counted() {
     let s = setup(UtcDate::new(2025, 7, 1).unwrap(), Plans::default());
     let svc = stack(&s.quota);
-    let ent = Tenant::new("big", Plan::Enterprise, "k");
+    let ent = Tenant::new("big", Plan::ENTERPRISE, "k");
     for _ in 0..600 {
         assert_eq!(send(&svc, scan(&ent, "full", None)).await.0, 202);
     }
@@ -336,7 +287,7 @@ async fn an_upgrade_applies_at_once() {
         send(&svc, scan(&free(), "functional", None)).await;
     }
     assert_eq!(send(&svc, scan(&free(), "functional", None)).await.0, 402);
-    let upgraded = Tenant::new("acme", Plan::Pro, "key_1");
+    let upgraded = Tenant::new("acme", Plan::PRO, "key_1");
     assert_eq!(send(&svc, scan(&upgraded, "functional", None)).await.0, 202);
     assert_eq!(used(&s.quota, &upgraded).await, (51, 0));
 }
@@ -345,7 +296,7 @@ async fn an_upgrade_applies_at_once() {
 async fn usage_snapshot_after_a_known_sequence() {
     let s = setup(UtcDate::new(2024, 2, 10).unwrap(), Plans::default());
     let svc = stack(&s.quota);
-    let pro = Tenant::new("tenant_42", Plan::Pro, "k");
+    let pro = Tenant::new("tenant_42", Plan::PRO, "k");
     for _ in 0..399 {
         send(&svc, scan(&pro, "functional", None)).await;
     }
@@ -379,72 +330,6 @@ async fn no_tenant_fails_closed() {
     assert_envelope(&send(&svc, req).await, 401, UNAUTHORIZED);
 }
 
-/// A store that fails every call.
-#[derive(Clone)]
-struct Broken;
-
-impl QuotaStore for Broken {
-    type ReserveFuture = std::future::Pending<Result<Reserved, StoreError>>;
-    type UsageFuture = std::future::Pending<Result<UsageCounts, StoreError>>;
-    type SettleFuture = std::future::Pending<Result<(), StoreError>>;
-    fn reserve(
-        &self,
-        _: &TenantId,
-        _: ScanKind,
-        _: QuotaLimits,
-        _: Period,
-    ) -> Answer<Reserved, Self::ReserveFuture> {
-        Answer::Ready(Err(StoreError::new("redis: connection refused")))
-    }
-    fn settle(&self, _: &Reservation, _: bool) -> Answer<(), Self::SettleFuture> {
-        Answer::Ready(Err(StoreError::new("redis: connection refused")))
-    }
-    fn settle_detached(&self, _: &Reservation, _: bool) {}
-    fn usage(&self, _: &TenantId, _: Period) -> Answer<UsageCounts, Self::UsageFuture> {
-        Answer::Ready(Err(StoreError::new("redis: connection refused")))
-    }
-}
-
-/// A store that answers later, like a remote one.
-#[derive(Clone, Default)]
-struct Later(MemoryQuotaStore);
-
-type BoxFut<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
-
-impl QuotaStore for Later {
-    type ReserveFuture = BoxFut<Reserved>;
-    type UsageFuture = BoxFut<UsageCounts>;
-    type SettleFuture = BoxFut<()>;
-    fn reserve(
-        &self,
-        t: &TenantId,
-        k: ScanKind,
-        l: QuotaLimits,
-        p: Period,
-    ) -> Answer<Reserved, Self::ReserveFuture> {
-        let (store, t) = (self.0.clone(), t.clone());
-        Answer::Pending(Box::pin(async move {
-            tokio::task::yield_now().await;
-            Ok(store.reserve_now(&t, k, l, p))
-        }))
-    }
-    fn settle(&self, r: &Reservation, charge: bool) -> Answer<(), Self::SettleFuture> {
-        let (store, r) = (self.0.clone(), r.clone());
-        Answer::Pending(Box::pin(async move {
-            tokio::task::yield_now().await;
-            store.settle_now(&r, charge);
-            Ok(())
-        }))
-    }
-    fn settle_detached(&self, r: &Reservation, charge: bool) {
-        self.0.settle_now(r, charge);
-    }
-    fn usage(&self, t: &TenantId, p: Period) -> Answer<UsageCounts, Self::UsageFuture> {
-        let (store, t) = (self.0.clone(), t.clone());
-        Answer::Pending(Box::pin(async move { Ok(store.usage_now(t.as_str(), p)) }))
-    }
-}
-
 #[tokio::test]
 async fn failing_store_rejects_by_default_and_allows_when_told() {
     let scan_stack = |layer: QuotaGuardLayer<Broken>| {
@@ -453,18 +338,21 @@ async fn failing_store_rejects_by_default_and_allows_when_told() {
             .layer(layer)
             .service(handler())
     };
-    let closed = scan_stack(QuotaGuardLayer::with_store(Broken, Plans::default()));
+    let closed = scan_stack(QuotaGuardLayer::new(Plans::default()).with_store(Broken::Now));
     assert_envelope(
         &send(&closed, scan(&free(), "functional", None)).await,
         500,
         INTERNAL,
     );
     let open = scan_stack(
-        QuotaGuardLayer::with_store(Broken, Plans::default()).on_store_error(OnStoreError::Allow),
+        QuotaGuardLayer::new(Plans::default())
+            .with_store(Broken::Now)
+            .on_store_error(OnStoreError::Allow),
     );
     assert_eq!(send(&open, scan(&free(), "functional", None)).await.0, 202);
     assert!(
-        QuotaGuardLayer::with_store(Broken, Plans::default())
+        QuotaGuardLayer::new(Plans::default())
+            .with_store(Broken::Now)
             .usage(&free())
             .await
             .is_err()
@@ -473,11 +361,14 @@ async fn failing_store_rejects_by_default_and_allows_when_told() {
 
 #[tokio::test]
 async fn asynchronous_stores_give_the_same_answers() {
-    let plans = Plans::from_json(r#"{"free": {"functional_scans_per_month": 3}}"#).unwrap();
-    let store = Later::default();
-    let layer = QuotaGuardLayer::with_store(store.clone(), plans).clock(Arc::new(
-        FakeClock::at_date(UtcDate::new(2025, 4, 9).unwrap()),
-    ));
+    let plans =
+        Plans::from_json(r#"{"plans": {"free": {"functional_scans_per_month": 3}}}"#).unwrap();
+    let store = Later(MemoryQuotaStore::new());
+    let layer = QuotaGuardLayer::new(plans)
+        .with_store(store.clone())
+        .clock(Arc::new(FakeClock::at_date(
+            UtcDate::new(2025, 4, 9).unwrap(),
+        )));
     let svc = ServiceBuilder::new()
         .layer(tower_nat::internal_error::InternalErrorGuardLayer::new())
         .layer(ValidateScanRequestLayer::new())
@@ -507,7 +398,8 @@ async fn asynchronous_stores_give_the_same_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_tasks_some_dropped_some_failing_charge_exactly_the_2xx() {
-    let plans = Plans::from_json(r#"{"free": {"functional_scans_per_month": 100000}}"#).unwrap();
+    let plans =
+        Plans::from_json(r#"{"plans": {"free": {"functional_scans_per_month": 100000}}}"#).unwrap();
     let s = setup(UtcDate::new(2025, 9, 9).unwrap(), plans);
     let in_handler = Arc::new(AtomicUsize::new(0));
     let entered = Arc::new(tokio::sync::Notify::new());

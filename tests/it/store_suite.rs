@@ -1,11 +1,6 @@
 //! One suite, run against every store: the in-memory stores and (with the `redis` feature)
 //! the Redis stores, so the backends agree on every number.
 
-mod common;
-#[cfg(feature = "redis")]
-#[path = "common/redis_server.rs"]
-mod redis_server;
-
 use std::{
     convert::Infallible,
     sync::{
@@ -15,17 +10,17 @@ use std::{
     time::Duration,
 };
 
+use crate::common::{handler, header, plain, scan, send, tenant};
 use bytes::Bytes;
-use common::send;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_nat::{
     clock::{FakeClock, UtcDate},
+    plan::{Plan, Plans},
     quota::{MemoryQuotaStore, QuotaGuardLayer, QuotaStore},
     rate_limit::{MemoryRateStore, PlanRateLimitLayer, RateStore},
     scan_request::ValidateScanRequestLayer,
-    tenant::{Plan, Plans, Tenant},
 };
 
 /// The stores under test, on a shared fake clock.
@@ -44,7 +39,7 @@ fn clock() -> FakeClock {
 async fn memory() -> Option<Stores<MemoryRateStore, MemoryQuotaStore>> {
     let clock = clock();
     Some(Stores {
-        rate: MemoryRateStore::with_clock(Arc::new(clock.clone())),
+        rate: MemoryRateStore::new(),
         quota: MemoryQuotaStore::new(),
         clock,
         guard: None,
@@ -55,135 +50,101 @@ async fn memory() -> Option<Stores<MemoryRateStore, MemoryQuotaStore>> {
 async fn redis()
 -> Option<Stores<tower_nat::rate_limit::RedisRateStore, tower_nat::quota::RedisQuotaStore>> {
     use tower_nat::{
-        quota::RedisQuotaStore, rate_limit::RedisRateStore, store::redis::RedisBackend,
+        quota::RedisQuotaStore,
+        rate_limit::RedisRateStore,
+        store::redis::{RedisBackend, TimeSource},
     };
-    let server = redis_server::RedisServer::start()?;
+    let server = crate::common::redis_server::RedisServer::start()?;
     let clock = clock();
     let backend = RedisBackend::open_with_timeout(&server.url(), Duration::from_secs(2))
         .unwrap()
         .prefix("suite:");
     Some(Stores {
-        rate: RedisRateStore::new(backend.clone()).with_clock(Arc::new(clock.clone())),
-        quota: RedisQuotaStore::new(backend).with_clock(Arc::new(clock.clone())),
+        rate: RedisRateStore::new(backend.clone()).time_source(TimeSource::Caller),
+        quota: RedisQuotaStore::new(backend).time_source(TimeSource::Caller),
         clock,
         guard: Some(Box::new(server)),
     })
 }
 
-fn tenant(id: &str, plan: Plan) -> Tenant {
-    Tenant::new(id, plan, "key")
-}
-
-fn ok() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(|req: Request<Full<Bytes>>| async move {
-        let mut r = Response::new(Full::default());
-        *r.status_mut() = match req.headers().get("x-status") {
-            Some(s) => StatusCode::from_bytes(s.as_bytes()).unwrap(),
-            None => StatusCode::ACCEPTED,
-        };
-        Ok::<_, Infallible>(r)
-    })
-}
-
-fn plain(t: &Tenant) -> Request<Full<Bytes>> {
-    let mut req = Request::get("/api/v1/scans").body(Full::default()).unwrap();
-    req.extensions_mut().insert(t.clone());
-    req
-}
-
-fn scan(t: &Tenant, mode: &str, status: Option<&str>) -> Request<Full<Bytes>> {
-    let mut b = Request::post("/api/v1/scan");
-    if let Some(s) = status {
-        b = b.header("x-status", s);
-    }
-    let mut req = b
-        .body(Full::new(Bytes::from(format!(
-            r#"{{"url":"https://e.example","mode":"{mode}"}}"#
-        ))))
-        .unwrap();
-    req.extensions_mut().insert(t.clone());
-    req
-}
-
-fn remaining(h: &http::HeaderMap) -> u64 {
-    h["x-ratelimit-remaining"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 async fn burst_remaining_and_retry_after<R: RateStore, Q>(s: Stores<R, Q>) {
     let svc = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(
-            s.rate.clone(),
-            Plans::default(),
-        ))
-        .service(ok());
-    let free = tenant("t-free", Plan::Free);
+        .layer(
+            PlanRateLimitLayer::new(Plans::default())
+                .with_store(s.rate.clone())
+                .clock(Arc::new(s.clock.clone())),
+        )
+        .service(handler());
+    let free = tenant("t-free", Plan::FREE);
     for i in 0..30u64 {
-        let got = send(&svc, plain(&free)).await;
-        assert_eq!(got.0, 202);
-        assert_eq!(remaining(&got.1), 29 - i);
+        let got = send(&svc, plain(&free, "/api/v1/scans")).await;
+        assert_eq!(got.0, 200);
+        assert_eq!(header(&got.1, "x-ratelimit-remaining"), 29 - i);
     }
-    let got = send(&svc, plain(&free)).await;
+    let got = send(&svc, plain(&free, "/api/v1/scans")).await;
     assert_eq!(got.0, 429);
     assert_eq!(got.1["retry-after"], "2");
     s.clock.advance(Duration::from_millis(1_500));
-    let got = send(&svc, plain(&free)).await;
+    let got = send(&svc, plain(&free, "/api/v1/scans")).await;
     assert_eq!(
         (got.0.as_u16(), got.1["retry-after"].to_str().unwrap()),
         (429, "1")
     );
     s.clock.advance(Duration::from_secs(1));
-    let got = send(&svc, plain(&free)).await;
-    assert_eq!((got.0.as_u16(), remaining(&got.1)), (202, 0));
+    let got = send(&svc, plain(&free, "/api/v1/scans")).await;
+    assert_eq!(
+        (got.0.as_u16(), header(&got.1, "x-ratelimit-remaining")),
+        (200, 0)
+    );
     // Half a minute later, 15 intervals have drained.
     s.clock.advance(Duration::from_secs(30));
-    let got = send(&svc, plain(&free)).await;
-    assert_eq!(remaining(&got.1), 14);
+    let got = send(&svc, plain(&free, "/api/v1/scans")).await;
+    assert_eq!(header(&got.1, "x-ratelimit-remaining"), 14);
     for _ in 0..14 {
-        assert_eq!(send(&svc, plain(&free)).await.0, 202);
+        assert_eq!(send(&svc, plain(&free, "/api/v1/scans")).await.0, 200);
     }
-    assert_eq!(send(&svc, plain(&free)).await.0, 429);
+    assert_eq!(send(&svc, plain(&free, "/api/v1/scans")).await.0, 429);
 }
 
 async fn upgrades_and_independent_tenants<R: RateStore, Q>(s: Stores<R, Q>) {
     let svc = ServiceBuilder::new()
-        .layer(PlanRateLimitLayer::with_store(
-            s.rate.clone(),
-            Plans::default(),
-        ))
-        .service(ok());
+        .layer(
+            PlanRateLimitLayer::new(Plans::default())
+                .with_store(s.rate.clone())
+                .clock(Arc::new(s.clock.clone())),
+        )
+        .service(handler());
     for _ in 0..30 {
-        send(&svc, plain(&tenant("a", Plan::Free))).await;
+        send(&svc, plain(&tenant("a", Plan::FREE), "/api/v1/scans")).await;
     }
-    assert_eq!(send(&svc, plain(&tenant("a", Plan::Free))).await.0, 429);
-    let other = send(&svc, plain(&tenant("b", Plan::Free))).await;
-    assert_eq!(remaining(&other.1), 29);
-    let up = send(&svc, plain(&tenant("a", Plan::Pro))).await;
-    assert_eq!((up.0.as_u16(), remaining(&up.1)), (202, 89));
+    assert_eq!(
+        send(&svc, plain(&tenant("a", Plan::FREE), "/api/v1/scans"))
+            .await
+            .0,
+        429
+    );
+    let other = send(&svc, plain(&tenant("b", Plan::FREE), "/api/v1/scans")).await;
+    assert_eq!(header(&other.1, "x-ratelimit-remaining"), 29);
+    let up = send(&svc, plain(&tenant("a", Plan::PRO), "/api/v1/scans")).await;
+    assert_eq!(
+        (up.0.as_u16(), header(&up.1, "x-ratelimit-remaining")),
+        (200, 89)
+    );
 }
 
 async fn exact_quota_reset_date_and_release<R, Q: QuotaStore>(s: Stores<R, Q>) {
     let plans = Plans::from_json(
-        r#"{"pro": {"functional_scans_per_month": 3, "security_scans_per_month": 1}}"#,
+        r#"{"plans": {"pro": {"functional_scans_per_month": 3, "security_scans_per_month": 1}}}"#,
     )
     .unwrap();
-    let quota =
-        QuotaGuardLayer::with_store(s.quota.clone(), plans).clock(Arc::new(s.clock.clone()));
+    let quota = QuotaGuardLayer::new(plans)
+        .with_store(s.quota.clone())
+        .clock(Arc::new(s.clock.clone()));
     let svc = ServiceBuilder::new()
         .layer(ValidateScanRequestLayer::new())
         .layer(quota.clone())
-        .service(ok());
-    let pro = tenant("q-pro", Plan::Pro);
+        .service(handler());
+    let pro = tenant("q-pro", Plan::PRO);
     assert_eq!(
         send(&svc, scan(&pro, "functional", Some("500"))).await.0,
         500
@@ -221,7 +182,8 @@ async fn exact_quota_reset_date_and_release<R, Q: QuotaStore>(s: Stores<R, Q>) {
 }
 
 async fn concurrent_creations_never_overdraw<R, Q: QuotaStore>(s: Stores<R, Q>) {
-    let quota = QuotaGuardLayer::with_store(s.quota.clone(), Plans::default())
+    let quota = QuotaGuardLayer::new(Plans::default())
+        .with_store(s.quota.clone())
         .clock(Arc::new(s.clock.clone()));
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let inside = Arc::new(AtomicUsize::new(0));
@@ -243,7 +205,7 @@ async fn concurrent_creations_never_overdraw<R, Q: QuotaStore>(s: Stores<R, Q>) 
                 Ok::<_, Infallible>(r)
             }
         });
-    let free = tenant("c-free", Plan::Free);
+    let free = tenant("c-free", Plan::FREE);
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let (svc, free) = (svc.clone(), free.clone());

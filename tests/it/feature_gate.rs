@@ -1,16 +1,15 @@
 //! FeatureGate alone and the composed order of SPEC section 2 in an axum router.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::SECURITY_ON_FREE;
+use crate::common::{Counted, UNAUTHORIZED, assert_envelope, send};
 use axum::{
     Router,
     body::Body,
     routing::{get, post},
 };
 use bytes::Bytes;
-use common::{Counted, UNAUTHORIZED, assert_envelope, send};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
@@ -20,21 +19,21 @@ use tower_nat::{
     clock::{FakeClock, UtcDate},
     feature_gate::FeatureGateLayer,
     internal_error::InternalErrorGuardLayer,
+    plan::{Feature, Plan, Plans},
     quota::QuotaGuardLayer,
-    rate_limit::{MemoryRateStore, PlanRateLimitLayer},
+    rate_limit::PlanRateLimitLayer,
     scan_request::ValidateScanRequestLayer,
-    tenant::{AuthExempt, Feature, Plan, Plans, Tenant},
+    tenant::{AuthExempt, Tenant},
 };
 
-const SECURITY_ON_FREE: &str = r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}"#;
-
-fn scan(plan: Plan, mode: &str) -> Request<Full<Bytes>> {
+fn scan(plan: &Plan, mode: &str) -> Request<Full<Bytes>> {
     let mut req = Request::post("/api/v1/scan")
         .body(Full::new(Bytes::from(format!(
             r#"{{"url":"https://e.example","mode":"{mode}"}}"#
         ))))
         .unwrap();
-    req.extensions_mut().insert(Tenant::new("t", plan, "k"));
+    req.extensions_mut()
+        .insert(Tenant::new("t", plan.clone(), "k"));
     req
 }
 
@@ -46,29 +45,30 @@ async fn scan_kinds_need_their_feature() {
         .layer(FeatureGateLayer::scans(Plans::default()))
         .service(handler.service());
     assert_envelope(
-        &send(&svc, scan(Plan::Free, "security")).await,
+        &send(&svc, scan(&Plan::FREE, "security")).await,
         403,
         SECURITY_ON_FREE,
     );
     assert_envelope(
-        &send(&svc, scan(Plan::Free, "full")).await,
+        &send(&svc, scan(&Plan::FREE, "full")).await,
         403,
         SECURITY_ON_FREE,
     );
     assert_eq!(handler.calls(), 0);
-    assert_eq!(send(&svc, scan(Plan::Free, "functional")).await.0, 200);
-    for plan in [Plan::Pro, Plan::Team, Plan::Enterprise] {
-        assert_eq!(send(&svc, scan(plan, "security")).await.0, 200, "{plan}");
-        assert_eq!(send(&svc, scan(plan, "full")).await.0, 200, "{plan}");
+    assert_eq!(send(&svc, scan(&Plan::FREE, "functional")).await.0, 200);
+    for plan in [Plan::PRO, Plan::TEAM, Plan::ENTERPRISE] {
+        assert_eq!(send(&svc, scan(&plan, "security")).await.0, 200, "{plan}");
+        assert_eq!(send(&svc, scan(&plan, "full")).await.0, 200, "{plan}");
     }
     assert_eq!(handler.calls(), 7);
     // A plan table can grant the feature to Free.
-    let generous = Plans::from_json(r#"{"free": {"security_scanning": true}}"#).unwrap();
+    let generous =
+        Plans::from_json(r#"{"plans": {"free": {"features": ["security_scanning"]}}}"#).unwrap();
     let svc = ServiceBuilder::new()
         .layer(ValidateScanRequestLayer::new())
         .layer(FeatureGateLayer::scans(generous))
         .service(handler.service());
-    assert_eq!(send(&svc, scan(Plan::Free, "security")).await.0, 200);
+    assert_eq!(send(&svc, scan(&Plan::FREE, "security")).await.0, 200);
 }
 
 #[tokio::test]
@@ -76,7 +76,7 @@ async fn route_level_gate() {
     let handler = Counted::default();
     let svc = ServiceBuilder::new()
         .layer(FeatureGateLayer::require(
-            Feature::Webhooks,
+            Feature::WEBHOOKS,
             Plans::default(),
         ))
         .service(handler.service());
@@ -89,19 +89,19 @@ async fn route_level_gate() {
         }
         r
     };
-    for plan in [Plan::Free, Plan::Pro] {
+    for plan in [Plan::FREE, Plan::PRO] {
         assert_envelope(
-            &send(&svc, req(Some(plan))).await,
+            &send(&svc, req(Some(plan.clone()))).await,
             403,
             &format!(
                 r#"{{"error":"FEATURE_NOT_AVAILABLE","message":"Webhooks is not available on the {} plan. Upgrade to access.","feature":"webhooks","plan":"{}"}}"#,
                 plan.display_name(),
-                plan.as_str()
+                plan.name()
             ),
         );
     }
-    assert_eq!(send(&svc, req(Some(Plan::Team))).await.0, 200);
-    assert_eq!(send(&svc, req(Some(Plan::Enterprise))).await.0, 200);
+    assert_eq!(send(&svc, req(Some(Plan::TEAM))).await.0, 200);
+    assert_eq!(send(&svc, req(Some(Plan::ENTERPRISE))).await.0, 200);
     assert_envelope(&send(&svc, req(None)).await, 401, UNAUTHORIZED);
     let mut exempt = req(None);
     exempt.extensions_mut().insert(AuthExempt);
@@ -114,14 +114,14 @@ async fn route_level_gate() {
 async fn composed_order_403_before_402_and_429_before_the_quota() {
     let plans = Arc::new(
         Plans::from_json(
-            r#"{"free": {"functional_scans_per_month": 1, "requests_per_minute": 5}}"#,
+            r#"{"plans": {"free": {"functional_scans_per_month": 1, "requests_per_minute": 5}}}"#,
         )
         .unwrap(),
     );
     let clock = FakeClock::at_date(UtcDate::new(2025, 1, 10).unwrap());
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("acme", Plan::Free);
-    let key = keys.issue_key("acme", None).unwrap();
+    keys.insert_tenant("acme", Plan::FREE);
+    let key = keys.issue_key("acme", None).unwrap().key;
     let quota = QuotaGuardLayer::new(plans.clone()).clock(Arc::new(clock.clone()));
     let router = Router::new()
         .route(
@@ -133,10 +133,7 @@ async fn composed_order_403_before_402_and_429_before_the_quota() {
         .layer(quota.clone())
         .layer(FeatureGateLayer::scans(plans.clone()))
         .layer(ValidateScanRequestLayer::new())
-        .layer(PlanRateLimitLayer::with_store(
-            MemoryRateStore::with_clock(Arc::new(clock.clone())),
-            plans.clone(),
-        ))
+        .layer(PlanRateLimitLayer::new(plans.clone()).clock(Arc::new(clock.clone())))
         .layer(
             ApiKeyAuthLayer::new(keys)
                 .exempt("/healthz")
@@ -193,7 +190,7 @@ async fn composed_order_403_before_402_and_429_before_the_quota() {
     assert_eq!(got.1["retry-after"], "12");
     assert_eq!(
         quota
-            .usage(&Tenant::new("acme", Plan::Free, "k"))
+            .usage(&Tenant::new("acme", Plan::FREE, "k"))
             .await
             .unwrap()
             .scans_used,

@@ -1,7 +1,5 @@
 //! InternalErrorGuard: panics and inner errors become the 500 envelope and leak nothing.
 
-mod common;
-
 use std::{
     convert::Infallible,
     future::Future,
@@ -9,8 +7,8 @@ use std::{
     task::{Context, Poll},
 };
 
+use crate::common::{INTERNAL, assert_envelope, empty, get, send};
 use bytes::Bytes;
-use common::{INTERNAL, assert_envelope, empty, get, send};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder};

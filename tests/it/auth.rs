@@ -1,16 +1,21 @@
-//! ApiKeyAuth: every 401 cause, expiry, revocation, exempt routes, key hygiene.
-
-mod common;
+//! ApiKeyAuth: every 401 cause, expiry, revocation, exempt routes, key hygiene; one suite run
+//! against the in-memory store and against a store that answers later, and a store that
+//! fails.
 
 use std::{sync::Arc, time::Duration};
 
-use common::{Counted, UNAUTHORIZED, assert_envelope, empty, get, send};
 use http::HeaderValue;
 use tower::ServiceBuilder;
 use tower_nat::{
-    auth::{ApiKey, ApiKeyAuthLayer, KeyFormat, MemoryKeyStore},
+    auth::{ApiKey, ApiKeyAuthLayer, KeyFormat, KeyStore, MemoryKeyStore},
     clock::{FakeClock, UtcDate},
-    tenant::Plan,
+    plan::Plan,
+    tenant::Tenant,
+};
+
+use crate::common::{
+    Counted, INTERNAL, UNAUTHORIZED, assert_envelope, empty, get, send,
+    stores::{BROKEN, Broken, Later},
 };
 
 struct Fixture {
@@ -25,16 +30,17 @@ struct Fixture {
 fn fixture() -> Fixture {
     let store = MemoryKeyStore::new();
     let clock = FakeClock::at_date(UtcDate::new(2025, 6, 15).unwrap());
-    store.insert_tenant("acme", Plan::Pro);
-    store.insert_tenant("gone", Plan::Team);
-    let live = store.issue_key("acme", None).unwrap();
+    store.insert_tenant("acme", Plan::PRO);
+    store.insert_tenant("gone", Plan::TEAM);
+    let live = store.issue_key("acme", None).unwrap().key;
     let revoked = ApiKey::generate();
     let id = store.add_key("acme", &revoked, None).unwrap();
     assert!(store.revoke(&id));
     let expired = store
         .issue_key("acme", Some(Duration::from_secs(1_700_000_000)))
-        .unwrap();
-    let deleted = store.issue_key("gone", None).unwrap();
+        .unwrap()
+        .key;
+    let deleted = store.issue_key("gone", None).unwrap().key;
     assert!(store.delete_tenant("gone"));
     Fixture {
         store,
@@ -46,12 +52,44 @@ fn fixture() -> Fixture {
     }
 }
 
-#[tokio::test]
-async fn every_401_cause_gives_the_same_bytes_and_never_reaches_the_handler() {
+/// The key-store suite: every case below runs against each store, built from the in-memory
+/// store the case fills.
+macro_rules! key_store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(|s| s).await;
+                }
+            )*
+        }
+        mod later {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(crate::common::stores::Later).await;
+                }
+            )*
+        }
+    };
+}
+
+key_store_suite!(
+    every_401_cause_gives_the_same_bytes_and_never_reaches_the_handler,
+    expiry_follows_the_injected_clock,
+    revocation_deletion_and_plan_changes_apply_to_the_next_request,
+    exempt_routes_pass_without_a_key_and_others_do_not,
+    custom_key_formats,
+);
+
+async fn every_401_cause_gives_the_same_bytes_and_never_reaches_the_handler<K: KeyStore>(
+    store: impl Fn(MemoryKeyStore) -> K,
+) {
     let f = fixture();
     let handler = Counted::default();
     let service = ServiceBuilder::new()
-        .layer(ApiKeyAuthLayer::new(f.store.clone()).clock(Arc::new(f.clock.clone())))
+        .layer(ApiKeyAuthLayer::new(store(f.store.clone())).clock(Arc::new(f.clock.clone())))
         .service(handler.service());
     let live = f.live.expose().to_owned();
     let cases: Vec<(&str, Vec<(&str, HeaderValue)>)> = vec![
@@ -204,17 +242,17 @@ async fn every_401_cause_gives_the_same_bytes_and_never_reaches_the_handler() {
     assert_eq!(handler.calls(), 1);
 }
 
-#[tokio::test]
-async fn expiry_follows_the_injected_clock() {
+async fn expiry_follows_the_injected_clock<K: KeyStore>(wrap: impl Fn(MemoryKeyStore) -> K) {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::Free);
+    store.insert_tenant("acme", Plan::FREE);
     let clock = FakeClock::new(Duration::from_secs(1_000));
     let key = store
         .issue_key("acme", Some(Duration::from_secs(1_060)))
-        .unwrap();
+        .unwrap()
+        .key;
     let handler = Counted::default();
     let service = ServiceBuilder::new()
-        .layer(ApiKeyAuthLayer::new(store).clock(Arc::new(clock.clone())))
+        .layer(ApiKeyAuthLayer::new(wrap(store)).clock(Arc::new(clock.clone())))
         .service(handler.service());
     let req = || empty(get("/x").header("x-api-key", key.expose()));
 
@@ -226,20 +264,21 @@ async fn expiry_follows_the_injected_clock() {
     assert_eq!(handler.calls(), 2);
 }
 
-#[tokio::test]
-async fn revocation_deletion_and_plan_changes_apply_to_the_next_request() {
+async fn revocation_deletion_and_plan_changes_apply_to_the_next_request<K: KeyStore>(
+    wrap: impl Fn(MemoryKeyStore) -> K,
+) {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::Free);
-    let key = store.issue_key("acme", None).unwrap();
+    store.insert_tenant("acme", Plan::FREE);
+    let key = store.issue_key("acme", None).unwrap().key;
     let second = ApiKey::generate();
     let second_id = store.add_key("acme", &second, None).unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     let service = ServiceBuilder::new()
-        .layer(ApiKeyAuthLayer::new(store.clone()))
+        .layer(ApiKeyAuthLayer::new(wrap(store.clone())))
         .service_fn(
             move |req: http::Request<http_body_util::Full<bytes::Bytes>>| {
-                let tenant = req.extensions().get::<tower_nat::Tenant>().unwrap().clone();
+                let tenant = Tenant::of(&req).unwrap().clone();
                 log.lock().unwrap().push(tenant);
                 async {
                     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<
@@ -252,12 +291,12 @@ async fn revocation_deletion_and_plan_changes_apply_to_the_next_request() {
     let req = |k: &ApiKey| empty(get("/x").header("x-api-key", k.expose()));
 
     assert_eq!(send(&service, req(&key)).await.0, 200);
-    store.set_plan("acme", Plan::Team);
+    store.set_plan("acme", Plan::TEAM);
     assert_eq!(send(&service, req(&second)).await.0, 200);
     {
         let seen = seen.lock().unwrap();
-        assert_eq!(seen[0].plan(), Plan::Free);
-        assert_eq!(seen[1].plan(), Plan::Team);
+        assert_eq!(seen[0].plan(), &Plan::FREE);
+        assert_eq!(seen[1].plan(), &Plan::TEAM);
         assert_eq!(seen[1].id().as_str(), "acme");
         assert_eq!(seen[1].key_id(), &second_id);
         assert_ne!(seen[0].key_id(), seen[1].key_id());
@@ -270,13 +309,14 @@ async fn revocation_deletion_and_plan_changes_apply_to_the_next_request() {
     assert_eq!(store.key_count(), 0);
 }
 
-#[tokio::test]
-async fn exempt_routes_pass_without_a_key_and_others_do_not() {
+async fn exempt_routes_pass_without_a_key_and_others_do_not<K: KeyStore>(
+    wrap: impl Fn(MemoryKeyStore) -> K,
+) {
     let store = MemoryKeyStore::new();
     let handler = Counted::default();
     let service = ServiceBuilder::new()
         .layer(
-            ApiKeyAuthLayer::new(store)
+            ApiKeyAuthLayer::new(wrap(store))
                 .exempt("/healthz")
                 .exempt("/api/v1/billing/webhook")
                 .exempt_prefix("/public/"),
@@ -302,18 +342,17 @@ async fn exempt_routes_pass_without_a_key_and_others_do_not() {
     assert_eq!(handler.calls(), 4);
 }
 
-#[tokio::test]
-async fn custom_key_formats() {
+async fn custom_key_formats<K: KeyStore>(wrap: impl Fn(MemoryKeyStore) -> K) {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::Free);
+    store.insert_tenant("acme", Plan::FREE);
     let hash = tower_nat::auth::KeyHash::of(b"nat_pk_short1");
     store.add_hash("acme", hash, None).unwrap();
     let handler = Counted::default();
     let strict = ServiceBuilder::new()
-        .layer(ApiKeyAuthLayer::new(store.clone()))
+        .layer(ApiKeyAuthLayer::new(wrap(store.clone())))
         .service(handler.service());
     let loose = ServiceBuilder::new()
-        .layer(ApiKeyAuthLayer::new(store).key_format(KeyFormat::new(6, 40)))
+        .layer(ApiKeyAuthLayer::new(wrap(store)).key_format(KeyFormat::new(6, 40)))
         .service(handler.service());
     let req = || empty(get("/x").header("x-api-key", "nat_pk_short1"));
     assert_eq!(send(&strict, req()).await.0, 401);
@@ -334,4 +373,40 @@ fn debug_output_never_contains_keys() {
         assert!(!text.contains(&key[7..]), "{text}");
         assert!(!text.contains(&key[11..20]), "{text}");
     }
+}
+
+#[tokio::test]
+async fn a_failing_store_gives_500_without_its_error_now_or_later() {
+    for broken in [Broken::Now, Broken::Later] {
+        let handler = Counted::default();
+        let service = ServiceBuilder::new()
+            .layer(ApiKeyAuthLayer::new(broken))
+            .service(handler.service());
+        let key = ApiKey::generate();
+        let got = send(&service, empty(get("/x").header("x-api-key", key.expose()))).await;
+        assert_envelope(&got, 500, INTERNAL);
+        assert!(!String::from_utf8_lossy(&got.2).contains(BROKEN));
+        // A malformed key never reaches the store: 401, not 500.
+        let got = send(&service, empty(get("/x").header("x-api-key", "nat_pk_x"))).await;
+        assert_envelope(&got, 401, UNAUTHORIZED);
+        assert_eq!(handler.calls(), 0, "{broken:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_store_later_answers_like_the_store_in_memory() {
+    let store = MemoryKeyStore::new();
+    store.insert_tenant("acme", Plan::PRO);
+    let issued = store.issue_key("acme", None).unwrap();
+    let hash = issued.key.hash();
+    let memory = match store.lookup(&hash) {
+        tower_nat::store::Answer::Ready(r) => r.unwrap(),
+        tower_nat::store::Answer::Pending(_) => panic!("the memory store answers at once"),
+    };
+    let later = match Later(store.clone()).lookup(&hash) {
+        tower_nat::store::Answer::Pending(f) => f.await.unwrap(),
+        tower_nat::store::Answer::Ready(_) => panic!("the double answers later"),
+    };
+    assert_eq!(memory, later);
+    assert_eq!(memory.unwrap().tenant.key_id(), &issued.id);
 }

@@ -1,43 +1,32 @@
-//! End to end: the demo server (examples/server.rs) on an ephemeral loopback port, spoken to
-//! over real HTTP by a real client. Every code of the contract, with exact bytes and headers.
+//! End to end: the demo server (the `nat-demo` crate, as `cargo run --example server` runs
+//! it) on an ephemeral loopback port, spoken to over real HTTP by a real client. Every code of
+//! the contract, with exact bytes and headers.
 
-#[path = "../examples/server.rs"]
-#[allow(unreachable_pub, missing_docs)]
-mod server;
-
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{ops::Deref, sync::Arc, time::Duration};
 
 use axum::{Router, routing::get};
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
-use server::Demo;
+use http::Method;
+use nat_demo::Demo;
 use tower_nat::{
     auth::ApiKey,
     billing::BillingConfiguredLayer,
     clock::{FakeClock, UtcDate},
-    tenant::{Plan, Plans},
+    plan::{Plan, Plans},
 };
 
-const UNAUTHORIZED: &str = r#"{"error":"UNAUTHORIZED","message":"Missing or invalid API key."}"#;
-const STRIPE: &str = r#"{"error":"STRIPE_NOT_CONFIGURED","message":"Billing is not configured on this server. Set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET."}"#;
+use crate::common::{STRIPE, UNAUTHORIZED, wire::Wire};
 
 struct Running {
-    addr: SocketAddr,
-    client: Client<HttpConnector, Full<Bytes>>,
+    wire: Wire,
     keys: Vec<(Plan, ApiKey)>,
     clock: FakeClock,
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+impl Deref for Running {
+    type Target = Wire;
+    fn deref(&self) -> &Wire {
+        &self.wire
+    }
 }
 
 impl Running {
@@ -49,54 +38,11 @@ impl Running {
             .1
             .expose()
     }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&str>,
-    ) -> Answer {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.addr, path));
-        if let Some(k) = key {
-            req = req.header("x-api-key", k);
-        }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
-            .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
-            .await
-            .expect("the server answers within 10 s")
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Answer {
-            status,
-            headers,
-            body: String::from_utf8(body.to_vec()).unwrap(),
-        }
-    }
-}
-
-async fn start(router: Router) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, router, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
 }
 
 async fn demo(billing: BillingConfiguredLayer) -> Running {
     let plans = Plans::from_json(
-        r#"{"free": {"requests_per_minute": 8, "functional_scans_per_month": 2}}"#,
+        r#"{"plans": {"free": {"requests_per_minute": 8, "functional_scans_per_month": 2}}}"#,
     )
     .unwrap();
     let clock = FakeClock::at_date(UtcDate::new(2025, 1, 20).unwrap());
@@ -108,26 +54,18 @@ async fn demo(billing: BillingConfiguredLayer) -> Running {
         [Some(fixed_free), None, None, None],
         Duration::from_secs(3),
     );
-    let (addr, stop) = start(demo.router().unwrap()).await;
+    let wire = Wire::start(demo.router(demo.nat())).await;
     Running {
-        addr,
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        wire,
         keys: demo.keys,
         clock,
-        _stop: stop,
     }
-}
-
-fn assert_json(a: &Answer, status: u16, body: &str) {
-    assert_eq!(a.status.as_u16(), status, "{}", a.body);
-    assert_eq!(a.headers["content-type"], "application/json");
-    assert_eq!(a.body, body);
 }
 
 #[tokio::test]
 async fn every_code_over_the_wire() {
     let s = demo(BillingConfiguredLayer::new(false)).await;
-    let free = s.key(Plan::Free).to_owned();
+    let free = s.key(Plan::FREE).to_owned();
     assert_eq!(
         free, "nat_pk_FreeFreeFreeFreeFreeFreeFree0000",
         "NAT_DEMO_KEY_* style fixed key"
@@ -137,8 +75,7 @@ async fn every_code_over_the_wire() {
     let a = s
         .call(Method::GET, "/api/v1/usage", Some(&free), None)
         .await;
-    assert_json(
-        &a,
+    a.assert_envelope(
         200,
         r#"{"tenant_id":"demo-free","plan":"free","scans_used":0,"scans_limit":2,"security_scan_count":0,"monthly_security_scan_quota":0,"approaching_limit":false,"quota_reset_date":"2025-02-01T00:00:00Z","period_start":"2025-01-01T00:00:00Z","period_end":"2025-01-31T23:59:59Z"}"#,
     );
@@ -146,24 +83,18 @@ async fn every_code_over_the_wire() {
     assert_eq!(a.headers["x-ratelimit-remaining"], "7");
 
     // 401: no key, a bad key, Bearer.
-    assert_json(
-        &s.call(Method::GET, "/api/v1/usage", None, None).await,
-        401,
-        UNAUTHORIZED,
-    );
-    assert_json(
-        &s.call(Method::GET, "/api/v1/usage", Some("nat_pk_nope"), None)
-            .await,
-        401,
-        UNAUTHORIZED,
-    );
+    s.call(Method::GET, "/api/v1/usage", None, None)
+        .await
+        .assert_envelope(401, UNAUTHORIZED);
+    s.call(Method::GET, "/api/v1/usage", Some("nat_pk_nope"), None)
+        .await
+        .assert_envelope(401, UNAUTHORIZED);
 
     // 400: malformed and incomplete scan bodies.
     let a = s
         .call(Method::POST, "/api/v1/scan", Some(&free), Some("{"))
         .await;
-    assert_json(
-        &a,
+    a.assert_envelope(
         400,
         r#"{"error":"INVALID_REQUEST","message":"Malformed JSON in request body."}"#,
     );
@@ -176,8 +107,7 @@ async fn every_code_over_the_wire() {
             Some(r#"{"mode":"functional"}"#),
         )
         .await;
-    assert_json(
-        &a,
+    a.assert_envelope(
         400,
         r#"{"error":"INVALID_REQUEST","message":"Missing required field: url."}"#,
     );
@@ -191,8 +121,7 @@ async fn every_code_over_the_wire() {
             Some(r#"{"url":"https://e.example","mode":"security"}"#),
         )
         .await;
-    assert_json(
-        &a,
+    a.assert_envelope(
         403,
         r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}"#,
     );
@@ -217,8 +146,7 @@ async fn every_code_over_the_wire() {
             Some(r#"{"url":"https://e.example"}"#),
         )
         .await;
-    assert_json(
-        &a,
+    a.assert_envelope(
         402,
         r#"{"error":"QUOTA_EXCEEDED","message":"Monthly scan quota exhausted. Quota resets on 2025-02-01.","quota_reset_date":"2025-02-01T00:00:00Z"}"#,
     );
@@ -227,8 +155,7 @@ async fn every_code_over_the_wire() {
     let a = s
         .call(Method::GET, "/api/v1/nothing-here", Some(&free), None)
         .await;
-    assert_json(
-        &a,
+    a.assert_envelope(
         404,
         r#"{"error":"NOT_FOUND","message":"The requested resource was not found."}"#,
     );
@@ -237,8 +164,7 @@ async fn every_code_over_the_wire() {
     let a = s
         .call(Method::GET, "/api/v1/usage", Some(&free), None)
         .await;
-    assert_json(
-        &a,
+    a.assert_envelope(
         429,
         r#"{"error":"RATE_LIMITED","message":"Rate limit exceeded. Retry after 8 seconds.","retry_after":8}"#,
     );
@@ -254,24 +180,18 @@ async fn every_code_over_the_wire() {
     assert!(a.body.contains(r#""scans_used":2"#), "{}", a.body);
 
     // 503: billing routes while Stripe is not configured, the webhook included.
-    let pro = s.key(Plan::Pro);
-    assert_json(
-        &s.call(
-            Method::POST,
-            "/api/v1/billing/checkout",
-            Some(pro),
-            Some(r#"{"plan":"team"}"#),
-        )
-        .await,
-        503,
-        STRIPE,
-    );
-    assert_json(
-        &s.call(Method::POST, "/api/v1/billing/webhook", None, Some("{}"))
-            .await,
-        503,
-        STRIPE,
-    );
+    let pro = s.key(Plan::PRO);
+    s.call(
+        Method::POST,
+        "/api/v1/billing/checkout",
+        Some(pro),
+        Some(r#"{"plan":"team"}"#),
+    )
+    .await
+    .assert_envelope(503, STRIPE);
+    s.call(Method::POST, "/api/v1/billing/webhook", None, Some("{}"))
+        .await
+        .assert_envelope(503, STRIPE);
 
     // Health is exempt.
     let a = s.call(Method::GET, "/healthz", None, None).await;
@@ -284,7 +204,7 @@ async fn every_code_over_the_wire() {
 #[tokio::test]
 async fn a_scan_polled_to_completion_and_tenants_cannot_see_each_other() {
     let s = demo(BillingConfiguredLayer::new(false)).await;
-    let (pro, team) = (s.key(Plan::Pro).to_owned(), s.key(Plan::Team).to_owned());
+    let (pro, team) = (s.key(Plan::PRO).to_owned(), s.key(Plan::TEAM).to_owned());
     let a = s
         .call(
             Method::POST,
@@ -336,11 +256,7 @@ async fn a_scan_polled_to_completion_and_tenants_cannot_see_each_other() {
             None,
         )
         .await;
-    assert_json(
-        &foreign,
-        404,
-        r#"{"error":"NOT_FOUND","message":"Scan not found."}"#,
-    );
+    foreign.assert_envelope(404, r#"{"error":"NOT_FOUND","message":"Scan not found."}"#);
     assert_eq!(
         (foreign.status, &foreign.body),
         (missing.status, &missing.body)
@@ -374,12 +290,12 @@ async fn configured_billing_answers_as_a_demo_and_the_webhook_needs_no_key() {
     let a = s
         .call(Method::POST, "/api/v1/billing/checkout", None, Some("{}"))
         .await;
-    assert_json(&a, 401, UNAUTHORIZED);
+    a.assert_envelope(401, UNAUTHORIZED);
     let a = s
         .call(
             Method::POST,
             "/api/v1/billing/checkout",
-            Some(s.key(Plan::Free)),
+            Some(s.key(Plan::FREE)),
             Some(r#"{"plan":"pro"}"#),
         )
         .await;
@@ -404,24 +320,20 @@ async fn internal_errors_over_the_wire() {
         Default::default(),
         Duration::from_secs(1),
     );
-    let router = Router::new().route("/boom", get(boom)).layer(d.nat.clone());
-    let (addr, _stop) = start(router).await;
+    let router: Router = Router::new().route("/boom", get(boom)).layer(d.nat());
     let s = Running {
-        addr,
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        wire: Wire::start(router).await,
         keys: d.keys,
         clock: FakeClock::default(),
-        _stop,
     };
     let a = s
-        .call(Method::GET, "/boom", Some(s.key(Plan::Team)), None)
+        .call(Method::GET, "/boom", Some(s.key(Plan::TEAM)), None)
         .await;
-    assert_json(
-        &a,
+    a.assert_envelope(
         500,
         r#"{"error":"INTERNAL_ERROR","message":"An unexpected error occurred. Retry after a short delay."}"#,
     );
     // The server keeps serving after the panic.
     let a = s.call(Method::GET, "/boom", None, None).await;
-    assert_json(&a, 401, UNAUTHORIZED);
+    a.assert_envelope(401, UNAUTHORIZED);
 }

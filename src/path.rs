@@ -1,4 +1,20 @@
-//! Path matching shared by the layers' route settings (exempt routes, billing prefix).
+//! Path decisions: the path the client sent, and the route sets layers match it against
+//! (exempt routes, the billing prefix, scan-creation routes).
+//!
+//! Every path decision of the crate is made on the path the client sent. Frameworks may
+//! strip a prefix before a layer runs (axum's `Router::nest` and `nest_service` hand the
+//! inner router `/scan` for `/api/v1/scan`); axum records the path it received as
+//! `axum::extract::OriginalUri`, and with the `axum` feature every layer reads that when it
+//! is there, and the request's URI otherwise.
+
+/// The path the client sent: axum's `OriginalUri` when present, the request URI otherwise.
+pub(crate) fn client_path<B>(req: &http::Request<B>) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(original) = req.extensions().get::<axum::extract::OriginalUri>() {
+        return original.0.path();
+    }
+    req.uri().path()
+}
 
 /// A set of exact paths and path prefixes. A prefix `/a/b` matches `/a/b` and `/a/b/...`,
 /// not `/a/bc`; a trailing slash on the prefix is ignored.

@@ -2,37 +2,37 @@
 //! `tower::ServiceBuilder` over a plain `service_fn`, and over a custom body type whose error
 //! type survives.
 
-mod common;
-
 use std::{
     convert::Infallible,
     pin::Pin,
     task::{Context, Poll},
 };
 
-use axum::{Extension, Router, body::Body, routing::get as axum_get};
+use axum::{Router, body::Body, routing::get as axum_get};
 use bytes::Bytes;
-use common::{INTERNAL, STRIPE, UNAUTHORIZED, assert_envelope};
 use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_nat::{
-    NatBody, Tenant,
+    NatBody,
     auth::{ApiKey, ApiKeyAuthLayer, MemoryKeyStore},
     billing::BillingConfiguredLayer,
     internal_error::InternalErrorGuardLayer,
-    tenant::Plan,
+    plan::Plan,
+    tenant::Tenant,
 };
+
+use crate::common::{INTERNAL, STRIPE, UNAUTHORIZED, assert_envelope};
 
 fn keys() -> (MemoryKeyStore, ApiKey) {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::Team);
-    let key = store.issue_key("acme", None).unwrap();
+    store.insert_tenant("acme", Plan::TEAM);
+    let key = store.issue_key("acme", None).unwrap().key;
     (store, key)
 }
 
-async fn call(router: &Router, req: Request<Body>) -> (http::StatusCode, http::HeaderMap, Bytes) {
+pub async fn call(router: &Router, req: Request<Body>) -> crate::common::Answer {
     let response = router.clone().oneshot(req).await.unwrap();
     let (parts, body) = response.into_parts();
     (
@@ -42,7 +42,7 @@ async fn call(router: &Router, req: Request<Body>) -> (http::StatusCode, http::H
     )
 }
 
-async fn whoami(Extension(tenant): Extension<Tenant>) -> String {
+async fn whoami(tenant: Tenant) -> String {
     format!("{} {}", tenant.id(), tenant.plan())
 }
 

@@ -1,15 +1,14 @@
 //! BillingConfigured: every unset/empty combination, billing and other paths, the exempt
 //! webhook.
 
-mod common;
-
-use common::{Counted, STRIPE, UNAUTHORIZED, assert_envelope, empty, get, send};
 use http::Request;
 use tower::ServiceBuilder;
 use tower_nat::{
     auth::{ApiKeyAuthLayer, MemoryKeyStore},
     billing::BillingConfiguredLayer,
 };
+
+use crate::common::{Counted, STRIPE, UNAUTHORIZED, assert_envelope, empty, get, send};
 
 #[tokio::test]
 async fn unset_or_empty_values_block_billing_routes_only() {
@@ -92,5 +91,21 @@ async fn the_exempt_webhook_still_gets_503_when_billing_is_off() {
     let checkout = || empty(Request::post("/api/v1/billing/checkout"));
     assert_envelope(&send(&off, checkout()).await, 503, STRIPE);
     assert_envelope(&send(&on, checkout()).await, 401, UNAUTHORIZED);
+    assert_eq!(handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn every_request_guards_whatever_the_path() {
+    let handler = Counted::default();
+    let off = ServiceBuilder::new()
+        .layer(BillingConfiguredLayer::new(false).every_request())
+        .service(handler.service());
+    for path in ["/checkout", "/", "/api/v1/usage"] {
+        assert_envelope(&send(&off, empty(Request::post(path))).await, 503, STRIPE);
+    }
+    let on = ServiceBuilder::new()
+        .layer(BillingConfiguredLayer::new(true).every_request())
+        .service(handler.service());
+    assert_eq!(send(&on, empty(Request::post("/checkout"))).await.0, 200);
     assert_eq!(handler.calls(), 1);
 }

@@ -1,0 +1,59 @@
+//! The one skeleton of the layers that decide synchronously from the request alone
+//! ([`BillingConfigured`](crate::billing::BillingConfigured),
+//! [`FeatureGate`](crate::feature_gate::FeatureGate)): a [`Gate`] checks, then the request
+//! goes to the inner service untouched or is answered with the envelope. The inner service
+//! is never cloned.
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::{error::NatError, future::ResponseFuture};
+
+/// A synchronous check of a request.
+pub(crate) trait Gate {
+    /// `Err` refuses the request with that envelope.
+    fn check<B>(&self, req: &Request<B>) -> Result<(), NatError>;
+}
+
+/// Calls `inner` if `gate` lets `req` through.
+pub(crate) fn call<S, G, ReqB, ResB>(
+    inner: &mut S,
+    gate: &G,
+    req: Request<ReqB>,
+) -> ResponseFuture<S::Future, ResB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    G: Gate,
+{
+    match gate.check(&req) {
+        Ok(()) => ResponseFuture::inner(inner.call(req)),
+        Err(error) => ResponseFuture::reject(&error),
+    }
+}
+
+/// `Service` for a gate's service struct with fields `inner: S` and `gate: $gate` (a
+/// [`Gate`]).
+macro_rules! gated_service {
+    (impl<$($g:ident),*> for $svc:ty, gate = $gate:ty) => {
+        impl<S, ReqB, ResB, $($g),*> tower_service::Service<http::Request<ReqB>> for $svc
+        where
+            S: tower_service::Service<http::Request<ReqB>, Response = http::Response<ResB>>,
+        {
+            type Response = http::Response<crate::body::NatBody<ResB>>;
+            type Error = S::Error;
+            type Future = crate::future::ResponseFuture<S::Future, ResB>;
+
+            fn poll_ready(
+                &mut self,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Self::Error>> {
+                self.inner.poll_ready(cx)
+            }
+
+            fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+                crate::gate::call(&mut self.inner, &self.gate, req)
+            }
+        }
+    };
+}
+pub(crate) use gated_service;

@@ -1,0 +1,178 @@
+//! Plan and feature names: [`Plan`] and [`Feature`], each a name with a display name.
+
+use std::{fmt, hash, sync::Arc};
+
+use serde::{Serialize, Serializer};
+
+/// A string that is either static (the built-in plans and features, usable in `const`s) or
+/// shared by reference count (names read from configuration). Cloning never copies the text.
+#[derive(Clone)]
+pub(crate) enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Text {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text::Shared(Arc::from(s))
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Shared(Arc::from(s))
+    }
+}
+
+/// Whether `name` can name a plan or a feature: 1 to 64 characters from `[a-z0-9_-]`. Names
+/// appear in JSON bodies, logs and metric labels, so they are kept plain.
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+macro_rules! named {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone)]
+        pub struct $name {
+            name: Text,
+            display: Text,
+        }
+
+        impl $name {
+            /// The name as configuration, JSON bodies and logs write it (e.g. `pro`).
+            pub fn name(&self) -> &str {
+                self.name.as_str()
+            }
+
+            /// The name as messages write it (e.g. `Pro`).
+            pub fn display_name(&self) -> &str {
+                self.display.as_str()
+            }
+
+            /// The same name with another display name.
+            #[must_use]
+            pub fn with_display_name(mut self, display: impl Into<String>) -> Self {
+                self.display = Text::from(display.into());
+                self
+            }
+
+            pub(crate) const fn builtin(name: &'static str, display: &'static str) -> Self {
+                Self {
+                    name: Text::Static(name),
+                    display: Text::Static(display),
+                }
+            }
+        }
+
+        /// Equal when the names are equal; the display name does not count.
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.name() == other.name()
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl hash::Hash for $name {
+            fn hash<H: hash::Hasher>(&self, state: &mut H) {
+                self.name().hash(state);
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self.name(), f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.name())
+            }
+        }
+    };
+}
+
+named!(
+    /// A plan, by name: one of NAT's four ([`Plan::FREE`], [`Plan::PRO`], [`Plan::TEAM`],
+    /// [`Plan::ENTERPRISE`]) or one of your own, defined in the [`Plans`](super::Plans) table.
+    ///
+    /// Key stores hand plans out by name ([`Plan::new`]); what a plan allows is looked up in
+    /// the table, so a plan the table does not define is refused with 500 `INTERNAL_ERROR`
+    /// (and reported), never given any limits by guess. Cheap to clone.
+    Plan
+);
+
+named!(
+    /// A plan feature a route or a scan kind can require: the built-in
+    /// [`Feature::SECURITY_SCANNING`] and [`Feature::WEBHOOKS`], or one of your own defined in
+    /// the [`Plans`](super::Plans) table ([`Plans::feature`](super::Plans::feature) looks it up).
+    Feature
+);
+
+impl Plan {
+    /// NAT's Free plan (`free`).
+    pub const FREE: Plan = Plan::builtin("free", "Free");
+    /// NAT's Pro plan (`pro`).
+    pub const PRO: Plan = Plan::builtin("pro", "Pro");
+    /// NAT's Team plan (`team`).
+    pub const TEAM: Plan = Plan::builtin("team", "Team");
+    /// NAT's Enterprise plan (`enterprise`).
+    pub const ENTERPRISE: Plan = Plan::builtin("enterprise", "Enterprise");
+
+    /// NAT's four plans, cheapest first.
+    pub const BUILT_IN: [Plan; 4] = [Plan::FREE, Plan::PRO, Plan::TEAM, Plan::ENTERPRISE];
+
+    /// The plan called `name` (as a key store or a database row names it). Its display name is
+    /// the built-in one for NAT's four plans and `name` otherwise; the [`Plans`](super::Plans)
+    /// table has the configured one.
+    pub fn new(name: &str) -> Self {
+        match Plan::BUILT_IN.into_iter().find(|p| p.name() == name) {
+            Some(plan) => plan,
+            None => Plan {
+                name: Text::from(name),
+                display: Text::from(name),
+            },
+        }
+    }
+}
+
+impl Feature {
+    /// Security scans (scan modes `security` and `full`).
+    pub const SECURITY_SCANNING: Feature =
+        Feature::builtin("security_scanning", "Security scanning");
+    /// Outgoing webhooks.
+    pub const WEBHOOKS: Feature = Feature::builtin("webhooks", "Webhooks");
+
+    /// The two built-in features.
+    pub const BUILT_IN: [Feature; 2] = [Feature::SECURITY_SCANNING, Feature::WEBHOOKS];
+
+    /// A feature of your own, to define in a [`Plans`](super::Plans) table with
+    /// [`PlansBuilder::feature`](super::PlansBuilder::feature). Layers only know features that
+    /// their table defines.
+    pub fn new(name: &str, display_name: &str) -> Self {
+        Feature {
+            name: Text::from(name),
+            display: Text::from(display_name),
+        }
+    }
+}

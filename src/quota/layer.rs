@@ -1,0 +1,369 @@
+//! [`QuotaGuardLayer`] and [`QuotaGuard`]: the policy that reserves a scan, and the
+//! settlement that charges or releases it.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+
+use super::{
+    store::{MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved},
+    usage::{Usage, UsageReader},
+};
+use crate::{
+    clock::{self, SharedClock},
+    error::{NatError, StoreError},
+    guard::{Decision, Finish, Policy, Rejection, Verdict},
+    plan::{Plans, ScanKind},
+    report,
+    store::{Answer, OnStoreError},
+    tenant::{Caller, Tenant, TenantId},
+};
+
+#[derive(Clone, Debug)]
+pub(super) struct Config {
+    pub(super) plans: Arc<Plans>,
+    pub(super) clock: SharedClock,
+    on_store_error: OnStoreError,
+}
+
+/// Applies [`QuotaGuard`] to a service; also answers usage queries ([`QuotaGuardLayer::usage`]).
+#[derive(Clone, Debug)]
+pub struct QuotaGuardLayer<Q = MemoryQuotaStore> {
+    policy: Reserve<Q>,
+}
+
+/// How [`QuotaGuard`] decides. Shared by every clone of the layer and its services.
+#[derive(Clone, Debug)]
+pub struct Reserve<Q> {
+    store: Q,
+    config: Arc<Config>,
+}
+
+impl QuotaGuardLayer {
+    /// Quotas from `plans`, usage in memory, calendar months on the system clock.
+    pub fn new(plans: impl Into<Arc<Plans>>) -> Self {
+        Self {
+            policy: Reserve {
+                store: MemoryQuotaStore::new(),
+                config: Arc::new(Config {
+                    plans: plans.into(),
+                    clock: clock::system(),
+                    on_store_error: OnStoreError::Reject,
+                }),
+            },
+        }
+    }
+}
+
+impl<Q> QuotaGuardLayer<Q> {
+    /// Keeps usage in `store` (e.g. Redis, shared by several instances).
+    #[must_use]
+    pub fn with_store<Q2>(self, store: Q2) -> QuotaGuardLayer<Q2> {
+        QuotaGuardLayer {
+            policy: Reserve {
+                store,
+                config: self.policy.config,
+            },
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.policy.config)
+    }
+
+    /// Reads each tenant's quotas from `plans`.
+    #[must_use]
+    pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
+        self.config_mut().plans = plans.into();
+        self
+    }
+
+    /// Takes the current time (and so the period) from `clock`.
+    #[must_use]
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.config_mut().clock = clock;
+        self
+    }
+
+    /// What to do when the store fails; by default answer 500 (never give scans away).
+    #[must_use]
+    pub fn on_store_error(mut self, choice: OnStoreError) -> Self {
+        self.config_mut().on_store_error = choice;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Q {
+        &self.policy.store
+    }
+}
+
+impl<Q: QuotaStore> QuotaGuardLayer<Q> {
+    /// The usage snapshot of `tenant` now: everything `GET /api/v1/usage` answers.
+    pub async fn usage(&self, tenant: &Tenant) -> Result<Usage, StoreError> {
+        self.usage_reader().usage(tenant).await
+    }
+
+    /// A cheap, cloneable handle that reads usage snapshots, for handlers.
+    pub fn usage_reader(&self) -> UsageReader {
+        UsageReader::new(self.policy.store.clone(), self.policy.config.clone())
+    }
+}
+
+impl<S, Q: Clone> Layer<S> for QuotaGuardLayer<Q> {
+    type Service = QuotaGuard<S, Q>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        QuotaGuard {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// Reserves a scan before a scan-creation request reaches the handler, charges it when the
+/// handler answers 2xx, and releases it otherwise; answers 402 `QUOTA_EXCEEDED` when the quota
+/// has no room. See the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct QuotaGuard<S, Q = MemoryQuotaStore> {
+    inner: S,
+    policy: Reserve<Q>,
+}
+
+impl<S, Q> QuotaGuard<S, Q> {
+    crate::inner_accessors!();
+}
+
+crate::guard::guarded_service!(impl<Q> for QuotaGuard<S, Q>, policy = Reserve<Q>);
+
+/// Marks a request whose scan a quota guard reserved, so a second guard on its way (a
+/// per-route one inside [`NatLayer`](crate::NatLayer)'s) does not charge it again.
+#[derive(Clone, Copy, Debug)]
+struct Charged;
+
+/// A reservation and what becomes of it if the request future is dropped: released while
+/// the handler runs (an error, a panic, a client gone), settled as decided once the handler
+/// answered. Disarmed when the settlement is done.
+#[derive(Debug)]
+struct Held<Q: QuotaStore> {
+    store: Q,
+    reservation: Option<Reservation>,
+    charge_on_drop: bool,
+}
+
+impl<Q: QuotaStore> Drop for Held<Q> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.store.settle_detached(&r, self.charge_on_drop);
+        }
+    }
+}
+
+/// What a passed scan creation carries to its response: the reservation to settle, if any.
+#[derive(Debug)]
+pub struct Charge<Q: QuotaStore>(Option<Held<Q>>);
+
+impl Config {
+    /// What a store's answer means for the request.
+    #[allow(clippy::result_large_err)] // consumed at once by the caller
+    fn admit<Q: QuotaStore>(
+        &self,
+        store: &Q,
+        tenant: &TenantId,
+        period: Period,
+        answer: Result<Reserved, StoreError>,
+    ) -> Result<Charge<Q>, Rejection> {
+        match answer {
+            Ok(Reserved::Granted(reservation)) => Ok(Charge(Some(Held {
+                store: store.clone(),
+                reservation: Some(reservation),
+                charge_on_drop: false,
+            }))),
+            Ok(Reserved::Exhausted) => {
+                let error = NatError::QuotaExceeded {
+                    resets_on: period.end,
+                };
+                error.report(Some(tenant), "scan quota exhausted");
+                Err(error.into())
+            }
+            Err(err) => {
+                report::failure("quota store", &err);
+                match self.on_store_error {
+                    OnStoreError::Allow => Ok(Charge(None)),
+                    OnStoreError::Reject => {
+                        let error = NatError::Internal;
+                        error.report(Some(tenant), "quota store failed");
+                        Err(error.into())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Passes or refuses `req` as decided, marking a reserved scan.
+fn verdict<Q: QuotaStore, B>(
+    mut req: Request<B>,
+    decided: Result<Charge<Q>, Rejection>,
+) -> Verdict<B, Charge<Q>> {
+    if let Ok(Charge(Some(_))) = &decided {
+        req.extensions_mut().insert(Charged);
+    }
+    Verdict::of(req, decided)
+}
+
+fn reject<Q: QuotaStore, B>(
+    req: Request<B>,
+    error: NatError,
+) -> Decision<B, Charge<Q>, Reserving<Q, B>> {
+    Decision::Now(Verdict::Reject(req, error.into()))
+}
+
+impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
+    type Pass = Charge<Q>;
+    type Later = Reserving<Q, B>;
+
+    fn decide(&self, req: Request<B>) -> Decision<B, Charge<Q>, Reserving<Q, B>> {
+        let extensions = req.extensions();
+        // Only scan creation is charged: polling, listing and usage pass untouched, and so
+        // does a scan an outer guard reserved already.
+        let Some(kind) = extensions.get::<ScanKind>().copied() else {
+            return Decision::Now(Verdict::Pass(req, Charge(None)));
+        };
+        if extensions.get::<Charged>().is_some() {
+            return Decision::Now(Verdict::Pass(req, Charge(None)));
+        }
+        let tenant = match Caller::of(extensions) {
+            Caller::Tenant(t) => t,
+            Caller::Exempt => return Decision::Now(Verdict::Pass(req, Charge(None))),
+            Caller::Unknown => {
+                let error = NatError::Unauthorized;
+                error.report(None, "no tenant in the request (quota fails closed)");
+                return reject(req, error);
+            }
+        };
+        let Some(limits) = self.config.plans.limits(tenant) else {
+            let error = NatError::Internal;
+            error.report(
+                Some(tenant.id()),
+                "the tenant's plan is not in the plan table",
+            );
+            return reject(req, error);
+        };
+        let limits = QuotaLimits {
+            functional: limits.functional_scans(),
+            security: limits.security_scans(),
+        };
+        let id = tenant.id().clone();
+        let now = self.config.clock.now();
+        let period = self.store.period(&id, now);
+        match self.store.reserve(&id, kind, limits, period, now) {
+            Answer::Ready(answer) => {
+                let decided = self.config.admit(&self.store, &id, period, answer);
+                Decision::Now(verdict(req, decided))
+            }
+            Answer::Pending(reserve) => Decision::Later(Reserving {
+                reserve,
+                req: Some(req),
+                tenant: id,
+                period,
+                store: self.store.clone(),
+                config: self.config.clone(),
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// A reservation that answers later, and the request waiting for it.
+    pub struct Reserving<Q: QuotaStore, B> {
+        #[pin]
+        reserve: Q::ReserveFuture,
+        req: Option<Request<B>>,
+        tenant: TenantId,
+        period: Period,
+        store: Q,
+        config: Arc<Config>,
+    }
+}
+
+impl<Q: QuotaStore, B> Future for Reserving<Q, B> {
+    type Output = Verdict<B, Charge<Q>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.reserve.poll(cx));
+        let req = this.req.take().expect("polled after completion");
+        let decided = this
+            .config
+            .admit(this.store, this.tenant, *this.period, answer);
+        Poll::Ready(verdict(req, decided))
+    }
+}
+
+impl<Q: QuotaStore> Finish for Charge<Q> {
+    type Settle = Settling<Q>;
+
+    /// Charges the scan when the handler answered 2xx, releases it otherwise; the
+    /// settlement is awaited, so the tenant's next request sees it.
+    fn finish<B>(self, response: &mut Response<B>) -> Option<Settling<Q>> {
+        let mut held = self.0?;
+        let charge = response.status().is_success();
+        held.charge_on_drop = charge;
+        let reservation = held.reservation.as_ref()?;
+        match held.store.settle(reservation, charge) {
+            Answer::Ready(settled) => {
+                let reservation = held.reservation.take();
+                report_settle(settled, reservation.as_ref());
+                None
+            }
+            Answer::Pending(settle) => Some(Settling {
+                settle,
+                held: Some(held),
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// A settlement under way. Dropped before it finishes, the reservation is settled in the
+    /// background as decided.
+    pub struct Settling<Q: QuotaStore> {
+        #[pin]
+        settle: Q::SettleFuture,
+        held: Option<Held<Q>>,
+    }
+}
+
+impl<Q: QuotaStore> Future for Settling<Q> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let settled = ready!(this.settle.poll(cx));
+        if let Some(mut held) = this.held.take() {
+            // Done (or failed and left to lapse): nothing more on drop.
+            let reservation = held.reservation.take();
+            report_settle(settled, reservation.as_ref());
+        }
+        Poll::Ready(())
+    }
+}
+
+fn report_settle(settled: Result<(), StoreError>, reservation: Option<&Reservation>) {
+    if let Err(error) = settled {
+        report::failure("quota store (settlement)", &error);
+        tracing::debug!(
+            target: "tower_nat",
+            tenant = reservation.map(|r| r.tenant().as_str()),
+            "a reservation could not be settled; it lapses by itself"
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! [`PlanRateLimitLayer`] and [`PlanRateLimit`]: the policy that spends a request from its
+//! tenant's budget, and the headers it writes.
+
+use std::{
+    borrow::Cow,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use http::{HeaderMap, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+
+use super::{
+    gcra::RateDecision,
+    store::{MemoryRateStore, RateStore},
+};
+use crate::{
+    clock::{self, SharedClock},
+    error::{NatError, StoreError},
+    guard::{Decision, Finish, Policy, Rejection, Verdict},
+    headers::{RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, number},
+    plan::Plans,
+    report,
+    store::{Answer, OnStoreError},
+    tenant::{Caller, TenantId},
+};
+
+/// Whose budget a request spends, and how large it is. The key may borrow from the request
+/// (no copy on the hot path) or be owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateTarget<'r> {
+    /// The key the state is kept under (the tenant id for [`PlanResolver`]).
+    pub key: Cow<'r, TenantId>,
+    /// Requests a minute.
+    pub limit: u32,
+}
+
+/// Finds the [`RateTarget`] of a request: `Ok(Some(target))` spends from it, `Ok(None)` lets
+/// the request through without a limit (and without headers), `Err(error)` refuses it with
+/// that envelope.
+///
+/// Servers that authenticate their own way can implement this, or simply insert a
+/// [`Tenant`](crate::tenant::Tenant) and keep the default [`PlanResolver`].
+pub trait RateKeyResolver: Clone + Send + Sync + 'static {
+    /// The target of `req`.
+    fn resolve<'r, B>(&self, req: &'r Request<B>) -> Result<Option<RateTarget<'r>>, NatError>;
+}
+
+/// The default resolver: the [`Tenant`](crate::tenant::Tenant) in the extensions, limited by
+/// its requests a minute in a [`Plans`] table (its plan's, or its own override). Requests
+/// marked [`AuthExempt`](crate::tenant::AuthExempt) pass unlimited; a request with neither is
+/// refused with 401 (fail closed); a tenant whose plan the table lacks gets 500.
+#[derive(Clone, Debug)]
+pub struct PlanResolver {
+    plans: Arc<Plans>,
+}
+
+impl PlanResolver {
+    /// Limits from `plans`.
+    pub fn new(plans: impl Into<Arc<Plans>>) -> Self {
+        Self {
+            plans: plans.into(),
+        }
+    }
+}
+
+impl RateKeyResolver for PlanResolver {
+    fn resolve<'r, B>(&self, req: &'r Request<B>) -> Result<Option<RateTarget<'r>>, NatError> {
+        match Caller::of(req.extensions()) {
+            Caller::Tenant(t) => match self.plans.limits(t) {
+                Some(limits) => Ok(Some(RateTarget {
+                    key: Cow::Borrowed(t.id()),
+                    limit: limits.requests_per_minute(),
+                })),
+                None => {
+                    let error = NatError::Internal;
+                    error.report(Some(t.id()), "the tenant's plan is not in the plan table");
+                    Err(error)
+                }
+            },
+            Caller::Exempt => Ok(None),
+            Caller::Unknown => {
+                let error = NatError::Unauthorized;
+                error.report(None, "no tenant in the request (rate limit fails closed)");
+                Err(error)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    draft_headers: bool,
+    on_store_error: OnStoreError,
+    clock: SharedClock,
+}
+
+/// Applies [`PlanRateLimit`] to a service.
+#[derive(Clone, Debug)]
+pub struct PlanRateLimitLayer<R = MemoryRateStore, K = PlanResolver> {
+    policy: Limit<R, K>,
+}
+
+/// How [`PlanRateLimit`] decides. Shared by every clone of the layer and its services.
+#[derive(Clone, Debug)]
+pub struct Limit<R, K> {
+    store: R,
+    resolver: K,
+    config: Arc<Config>,
+}
+
+impl PlanRateLimitLayer {
+    /// Limits each tenant to its requests a minute from `plans`, with an in-memory store on
+    /// the system clock.
+    pub fn new(plans: impl Into<Arc<Plans>>) -> Self {
+        Self {
+            policy: Limit {
+                store: MemoryRateStore::new(),
+                resolver: PlanResolver::new(plans),
+                config: Arc::new(Config {
+                    draft_headers: false,
+                    on_store_error: OnStoreError::Allow,
+                    clock: clock::system(),
+                }),
+            },
+        }
+    }
+}
+
+impl<R> PlanRateLimitLayer<R, PlanResolver> {
+    /// Reads each tenant's limit from `plans`.
+    #[must_use]
+    pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
+        self.policy.resolver = PlanResolver::new(plans);
+        self
+    }
+}
+
+impl<R, K> PlanRateLimitLayer<R, K> {
+    /// Keeps state in `store` (e.g. Redis, shared by several instances).
+    #[must_use]
+    pub fn with_store<R2>(self, store: R2) -> PlanRateLimitLayer<R2, K> {
+        PlanRateLimitLayer {
+            policy: Limit {
+                store,
+                resolver: self.policy.resolver,
+                config: self.policy.config,
+            },
+        }
+    }
+
+    /// Finds keys and limits with `resolver` instead of the tenant's plan.
+    #[must_use]
+    pub fn with_resolver<K2>(self, resolver: K2) -> PlanRateLimitLayer<R, K2> {
+        PlanRateLimitLayer {
+            policy: Limit {
+                store: self.policy.store,
+                resolver,
+                config: self.policy.config,
+            },
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.policy.config)
+    }
+
+    /// Also sends the IETF draft `RateLimit-Policy: "default";q=L;w=60` and
+    /// `RateLimit: "default";r=R;t=S` headers (draft-ietf-httpapi-ratelimit-headers-09).
+    #[must_use]
+    pub fn draft_headers(mut self, enabled: bool) -> Self {
+        self.config_mut().draft_headers = enabled;
+        self
+    }
+
+    /// What to do when the store fails; by default the request goes through.
+    #[must_use]
+    pub fn on_store_error(mut self, choice: OnStoreError) -> Self {
+        self.config_mut().on_store_error = choice;
+        self
+    }
+
+    /// Reads the time from `clock` (the system clock by default).
+    #[must_use]
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.config_mut().clock = clock;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &R {
+        &self.policy.store
+    }
+}
+
+impl<S, R: Clone, K: Clone> Layer<S> for PlanRateLimitLayer<R, K> {
+    type Service = PlanRateLimit<S, R, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PlanRateLimit {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// Limits each tenant to its plan's requests a minute; answers 429 `RATE_LIMITED` beyond it.
+/// See the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct PlanRateLimit<S, R = MemoryRateStore, K = PlanResolver> {
+    inner: S,
+    policy: Limit<R, K>,
+}
+
+impl<S, R, K> PlanRateLimit<S, R, K> {
+    crate::inner_accessors!();
+}
+
+crate::guard::guarded_service!(impl<R, K> for PlanRateLimit<S, R, K>, policy = Limit<R, K>);
+
+/// The headers a decision puts on a response that passed: the `X-RateLimit-*` pair, and the
+/// draft pair when configured.
+#[derive(Debug)]
+pub struct Headers(Option<(RateDecision, bool)>);
+
+impl Finish for Headers {
+    type Settle = std::future::Ready<()>;
+
+    fn finish<B>(self, response: &mut Response<B>) -> Option<Self::Settle> {
+        if let Some((d, draft)) = self.0 {
+            let headers = response.headers_mut();
+            headers.insert(X_RATELIMIT_LIMIT, number(u64::from(d.limit)));
+            headers.insert(X_RATELIMIT_REMAINING, number(u64::from(d.remaining)));
+            if draft {
+                draft_headers(headers, &d);
+            }
+        }
+        None
+    }
+}
+
+fn draft_headers(headers: &mut HeaderMap, d: &RateDecision) {
+    let policy = format!("\"default\";q={};w=60", d.limit);
+    let state = format!("\"default\";r={};t={}", d.remaining, d.reset_secs());
+    if let (Ok(policy), Ok(state)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
+        headers.insert(RATELIMIT_POLICY, policy);
+        headers.insert(RATELIMIT, state);
+    }
+}
+
+impl Config {
+    /// What a store's answer means for the request.
+    #[allow(clippy::result_large_err)] // consumed at once by the caller
+    fn admit(
+        &self,
+        key: &TenantId,
+        answer: Result<RateDecision, StoreError>,
+    ) -> Result<Headers, Rejection> {
+        match answer {
+            Ok(d) if d.allowed => Ok(Headers(Some((d, self.draft_headers)))),
+            Ok(d) => {
+                let error = NatError::RateLimited {
+                    retry_after: d.retry_after_secs(),
+                    limit: d.limit,
+                };
+                error.report(Some(key), "rate limit exceeded");
+                let mut rejection = Rejection::from(error);
+                if self.draft_headers {
+                    let mut headers = HeaderMap::new();
+                    draft_headers(&mut headers, &d);
+                    rejection.headers = Some(Box::new(headers));
+                }
+                Err(rejection)
+            }
+            Err(err) => {
+                report::failure("rate-limit store", &err);
+                match self.on_store_error {
+                    OnStoreError::Allow => Ok(Headers(None)),
+                    OnStoreError::Reject => {
+                        let error = NatError::Internal;
+                        error.report(Some(key), "rate-limit store failed");
+                        Err(error.into())
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
+    type Pass = Headers;
+    type Later = Check<R, B>;
+
+    fn decide(&self, req: Request<B>) -> Decision<B, Headers, Check<R, B>> {
+        let target = match self.resolver.resolve(&req) {
+            Ok(Some(target)) => target,
+            Ok(None) => return Decision::Now(Verdict::Pass(req, Headers(None))),
+            Err(error) => return Decision::Now(Verdict::Reject(req, error.into())),
+        };
+        let now = self.config.clock.now();
+        match self.store.check(&target.key, target.limit, now) {
+            Answer::Ready(answer) => {
+                let admitted = self.config.admit(&target.key, answer);
+                drop(target);
+                Decision::Now(Verdict::of(req, admitted))
+            }
+            Answer::Pending(check) => {
+                let key = target.key.into_owned();
+                Decision::Later(Check {
+                    check,
+                    req: Some(req),
+                    key,
+                    config: self.config.clone(),
+                })
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A rate check that answers later, and the request waiting for it.
+    pub struct Check<R: RateStore, B> {
+        #[pin]
+        check: R::Future,
+        req: Option<Request<B>>,
+        key: TenantId,
+        config: Arc<Config>,
+    }
+}
+
+impl<R: RateStore, B> Future for Check<R, B> {
+    type Output = Verdict<B, Headers>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.check.poll(cx));
+        let req = this.req.take().expect("polled after completion");
+        Poll::Ready(Verdict::of(req, this.config.admit(this.key, answer)))
+    }
+}

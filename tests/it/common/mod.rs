@@ -1,0 +1,168 @@
+//! Helpers shared by the integration tests: a handler whose answer the request picks, a
+//! counting handler, request builders, exact-envelope assertions, and store doubles.
+
+pub mod redis_server;
+pub mod stores;
+pub mod wire;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+use tower_nat::{plan::Plan, tenant::Tenant};
+
+pub const UNAUTHORIZED: &str =
+    r#"{"error":"UNAUTHORIZED","message":"Missing or invalid API key."}"#;
+pub const STRIPE: &str = r#"{"error":"STRIPE_NOT_CONFIGURED","message":"Billing is not configured on this server. Set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET."}"#;
+pub const INTERNAL: &str = r#"{"error":"INTERNAL_ERROR","message":"An unexpected error occurred. Retry after a short delay."}"#;
+pub const NOT_FOUND: &str =
+    r#"{"error":"NOT_FOUND","message":"The requested resource was not found."}"#;
+pub const SECURITY_ON_FREE: &str = r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}"#;
+
+/// The 400 envelope with `message`.
+pub fn invalid(message: &str) -> String {
+    format!(
+        r#"{{"error":"INVALID_REQUEST","message":{}}}"#,
+        serde_json::to_string(message).unwrap()
+    )
+}
+
+/// The 402 envelope for a quota that resets on `date` (`YYYY-MM-DD`).
+pub fn quota_body(date: &str) -> String {
+    format!(
+        r#"{{"error":"QUOTA_EXCEEDED","message":"Monthly scan quota exhausted. Quota resets on {date}.","quota_reset_date":"{date}T00:00:00Z"}}"#
+    )
+}
+
+/// The handler of most tests. It answers `ok`, with 202 to a `POST` and 200 otherwise, unless
+/// the request's `x-outcome` header says otherwise: a status code, `error` (the service
+/// fails), `panic`, or `pending` (it never answers).
+pub fn handler() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        let outcome = req
+            .headers()
+            .get("x-outcome")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = match outcome.as_deref() {
+            Some("error") => return Err(std::io::Error::other("backend down")),
+            Some("panic") => panic!("handler panicked"),
+            Some("pending") => std::future::pending::<StatusCode>().await,
+            Some(code) => StatusCode::from_bytes(code.as_bytes()).unwrap(),
+            None if req.method() == http::Method::POST => StatusCode::ACCEPTED,
+            None => StatusCode::OK,
+        };
+        let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+        *r.status_mut() = status;
+        Ok(r)
+    })
+}
+
+/// A handler that counts its calls and answers 200 `ok`.
+#[derive(Clone, Default)]
+pub struct Counted {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn service(
+        &self,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        let calls = self.calls.clone();
+        tower::service_fn(move |_req: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"ok",
+                ))))
+            }
+        })
+    }
+}
+
+/// Status, headers and body bytes of a response.
+pub type Answer = (StatusCode, http::HeaderMap, Bytes);
+
+/// Sends `req` through a clone of `service` and returns status, headers and body bytes.
+pub async fn send<S, B>(service: &S, req: Request<Full<Bytes>>) -> Answer
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    let response = service.clone().oneshot(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+pub fn get(path: &str) -> http::request::Builder {
+    Request::get(path)
+}
+
+pub fn empty(builder: http::request::Builder) -> Request<Full<Bytes>> {
+    builder.body(Full::default()).unwrap()
+}
+
+/// A tenant on `plan`.
+pub fn tenant(id: &str, plan: Plan) -> Tenant {
+    Tenant::new(id, plan, "key_test")
+}
+
+/// `GET path` from `tenant` (as authentication would leave it).
+pub fn plain(tenant: &Tenant, path: &str) -> Request<Full<Bytes>> {
+    let mut req = empty(get(path));
+    req.extensions_mut().insert(tenant.clone());
+    req
+}
+
+/// A scan creation of `mode` from `tenant`; `outcome` goes into `x-outcome`.
+pub fn scan(tenant: &Tenant, mode: &str, outcome: Option<&str>) -> Request<Full<Bytes>> {
+    let mut b = Request::post("/api/v1/scan");
+    if let Some(o) = outcome {
+        b = b.header("x-outcome", o);
+    }
+    let mut req = b
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"url":"https://example.com","mode":"{mode}"}}"#
+        ))))
+        .unwrap();
+    req.extensions_mut().insert(tenant.clone());
+    req
+}
+
+/// A header's value as a number.
+pub fn header(h: &http::HeaderMap, name: &str) -> u64 {
+    h[name].to_str().unwrap().parse().unwrap()
+}
+
+/// Asserts a NAT envelope response: status, JSON content type and exact body.
+pub fn assert_envelope(got: &Answer, status: u16, body: &str) {
+    assert_eq!(got.0.as_u16(), status, "status; body {:?}", got.2);
+    assert_eq!(got.1.get("content-type").unwrap(), "application/json");
+    assert_eq!(std::str::from_utf8(&got.2).unwrap(), body);
+}

@@ -1,0 +1,137 @@
+//! Store doubles: for each store trait, one that fails every call and one that answers later
+//! (wrapping the in-memory store), so the layers' asynchronous and failure paths run.
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use tower_nat::{
+    StoreError,
+    auth::{KeyHash, KeyRecord, KeyStore, MemoryKeyStore},
+    plan::ScanKind,
+    quota::{
+        MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts,
+    },
+    rate_limit::{MemoryRateStore, RateDecision, RateStore},
+    store::Answer,
+    tenant::TenantId,
+};
+
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// What every broken store says. It carries a secret, which must never reach a client.
+pub const BROKEN: &str = "connection to postgres://admin:hunter2@db refused";
+
+/// Fails every call, at once or later.
+#[derive(Clone, Copy, Debug)]
+pub enum Broken {
+    Now,
+    Later,
+}
+
+impl Broken {
+    fn fail<T: Send + 'static>(self) -> Answer<T, BoxFut<T>> {
+        match self {
+            Broken::Now => Answer::Ready(Err(StoreError::new(BROKEN))),
+            Broken::Later => Answer::Pending(Box::pin(async {
+                tokio::task::yield_now().await;
+                Err(StoreError::new(BROKEN))
+            })),
+        }
+    }
+}
+
+impl KeyStore for Broken {
+    type Future = BoxFut<Option<KeyRecord>>;
+    fn lookup(&self, _: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
+        self.fail()
+    }
+}
+
+impl RateStore for Broken {
+    type Future = BoxFut<RateDecision>;
+    fn check(&self, _: &TenantId, _: u32, _: Duration) -> Answer<RateDecision, Self::Future> {
+        self.fail()
+    }
+}
+
+impl QuotaStore for Broken {
+    type ReserveFuture = BoxFut<Reserved>;
+    type UsageFuture = BoxFut<UsageCounts>;
+    type SettleFuture = BoxFut<()>;
+    fn reserve(
+        &self,
+        _: &TenantId,
+        _: ScanKind,
+        _: QuotaLimits,
+        _: Period,
+        _: Duration,
+    ) -> Answer<Reserved, Self::ReserveFuture> {
+        self.fail()
+    }
+    fn settle(&self, _: &Reservation, _: bool) -> Answer<(), Self::SettleFuture> {
+        self.fail()
+    }
+    fn settle_detached(&self, _: &Reservation, _: bool) {}
+    fn usage(&self, _: &TenantId, _: Period) -> Answer<UsageCounts, Self::UsageFuture> {
+        self.fail()
+    }
+}
+
+/// Answers as the in-memory store does, after yielding once: like a remote store.
+#[derive(Clone, Debug, Default)]
+pub struct Later<T>(pub T);
+
+fn later<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Answer<T, BoxFut<T>> {
+    Answer::Pending(Box::pin(async move {
+        tokio::task::yield_now().await;
+        Ok(f())
+    }))
+}
+
+impl KeyStore for Later<MemoryKeyStore> {
+    type Future = BoxFut<Option<KeyRecord>>;
+    fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
+        let (store, hash) = (self.0.clone(), *hash);
+        later(move || store.get(&hash))
+    }
+}
+
+impl RateStore for Later<MemoryRateStore> {
+    type Future = BoxFut<RateDecision>;
+    fn check(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future> {
+        let (store, key) = (self.0.clone(), key.clone());
+        later(move || store.check_now(&key, limit, now))
+    }
+}
+
+impl QuotaStore for Later<MemoryQuotaStore> {
+    type ReserveFuture = BoxFut<Reserved>;
+    type UsageFuture = BoxFut<UsageCounts>;
+    type SettleFuture = BoxFut<()>;
+    fn reserve(
+        &self,
+        t: &TenantId,
+        k: ScanKind,
+        l: QuotaLimits,
+        p: Period,
+        now: Duration,
+    ) -> Answer<Reserved, Self::ReserveFuture> {
+        let (store, t) = (self.0.clone(), t.clone());
+        later(move || store.reserve_now(&t, k, l, p, now))
+    }
+    fn settle(&self, r: &Reservation, charge: bool) -> Answer<(), Self::SettleFuture> {
+        let (store, r) = (self.0.clone(), r.clone());
+        later(move || store.settle_now(&r, charge))
+    }
+    fn settle_detached(&self, r: &Reservation, charge: bool) {
+        self.0.settle_now(r, charge);
+    }
+    fn usage(&self, t: &TenantId, p: Period) -> Answer<UsageCounts, Self::UsageFuture> {
+        let (store, t) = (self.0.clone(), t.clone());
+        later(move || store.usage_now(t.as_str(), p))
+    }
+}
