@@ -1,28 +1,4 @@
-//! The NAT error envelope: [`NatError`], the one place where every rejection's status,
-//! headers and JSON body are written.
-//!
-//! Every body is a JSON object whose first members are `error` (the code) and `message`,
-//! followed by the code's own members, with `Content-Type: application/json`. Bodies are
-//! byte-stable: the fixed ones are static bytes, the others are rendered the same way every
-//! time.
-//!
-//! Handlers return the same type for 400 and 404. With the `axum` feature it is axum's
-//! `IntoResponse` (and `?` works on a [`StoreError`]); without a framework,
-//! [`NatError::into_http_response`] gives a plain `http::Response`:
-//!
-//! ```
-//! use bytes::Bytes;
-//! use http_body_util::Full;
-//! use tower_nat::NatError;
-//!
-//! let response: http::Response<Full<Bytes>> = NatError::not_found().into_http_response();
-//! assert_eq!(response.status(), 404);
-//! assert_eq!(response.headers()["content-type"], "application/json");
-//! assert_eq!(
-//!     NatError::not_found().body(),
-//!     r#"{"error":"NOT_FOUND","message":"The requested resource was not found."}"#
-//! );
-//! ```
+//! [`NatError`], the envelope, and [`StoreError`].
 
 use std::{borrow::Cow, fmt};
 
@@ -47,11 +23,31 @@ const NOT_FOUND_MESSAGE: &str = "The requested resource was not found.";
 const NOT_FOUND_BODY: &str =
     r#"{"error":"NOT_FOUND","message":"The requested resource was not found."}"#;
 
-/// An error answered with the NAT JSON envelope.
+/// An error answered with the NAT JSON envelope: the one place where every rejection's
+/// status, headers and JSON body are written.
 ///
-/// [`NatError::into_http_response`] turns it into an `http::Response` without any framework;
-/// with the `axum` feature it is also `axum_core::response::IntoResponse`, so
-/// `NatError::not_found().into_response()` in a handler is axum's response.
+/// Every body is a JSON object whose first members are `error` (the code) and `message`,
+/// followed by the code's own members, with `Content-Type: application/json`. Bodies are
+/// byte-stable: the fixed ones are static bytes, the others are rendered the same way every
+/// time.
+///
+/// Handlers return the same type for 400 and 404. With the `axum` feature it is axum's
+/// `IntoResponse` (and `?` works on a [`StoreError`]); without a framework,
+/// [`NatError::into_http_response`] gives a plain `http::Response`:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower_nat::NatError;
+///
+/// let response: http::Response<Full<Bytes>> = NatError::not_found().into_http_response();
+/// assert_eq!(response.status(), 404);
+/// assert_eq!(response.headers()["content-type"], "application/json");
+/// assert_eq!(
+///     NatError::not_found().body(),
+///     r#"{"error":"NOT_FOUND","message":"The requested resource was not found."}"#
+/// );
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NatError {

@@ -3,7 +3,7 @@
 //!
 //! Two kinds of gate:
 //! - [`FeatureGateLayer::scans`]: per scan kind. A request carrying a
-//!   [`ScanKind`](crate::plan::ScanKind) (put there by
+//!   [`ScanKind`] (put there by
 //!   [`ValidateScanRequest`](crate::scan_request::ValidateScanRequest)) needs security scanning
 //!   for `security` and `full`; other requests pass.
 //! - [`FeatureGateLayer::require`]: every request of the route needs the feature, e.g.
@@ -11,7 +11,7 @@
 //!
 //! The 403 names the feature and the plan:
 //! `{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}`.
-//! Features are those of the request's plan in the [`Plans`](crate::plan::Plans) table (the
+//! Features are those of the request's plan in the [`Plans`] table (the
 //! built-in ones, or your own by name). A request with no [`Tenant`](crate::tenant::Tenant)
 //! is refused with 401 unless authentication marked it
 //! [`AuthExempt`](crate::tenant::AuthExempt); a tenant whose plan the table lacks gets 500.

@@ -1,45 +1,4 @@
-//! The whole NAT stack in one layer: [`NatLayer`] composes every middleware of this crate in
-//! the contract's order from one configuration.
-//!
-//! Outermost first: [`ErrorEnvelope`] → [`InternalErrorGuard`] → [`BillingConfigured`] →
-//! [`ApiKeyAuth`] → [`PlanRateLimit`] → [`ValidateScanRequest`] → [`FeatureGate`] (scan kinds)
-//! → [`QuotaGuard`] → your service. So a Free tenant asking for a security scan with no quota
-//! left gets 403, not 402; a rate-limited request never reaches the quota; the Stripe webhook
-//! (exempt from key auth) still gets 503 when billing is off; and every error, the
-//! framework's own included, is in the envelope.
-//!
-//! Routes exempted with [`NatLayer::exempt`] skip authentication, rate limits and quotas
-//! (but not the billing check, the internal-error guard or the envelope).
-//!
-//! # Where it goes
-//!
-//! Every path decision (exempt routes, scan creation, the billing prefix) is made on the path
-//! the client sent, so the layer works the same at the top of an app and on a router nested
-//! under a prefix (axum's `nest` and `nest_service`: enable the `axum` feature, which reads
-//! axum's `OriginalUri`). Servers that place layers per route can instead give routes their
-//! meaning by placement: [`NatLayer::scan_creation`] on the scan route, and
-//! [`BillingConfiguredLayer::every_request`] on the billing routes. Put CORS outside it (a
-//! preflight carries no API key).
-//!
-//! # Example
-//!
-//! ```
-//! use axum::{Json, Router, routing::{get, post}};
-//! use tower_nat::{NatError, NatLayer, auth::MemoryKeyStore, quota::Usage, tenant::Tenant};
-//!
-//! let nat = NatLayer::new(MemoryKeyStore::new()).exempt("/healthz");
-//! let usage = nat.usage_reader();
-//! let api: Router = Router::new()
-//!     .route("/usage", get(move |tenant: Tenant| async move {
-//!         Ok::<_, NatError>(Json(usage.usage(&tenant).await?))
-//!     }))
-//!     .route("/scan", post(|| async { (http::StatusCode::ACCEPTED, "{}") }));
-//! // The client's paths are /api/v1/usage and /api/v1/scan: that is what the layer matches.
-//! let app: Router = Router::new()
-//!     .nest("/api/v1", api)
-//!     .route("/healthz", get(|| async { "ok" }))
-//!     .layer(nat);
-//! ```
+//! [`NatLayer`]: the whole stack in one layer, and [`ScanCreationLayer`], its scan part.
 
 use std::sync::Arc;
 
@@ -70,10 +29,57 @@ pub type NatService<S, K = MemoryKeyStore, R = MemoryRateStore, Q = MemoryQuotaS
 /// The service [`ScanCreationLayer`] wraps around `S`.
 pub type ScanCreation<S, Q = MemoryQuotaStore> = ValidateScanRequest<FeatureGate<QuotaGuard<S, Q>>>;
 
-/// Every layer of the crate, composed in the contract's order from one configuration. See the
-/// [module docs](self).
+/// The whole NAT stack in one layer: every middleware of this crate, composed in the
+/// contract's order from one configuration.
 ///
-/// Defaults: NAT's plan table, in-memory rate-limit and quota stores, the system clock, scan
+/// Outermost first: [`ErrorEnvelope`] → [`InternalErrorGuard`] → [`BillingConfigured`] →
+/// [`ApiKeyAuth`] → [`PlanRateLimit`] → [`ValidateScanRequest`] → [`FeatureGate`] (scan kinds)
+/// → [`QuotaGuard`] → your service. So a Free tenant asking for a security scan with no quota
+/// left gets 403, not 402; a rate-limited request never reaches the quota; the Stripe webhook
+/// (exempt from key auth) still gets 503 when billing is off; and every error, the
+/// framework's own included, is in the envelope.
+///
+/// Routes exempted with [`NatLayer::exempt`] skip authentication, rate limits and quotas
+/// (but not the billing check, the internal-error guard or the envelope).
+///
+/// # Where it goes
+///
+/// Every path decision (exempt routes, scan creation, the billing prefix) is made on the path
+/// the client sent, so the layer works the same at the top of an app and on a router nested
+/// under a prefix (axum's `nest` and `nest_service`: enable the `axum` feature, which reads
+/// axum's `OriginalUri`). Servers that place layers per route can instead give routes their
+/// meaning by placement: [`NatLayer::scan_creation`] on the scan route, and
+/// [`BillingConfiguredLayer::every_request`] on the billing routes. Put CORS outside it (a
+/// preflight carries no API key).
+///
+/// # Example
+///
+/// With the `axum` feature (the `Tenant` extractor, `NatError` as a response):
+///
+/// ```
+/// # #[cfg(feature = "axum")]
+/// # fn example() {
+/// use axum::{Json, Router, routing::{get, post}};
+/// use tower_nat::{NatError, NatLayer, auth::MemoryKeyStore, quota::Usage, tenant::Tenant};
+///
+/// let nat = NatLayer::new(MemoryKeyStore::new()).exempt("/healthz");
+/// let usage = nat.usage_reader();
+/// let api: Router = Router::new()
+///     .route("/usage", get(move |tenant: Tenant| async move {
+///         Ok::<_, NatError>(Json(usage.usage(&tenant).await?))
+///     }))
+///     .route("/scan", post(|| async { (http::StatusCode::ACCEPTED, "{}") }));
+/// // The client's paths are /api/v1/usage and /api/v1/scan: that is what the layer matches.
+/// let app: Router = Router::new()
+///     .nest("/api/v1", api)
+///     .route("/healthz", get(|| async { "ok" }))
+///     .layer(nat);
+/// # }
+/// ```
+///
+/// # Defaults
+///
+/// NAT's plan table, in-memory rate-limit and quota stores, the system clock, scan
 /// validation of `POST /api/v1/scan` with a 1 MiB limit, no exempt routes, the error envelope
 /// on, and billing **not configured** (503 `STRIPE_NOT_CONFIGURED` under `/api/v1/billing`)
 /// until you pass [`NatLayer::billing`], e.g. `BillingConfiguredLayer::from_env()`. Nothing is
@@ -262,9 +268,9 @@ impl<K, R, Q: Clone> NatLayer<K, R, Q> {
     ///
     /// let nat = NatLayer::new(MemoryKeyStore::new());
     /// let app: Router = Router::new()
-    ///     .route("/v2/scans", post(|| async { (http::StatusCode::ACCEPTED, "{}") }))
-    ///     .route_layer(nat.scan_creation())
-    ///     .layer(nat);
+    ///    .route("/v2/scans", post(|| async { (http::StatusCode::ACCEPTED, "{}") }))
+    ///    .route_layer(nat.scan_creation())
+    ///    .layer(nat);
     /// ```
     pub fn scan_creation(&self) -> ScanCreationLayer<Q> {
         ScanCreationLayer {

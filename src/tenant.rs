@@ -114,11 +114,9 @@ impl Tenant {
         }))
     }
 
-    /// The same tenant with its own limits on top of its plan's.
-    #[must_use]
-    pub fn with_overrides(mut self, overrides: LimitOverrides) -> Self {
+    /// Gives the tenant its own limits, on top of its plan's (replacing any it had).
+    pub fn set_overrides(&mut self, overrides: LimitOverrides) {
         Arc::make_mut(&mut self.0).overrides = overrides;
-        self
     }
 
     /// The tenant's identifier.

@@ -117,6 +117,20 @@ async fn no_log_line_response_or_debug_output_carries_a_key() {
             responses.push_str(&send(key, method, path, body).await);
         }
     }
+    let written = logs.0.lock().unwrap().len();
+    // A flood of bad keys: one DEBUG line each, nothing at INFO or above.
+    for _ in 0..1_000 {
+        send(&unknown, "GET", "/api/v1/usage", "").await;
+    }
+    let flood = String::from_utf8(logs.0.lock().unwrap()[written..].to_vec()).unwrap();
+    let lines: Vec<&str> = flood.lines().collect();
+    assert_eq!(lines.len(), 1_000, "{flood}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" DEBUG ") && l.contains("code=\"UNAUTHORIZED\"")),
+        "{flood}"
+    );
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("UNAUTHORIZED"),

@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use tower_layer::Layer;
 use tower_nat::{
     auth::{ApiKey, ApiKeyAuthLayer, MemoryKeyStore},
-    tenant::Plan,
+    plan::Plan,
 };
 use tower_service::Service;
 
@@ -24,8 +24,8 @@ fn store() -> &'static (MemoryKeyStore, ApiKey) {
     static STORE: OnceLock<(MemoryKeyStore, ApiKey)> = OnceLock::new();
     STORE.get_or_init(|| {
         let store = MemoryKeyStore::new();
-        store.insert_tenant("t", Plan::Pro);
-        let key = store.issue_key("t", None).unwrap();
+        store.insert_tenant("t", Plan::PRO);
+        let key = store.issue_key("t", None).unwrap().key;
         (store, key)
     })
 }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tower_nat::scan_request::{ScanKind, validate_scan_body};
+use tower_nat::{plan::ScanKind, scan_request::validate_scan_body};
 
 fuzz_target!(|data: &[u8]| {
     match validate_scan_body(data, ScanKind::Functional) {

@@ -114,7 +114,7 @@ impl<S, K: Clone> Layer<S> for ApiKeyAuthLayer<K> {
     }
 }
 
-/// Authenticates every request by its `X-API-Key` header and puts its [`Tenant`] into the
+/// Authenticates every request by its `X-API-Key` header and puts its [`Tenant`](crate::tenant::Tenant) into the
 /// request's extensions; answers 401 `UNAUTHORIZED` otherwise. See the [module docs](super).
 #[derive(Clone, Debug)]
 pub struct ApiKeyAuth<S, K = MemoryKeyStore> {

@@ -116,6 +116,15 @@ struct TenantEntry {
     keys: Vec<KeyHash>,
 }
 
+impl TenantEntry {
+    /// The tenant as key `key_id` presents it.
+    fn tenant(&self, id: TenantId, key_id: KeyId) -> Tenant {
+        let mut tenant = Tenant::new(id, self.plan.clone(), key_id);
+        tenant.set_overrides(self.overrides);
+        tenant
+    }
+}
+
 /// Hashes a [`KeyHash`] by its first eight bytes. A SHA-256 output is already uniform, and
 /// only the server inserts keys, so no client can crowd a bucket: hashing it again would be
 /// wasted work on every request.
@@ -185,8 +194,7 @@ impl MemoryKeyStore {
         for hash in &entry.keys {
             if let Some(mut record) = self.inner.keys.get_mut(hash) {
                 let t = &record.tenant;
-                record.tenant = Tenant::new(t.id().clone(), entry.plan.clone(), t.key_id().clone())
-                    .with_overrides(entry.overrides);
+                record.tenant = entry.tenant(t.id().clone(), t.key_id().clone());
             }
         }
         true
@@ -226,8 +234,7 @@ impl MemoryKeyStore {
         let mut entry = self.inner.tenants.get_mut(tenant)?;
         let key_id = KeyId::from(format!("key_{}", &hash.to_hex()[..16]));
         let record = KeyRecord {
-            tenant: Tenant::new(entry.key().clone(), entry.plan.clone(), key_id.clone())
-                .with_overrides(entry.overrides),
+            tenant: entry.tenant(entry.key().clone(), key_id.clone()),
             expires_at,
         };
         self.inner.ids.insert(key_id.clone(), hash);

@@ -99,12 +99,12 @@ impl PlanLimits {
 
 /// One tenant's own limits, where they differ from its plan's: an enterprise contract at
 /// 5,000 requests a minute, a customer granted more scans this year. Unset fields follow the
-/// plan. A key store carries them with the tenant ([`Tenant::with_overrides`]), and every
+/// plan. A key store carries them with the tenant ([`Tenant::set_overrides`]), and every
 /// layer, header and usage snapshot honours them.
 ///
 /// In JSON: `{"requests_per_minute": 5000, "functional_scans_per_month": "unlimited"}`.
 ///
-/// [`Tenant::with_overrides`]: crate::tenant::Tenant::with_overrides
+/// [`Tenant::set_overrides`]: crate::tenant::Tenant::set_overrides
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {

@@ -11,7 +11,8 @@
 //! use tower_nat::{plan::{LimitOverrides, Plan, Plans}, tenant::Tenant};
 //!
 //! let plans = Plans::default();
-//! let acme = Tenant::new("acme", Plan::ENTERPRISE, "key_1").with_overrides(LimitOverrides {
+//! let mut acme = Tenant::new("acme", Plan::ENTERPRISE, "key_1");
+//! acme.set_overrides(LimitOverrides {
 //!     requests_per_minute: Some(5_000), // the contract's number
 //!     ..LimitOverrides::default()
 //! });

@@ -62,13 +62,6 @@ macro_rules! named {
                 self.display.as_str()
             }
 
-            /// The same name with another display name.
-            #[must_use]
-            pub fn with_display_name(mut self, display: impl Into<String>) -> Self {
-                self.display = Text::from(display.into());
-                self
-            }
-
             pub(crate) const fn builtin(name: &'static str, display: &'static str) -> Self {
                 Self {
                     name: Text::Static(name),
@@ -141,6 +134,15 @@ impl Plan {
 
     /// NAT's four plans, cheapest first.
     pub const BUILT_IN: [Plan; 4] = [Plan::FREE, Plan::PRO, Plan::TEAM, Plan::ENTERPRISE];
+
+    /// A plan called `name` whose messages call it `display_name` (e.g. `startup`,
+    /// `Startup`), to define in a [`Plans`](super::Plans) table.
+    pub fn named(name: &str, display_name: &str) -> Self {
+        Plan {
+            name: Text::from(name),
+            display: Text::from(display_name),
+        }
+    }
 
     /// The plan called `name` (as a key store or a database row names it). Its display name is
     /// the built-in one for NAT's four plans and `name` otherwise; the [`Plans`](super::Plans)

@@ -48,7 +48,7 @@ use crate::tenant::Tenant;
 ///     .feature(sso.clone())
 ///     .plan(Plan::FREE, PlanLimits { requests_per_minute: 10, ..Plans::default().get(&Plan::FREE).unwrap().clone() })
 ///     .plan(
-///         Plan::new("startup").with_display_name("Startup"),
+///         Plan::named("startup", "Startup"),
 ///         PlanLimits {
 ///             requests_per_minute: 60,
 ///             features: vec![Feature::SECURITY_SCANNING, sso],
@@ -348,7 +348,7 @@ impl PartialPlan {
                 .collect::<Result<_, _>>()?;
         }
         if let Some(display) = self.display_name {
-            plan = plan.with_display_name(display);
+            plan = Plan::named(plan.name(), &display);
         }
         Ok(builder.plan(plan, limits))
     }

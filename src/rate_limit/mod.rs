@@ -27,7 +27,7 @@
 //!   its 30 has 90 left the moment it is on Pro. A tenant's own limit
 //!   ([`LimitOverrides`](crate::plan::LimitOverrides)) counts as its plan's.
 //!
-//! A request with no [`Tenant`](crate::Tenant) is refused with 401 (the layer fails closed),
+//! A request with no [`Tenant`](crate::tenant::Tenant) is refused with 401 (the layer fails closed),
 //! unless authentication marked it [`AuthExempt`](crate::tenant::AuthExempt).
 //!
 //! # Example

@@ -8,7 +8,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use axum::{Router, body::Body, routing::get as axum_get};
+use axum::{Extension, Router, body::Body, routing::get as axum_get};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Frame;
@@ -42,7 +42,7 @@ pub async fn call(router: &Router, req: Request<Body>) -> crate::common::Answer 
     )
 }
 
-async fn whoami(tenant: Tenant) -> String {
+async fn whoami(Extension(tenant): Extension<Tenant>) -> String {
     format!("{} {}", tenant.id(), tenant.plan())
 }
 

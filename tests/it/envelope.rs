@@ -81,7 +81,7 @@ async fn fixed_envelopes() {
         (
             NatError::FeatureNotAvailable {
                 feature: Feature::new("sso", "Single sign-on"),
-                plan: Plan::new("startup").with_display_name("Startup"),
+                plan: Plan::named("startup", "Startup"),
             },
             403,
             r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Single sign-on is not available on the Startup plan. Upgrade to access.","feature":"sso","plan":"startup"}"#,

@@ -1,7 +1,7 @@
 //! The integration tests, in one binary, using the crate only through its public API. Tests
 //! that change the process's global state live apart: the environment
-//! (`tests/billing_env.rs`) and the process-wide log capture (`tests/secrets.rs`); so does the
-//! soak test (`tests/soak.rs`).
+//! (`tests/billing_env.rs`) and the process-wide log capture (`tests/secrets.rs`). The demo
+//! server's end-to-end and soak tests are the `nat-demo` crate's (`demo/tests`).
 #![allow(unreachable_pub)]
 
 mod common;
@@ -9,15 +9,21 @@ mod common;
 mod auth;
 mod billing;
 mod compose;
+mod config;
 mod envelope;
 mod feature_gate;
+#[cfg(feature = "axum")]
+mod framework_errors;
+#[cfg(feature = "axum")]
 mod hostile;
 mod internal_error;
+#[cfg(feature = "axum")]
+mod placement;
+mod plans;
 mod properties;
 mod quota;
 mod rate_limit;
 #[cfg(feature = "redis")]
 mod redis;
 mod scan_request;
-mod server;
 mod store_suite;

@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: a handler whose answer the request picks, a
 //! counting handler, request builders, exact-envelope assertions, and store doubles.
 
+#[cfg(feature = "redis")]
 pub mod redis_server;
 pub mod stores;
+#[cfg(feature = "axum")]
 pub mod wire;
 
 use std::sync::{
@@ -21,6 +23,7 @@ pub const UNAUTHORIZED: &str =
     r#"{"error":"UNAUTHORIZED","message":"Missing or invalid API key."}"#;
 pub const STRIPE: &str = r#"{"error":"STRIPE_NOT_CONFIGURED","message":"Billing is not configured on this server. Set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET."}"#;
 pub const INTERNAL: &str = r#"{"error":"INTERNAL_ERROR","message":"An unexpected error occurred. Retry after a short delay."}"#;
+#[cfg(feature = "axum")]
 pub const NOT_FOUND: &str =
     r#"{"error":"NOT_FOUND","message":"The requested resource was not found."}"#;
 pub const SECURITY_ON_FREE: &str = r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}"#;

@@ -36,14 +36,18 @@ impl Reply {
 }
 
 impl Wire {
-    /// Serves `router` with the demo's server (timeouts, `ConnectInfo`).
+    /// Serves `router` with `axum::serve`.
     pub async fn start(router: Router) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(nat_demo::serve(listener, router, async {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
         Self {
             addr,
             client: Client::builder(TokioExecutor::new()).build_http(),

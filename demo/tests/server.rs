@@ -2,10 +2,16 @@
 //! it) on an ephemeral loopback port, spoken to over real HTTP by a real client. Every code of
 //! the contract, with exact bytes and headers.
 
-use std::{ops::Deref, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, routing::get};
-use http::Method;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use nat_demo::Demo;
 use tower_nat::{
     auth::ApiKey,
@@ -14,22 +20,57 @@ use tower_nat::{
     plan::{Plan, Plans},
 };
 
-use crate::common::{STRIPE, UNAUTHORIZED, wire::Wire};
+const UNAUTHORIZED: &str = r#"{"error":"UNAUTHORIZED","message":"Missing or invalid API key."}"#;
+const STRIPE: &str = r#"{"error":"STRIPE_NOT_CONFIGURED","message":"Billing is not configured on this server. Set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET."}"#;
+const NOT_FOUND: &str =
+    r#"{"error":"NOT_FOUND","message":"The requested resource was not found."}"#;
 
-struct Running {
-    wire: Wire,
-    keys: Vec<(Plan, ApiKey)>,
-    clock: FakeClock,
+fn invalid(message: &str) -> String {
+    format!(r#"{{"error":"INVALID_REQUEST","message":{message:?}}}"#)
 }
 
-impl Deref for Running {
-    type Target = Wire;
-    fn deref(&self) -> &Wire {
-        &self.wire
+/// The demo, served by `nat_demo::serve` (stopped when dropped), and a client for it.
+struct Running {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+    keys: Vec<(Plan, ApiKey)>,
+    clock: FakeClock,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// What came back.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    /// Asserts a NAT envelope: status, JSON content type and exact body.
+    fn assert_envelope(&self, status: u16, body: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.body);
+        assert_eq!(self.headers["content-type"], "application/json");
+        assert_eq!(self.body, body);
     }
 }
 
 impl Running {
+    async fn start(router: Router, keys: Vec<(Plan, ApiKey)>, clock: FakeClock) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(nat_demo::serve(listener, router, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            keys,
+            clock,
+            _stop: stop,
+        }
+    }
+
     fn key(&self, plan: Plan) -> &str {
         self.keys
             .iter()
@@ -37,6 +78,39 @@ impl Running {
             .unwrap()
             .1
             .expose()
+    }
+
+    /// `method path` with an optional key and JSON body.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("the server answers within 10 s")
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
     }
 }
 
@@ -54,12 +128,7 @@ async fn demo(billing: BillingConfiguredLayer) -> Running {
         [Some(fixed_free), None, None, None],
         Duration::from_secs(3),
     );
-    let wire = Wire::start(demo.router(demo.nat())).await;
-    Running {
-        wire,
-        keys: demo.keys,
-        clock,
-    }
+    Running::start(demo.router(demo.nat()), demo.keys, clock).await
 }
 
 #[tokio::test]
@@ -321,11 +390,7 @@ async fn internal_errors_over_the_wire() {
         Duration::from_secs(1),
     );
     let router: Router = Router::new().route("/boom", get(boom)).layer(d.nat());
-    let s = Running {
-        wire: Wire::start(router).await,
-        keys: d.keys,
-        clock: FakeClock::default(),
-    };
+    let s = Running::start(router, d.keys, FakeClock::default()).await;
     let a = s
         .call(Method::GET, "/boom", Some(s.key(Plan::TEAM)), None)
         .await;
@@ -336,4 +401,71 @@ async fn internal_errors_over_the_wire() {
     // The server keeps serving after the panic.
     let a = s.call(Method::GET, "/boom", None, None).await;
     a.assert_envelope(401, UNAUTHORIZED);
+}
+
+/// A connection that sends half a request line, and a keep-alive connection left idle, are
+/// both closed after the demo's header-read timeout (on tokio's paused clock: the test takes
+/// no wall time).
+#[tokio::test(start_paused = true)]
+async fn half_requests_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = nat_demo::HEADER_READ_TIMEOUT;
+    let s = demo(BillingConfiguredLayer::new(false)).await;
+
+    let started = tokio::time::Instant::now();
+    let mut half = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    half.write_all(b"GET /healthz HT").await.unwrap();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), half.read_to_end(&mut received));
+    read.await
+        .expect("the server closes the connection")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    assert!(
+        received.is_empty() || received.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+
+    let started = tokio::time::Instant::now();
+    let mut idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: demo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), idle.read_to_end(&mut received));
+    read.await
+        .expect("the server closes the connection")
+        .unwrap();
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with(r#"{"status":"ok"}"#), "{text}");
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_secs(1),
+        "{waited:?}"
+    );
+}
+
+/// The demo's own routes answer in the envelope too: a path parameter that is not UTF-8,
+/// a method the route does not have, a path that does not exist.
+#[tokio::test]
+async fn the_demos_own_refusals_are_in_the_envelope() {
+    let s = demo(BillingConfiguredLayer::new(false)).await;
+    let pro = s.key(Plan::PRO).to_owned();
+    s.call(Method::GET, "/api/v1/scan/%FF", Some(&pro), None)
+        .await
+        .assert_envelope(400, &invalid("Invalid URL: Invalid UTF-8 in `id`"));
+    let a = s
+        .call(Method::DELETE, "/api/v1/usage", Some(&pro), None)
+        .await;
+    a.assert_envelope(405, &invalid("Method not allowed."));
+    assert_eq!(a.headers["allow"], "GET,HEAD");
+    s.call(Method::GET, "/api/v2/usage", Some(&pro), None)
+        .await
+        .assert_envelope(404, NOT_FOUND);
 }
