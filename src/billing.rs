@@ -57,6 +57,7 @@ use tower_layer::Layer;
 use crate::{
     error::NatError,
     gate::Gate,
+    guard::Rejection,
     path::{Routes, client_path},
 };
 
@@ -130,7 +131,8 @@ impl BillingConfiguredLayer {
 }
 
 impl Gate for BillingCheck {
-    fn check<B>(&self, req: &Request<B>) -> Result<(), NatError> {
+    #[inline(always)]
+    fn check<B>(&self, req: &Request<B>) -> Result<(), Rejection> {
         if self.configured {
             return Ok(());
         }
@@ -138,13 +140,19 @@ impl Gate for BillingCheck {
             None => true,
             Some(prefixes) => prefixes.matches_prefix_ignore_case(client_path(req)),
         };
-        if !billing {
-            return Ok(());
+        if billing {
+            Err(not_configured())
+        } else {
+            Ok(())
         }
-        let error = NatError::StripeNotConfigured;
-        error.report(None, "billing route while Stripe is not configured");
-        Err(error)
     }
+}
+
+#[cold]
+fn not_configured() -> Rejection {
+    let error = NatError::StripeNotConfigured;
+    error.report(None, "billing route while Stripe is not configured");
+    error.into()
 }
 
 impl<S> Layer<S> for BillingConfiguredLayer {

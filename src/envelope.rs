@@ -274,13 +274,20 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Inner { #[pin] future: F, enabled: bool },
-        Explain {
-            #[pin]
-            body: B,
-            parts: Option<Parts>,
-            status: StatusCode,
-            buf: Vec<u8>,
-        },
+        // Boxed: rare, and large; the future of every other response stays small.
+        Explain { explaining: Pin<Box<Explaining<B>>> },
+    }
+}
+
+pin_project! {
+    /// A framework's error body being read for its explanation.
+    #[project = ExplainingProj]
+    struct Explaining<B> {
+        #[pin]
+        body: B,
+        parts: Option<Parts>,
+        status: StatusCode,
+        buf: Vec<u8>,
     }
 }
 
@@ -308,20 +315,23 @@ where
                         Action::Explain(status) => {
                             let (parts, body) = response.into_parts();
                             State::Explain {
-                                body,
-                                parts: Some(parts),
-                                status,
-                                buf: Vec::new(),
+                                explaining: Box::pin(Explaining {
+                                    body,
+                                    parts: Some(parts),
+                                    status,
+                                    buf: Vec::new(),
+                                }),
                             }
                         }
                     }
                 }
-                StateProj::Explain {
-                    mut body,
-                    parts,
-                    status,
-                    buf,
-                } => {
+                StateProj::Explain { explaining } => {
+                    let ExplainingProj {
+                        mut body,
+                        parts,
+                        status,
+                        buf,
+                    } = explaining.as_mut().project();
                     while buf.len() < READ_LIMIT {
                         match ready!(body.as_mut().poll_frame(cx)) {
                             Some(Ok(frame)) => {

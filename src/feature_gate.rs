@@ -53,8 +53,9 @@ use tower_layer::Layer;
 use crate::{
     error::NatError,
     gate::Gate,
-    plan::{Feature, Plans, ScanKind},
-    tenant::Caller,
+    guard::Rejection,
+    plan::{Feature, Plan, Plans, ScanKind},
+    tenant::{Caller, Tenant, TenantId},
 };
 
 /// Applies [`FeatureGate`] to a service.
@@ -96,47 +97,52 @@ impl FeatureGateLayer {
 }
 
 impl Gate for FeatureCheck {
-    fn check<B>(&self, req: &Request<B>) -> Result<(), NatError> {
+    #[inline(always)]
+    fn check<B>(&self, req: &Request<B>) -> Result<(), Rejection> {
         let needed = match &self.feature {
-            Some(feature) => feature.clone(),
-            None => match req
-                .extensions()
-                .get::<ScanKind>()
-                .and_then(|k| k.required_feature())
-            {
-                Some(feature) => feature,
-                None => return Ok(()),
+            Some(feature) => feature,
+            None => match req.extensions().get::<ScanKind>() {
+                Some(ScanKind::Security | ScanKind::Full) => &Feature::SECURITY_SCANNING,
+                Some(ScanKind::Functional) | None => return Ok(()),
             },
         };
-        let tenant = match Caller::of(req.extensions()) {
-            Caller::Tenant(tenant) => tenant,
-            Caller::Exempt => return Ok(()),
-            Caller::Unknown => {
-                let error = NatError::Unauthorized;
-                error.report(None, "no tenant in the request (feature gate fails closed)");
-                return Err(error);
-            }
-        };
-        let Some(limits) = self.plans.limits(tenant) else {
-            let error = NatError::Internal;
-            error.report(
-                Some(tenant.id()),
-                "the tenant's plan is not in the plan table",
-            );
-            return Err(error);
-        };
-        if limits.has(&needed) {
-            return Ok(());
+        match Caller::of(req.extensions()) {
+            Caller::Tenant(tenant) => match self.plans.limits(tenant) {
+                Some(limits) if limits.has(needed) => Ok(()),
+                limits => Err(self.refuse(tenant, needed, limits.map(|l| l.plan()))),
+            },
+            Caller::Exempt => Ok(()),
+            Caller::Unknown => Err(refuse(
+                None,
+                NatError::Unauthorized,
+                "no tenant in the request (feature gate fails closed)",
+            )),
         }
+    }
+}
+
+impl FeatureCheck {
+    /// The refusal of `tenant`, whose plan (`None`: not in the table) lacks `needed`.
+    #[cold]
+    fn refuse(&self, tenant: &Tenant, needed: &Feature, plan: Option<&Plan>) -> Rejection {
+        let Some(plan) = plan else {
+            let reason = "the tenant's plan is not in the plan table";
+            return refuse(Some(tenant.id()), NatError::Internal, reason);
+        };
         // The table's own names, display names included.
-        let feature = self.plans.feature(needed.name()).cloned().unwrap_or(needed);
+        let feature = self.plans.feature(needed.name()).unwrap_or(needed).clone();
         let error = NatError::FeatureNotAvailable {
             feature,
-            plan: limits.plan().clone(),
+            plan: plan.clone(),
         };
-        error.report(Some(tenant.id()), "plan lacks the feature");
-        Err(error)
+        refuse(Some(tenant.id()), error, "plan lacks the feature")
     }
+}
+
+#[cold]
+fn refuse(tenant: Option<&TenantId>, error: NatError, reason: &'static str) -> Rejection {
+    error.report(tenant, reason);
+    error.into()
 }
 
 impl<S> Layer<S> for FeatureGateLayer {

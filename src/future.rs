@@ -12,10 +12,7 @@ use std::{
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::{
-    body::{NatBody, wrap},
-    error::NatError,
-};
+use crate::body::{NatBody, wrap};
 
 pub use crate::guard::ResponseFuture as GuardFuture;
 
@@ -43,11 +40,6 @@ impl<F, B> ResponseFuture<F, B> {
         Self {
             kind: Kind::Inner { future },
         }
-    }
-
-    /// Answers `error` without calling the inner service.
-    pub(crate) fn reject(error: &NatError) -> Self {
-        Self::response(error.to_response())
     }
 
     /// Answers with a ready response.

@@ -7,15 +7,17 @@
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::{error::NatError, future::ResponseFuture};
+use crate::{future::ResponseFuture, guard::Rejection};
 
 /// A synchronous check of a request.
 pub(crate) trait Gate {
-    /// `Err` refuses the request with that envelope.
-    fn check<B>(&self, req: &Request<B>) -> Result<(), NatError>;
+    /// `Err` refuses the request with that envelope (boxed: passing is the common case, and
+    /// a pointer is cheaper to return than an error).
+    fn check<B>(&self, req: &Request<B>) -> Result<(), Rejection>;
 }
 
 /// Calls `inner` if `gate` lets `req` through.
+#[inline(always)]
 pub(crate) fn call<S, G, ReqB, ResB>(
     inner: &mut S,
     gate: &G,
@@ -27,7 +29,7 @@ where
 {
     match gate.check(&req) {
         Ok(()) => ResponseFuture::inner(inner.call(req)),
-        Err(error) => ResponseFuture::reject(&error),
+        Err(rejection) => ResponseFuture::response(rejection.into_response()),
     }
 }
 

@@ -25,18 +25,21 @@ use tower_service::Service;
 use crate::{body::NatBody, error::NatError};
 
 /// A refusal: the envelope, plus headers a layer adds to it (the rate limiter's draft
-/// headers; rare, so boxed).
+/// headers). Boxed, so the decisions that pass, the common case, stay small.
 #[derive(Debug)]
-pub struct Rejection {
-    pub(crate) error: NatError,
-    pub(crate) headers: Option<Box<HeaderMap>>,
-}
+pub struct Rejection(Box<(NatError, HeaderMap)>);
 
 impl Rejection {
+    /// The envelope of `error`, with `headers` added.
+    pub(crate) fn with_headers(error: NatError, headers: HeaderMap) -> Self {
+        Self(Box::new((error, headers)))
+    }
+
     pub(crate) fn into_response<B>(self) -> Response<NatBody<B>> {
-        let mut response = self.error.to_response();
-        if let Some(headers) = self.headers {
-            response.headers_mut().extend(*headers);
+        let (error, headers) = *self.0;
+        let mut response = error.to_response();
+        if !headers.is_empty() {
+            response.headers_mut().extend(headers);
         }
         response
     }
@@ -44,51 +47,79 @@ impl Rejection {
 
 impl From<NatError> for Rejection {
     fn from(error: NatError) -> Self {
-        Self {
-            error,
-            headers: None,
-        }
+        Self::with_headers(error, HeaderMap::new())
     }
 }
 
-/// What a policy decided. A refused request is handed back, so the skeleton decides what
-/// becomes of it.
+/// What a policy decided about a request, which stays where it is (moving a request costs
+/// more than most decisions).
 #[derive(Debug)]
-pub enum Verdict<ReqB, P> {
-    /// Call the inner service with this request; `P` is applied to the response.
-    Pass(Request<ReqB>, P),
+pub enum Step<P, L> {
+    /// Call the inner service; `P` is applied to the response.
+    Pass(P),
     /// Answer with the envelope.
-    Reject(Request<ReqB>, Rejection),
-}
-
-impl<ReqB, P> Verdict<ReqB, P> {
-    /// Passes `req` with `P`, or refuses it.
-    pub(crate) fn of(req: Request<ReqB>, decided: Result<P, Rejection>) -> Self {
-        match decided {
-            Ok(pass) => Verdict::Pass(req, pass),
-            Err(rejection) => Verdict::Reject(req, rejection),
-        }
-    }
-}
-
-/// A verdict now, or a future of one. (The verdict is large, a request; boxing it would cost
-/// the common path an allocation.)
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum Decision<ReqB, P, L> {
-    Now(Verdict<ReqB, P>),
+    Reject(Rejection),
+    /// The decision comes later, from this future (a remote store, a body to read).
     Later(L),
 }
 
+impl<P, L> Step<P, L> {
+    /// Passes with `P`, or refuses.
+    pub(crate) fn of(decided: Result<P, Rejection>) -> Self {
+        match decided {
+            Ok(pass) => Step::Pass(pass),
+            Err(rejection) => Step::Reject(rejection),
+        }
+    }
+}
+
 /// How a layer decides about a request.
-pub trait Policy<ReqB> {
+pub trait Policy<B>: Clone {
     /// What a passed request carries to its response.
     type Pass: Finish;
     /// A decision that comes later (a remote store, a body to read).
-    type Later: Future<Output = Verdict<ReqB, Self::Pass>>;
+    type Later: Future;
 
-    /// Decides about `req`, now or later.
-    fn decide(&self, req: Request<ReqB>) -> Decision<ReqB, Self::Pass, Self::Later>;
+    /// Decides about `req`, now or later. It may change the request (put the tenant in,
+    /// take the body to read it).
+    fn decide(&self, req: &mut Request<B>) -> Step<Self::Pass, Self::Later>;
+
+    /// The decision once `Later` answered.
+    fn resume(
+        &self,
+        answer: <Self::Later as Future>::Output,
+        req: &mut Request<B>,
+    ) -> Result<Self::Pass, Rejection>;
+}
+
+pin_project! {
+    /// A future that answers later, and what its policy needs back with the answer (the key
+    /// a rate check was for, the period of a reservation).
+    pub struct With<F, T> {
+        #[pin]
+        future: F,
+        value: Option<T>,
+    }
+}
+
+impl<F, T> With<F, T> {
+    pub(crate) fn new(future: F, value: T) -> Self {
+        Self {
+            future,
+            value: Some(value),
+        }
+    }
+}
+
+impl<F: Future, T> Future for With<F, T> {
+    type Output = (F::Output, T);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.future.poll(cx));
+        let value = this.value.take().expect("polled after completion");
+        Poll::Ready((answer, value))
+    }
 }
 
 /// What a passed request's decision does to its response.
@@ -105,37 +136,39 @@ pub trait Finish {
 impl Finish for () {
     type Settle = std::future::Ready<()>;
 
+    #[inline]
     fn finish<B>(self, _: &mut Response<B>) -> Option<Self::Settle> {
         None
     }
 }
 
 /// Calls `inner` as `policy` decides about `req`.
+#[inline]
 pub(crate) fn call<S, P, ReqB, ResB>(
     inner: &mut S,
     policy: &P,
-    req: Request<ReqB>,
+    mut req: Request<ReqB>,
 ) -> ResponseFuture<S, P, ReqB>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     P: Policy<ReqB>,
 {
-    let state = match policy.decide(req) {
-        Decision::Now(Verdict::Pass(req, pass)) => State::Inner {
+    let state = match policy.decide(&mut req) {
+        Step::Pass(pass) => State::Inner {
             future: inner.call(req),
             pass: Some(pass),
         },
-        Decision::Now(Verdict::Reject(_, rejection)) => State::Reject {
+        Step::Reject(rejection) => State::Reject {
             rejection: Some(rejection),
         },
-        Decision::Later(later) => {
+        Step::Later(later) => {
             // Keep the instance that was polled ready for the call after the decision.
             let clone = inner.clone();
             let ready = mem::replace(inner, clone);
             State::Later {
-                later: Box::pin(Waiting {
+                waiting: Box::pin(Waiting {
                     later,
-                    inner: Some(ready),
+                    parked: Some((ready, req, policy.clone())),
                 }),
             }
         }
@@ -144,12 +177,13 @@ where
 }
 
 pin_project! {
-    /// A decision under way and the inner service it will call. Boxed: only decisions that
-    /// answer later pay for it, and the future of those that answer at once stays small.
-    struct Waiting<S, L> {
+    /// A decision under way, and the inner service, request and policy waiting for it.
+    /// Boxed: only decisions that answer later pay for it, and the future of those that
+    /// answer at once stays small.
+    struct Waiting<S, B, P, L> {
         #[pin]
         later: L,
-        inner: Option<S>,
+        parked: Option<(S, Request<B>, P)>,
     }
 }
 
@@ -172,7 +206,7 @@ pin_project! {
         S: Service<Request<ReqB>>,
         P: Policy<ReqB>,
     {
-        Later { later: Pin<Box<Waiting<S, P::Later>>> },
+        Later { waiting: Pin<Box<Waiting<S, ReqB, P, P::Later>>> },
         Inner { #[pin] future: S::Future, pass: Option<P::Pass> },
         Settle {
             #[pin]
@@ -193,16 +227,17 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Later { later } => {
-                    let waiting = later.as_mut().project();
-                    let verdict = ready!(waiting.later.poll(cx));
-                    let mut inner = waiting.inner.take().expect("polled after completion");
-                    match verdict {
-                        Verdict::Pass(req, pass) => State::Inner {
+                StateProj::Later { waiting } => {
+                    let waiting = waiting.as_mut().project();
+                    let answer = ready!(waiting.later.poll(cx));
+                    let (mut inner, mut req, policy) =
+                        waiting.parked.take().expect("polled after completion");
+                    match policy.resume(answer, &mut req) {
+                        Ok(pass) => State::Inner {
                             future: inner.call(req),
                             pass: Some(pass),
                         },
-                        Verdict::Reject(_, rejection) => State::Reject {
+                        Err(rejection) => State::Reject {
                             rejection: Some(rejection),
                         },
                     }

@@ -8,6 +8,7 @@
 //! is there, and the request's URI otherwise.
 
 /// The path the client sent: axum's `OriginalUri` when present, the request URI otherwise.
+#[inline(always)]
 pub(crate) fn client_path<B>(req: &http::Request<B>) -> &str {
     #[cfg(feature = "axum")]
     if let Some(original) = req.extensions().get::<axum::extract::OriginalUri>() {

@@ -175,6 +175,7 @@ pub(crate) enum Caller<'a> {
 }
 
 impl<'a> Caller<'a> {
+    #[inline]
     pub(crate) fn of(extensions: &'a http::Extensions) -> Self {
         match extensions.get::<Tenant>() {
             Some(t) => Caller::Tenant(t),

@@ -1,15 +1,9 @@
 //! [`ApiKeyAuthLayer`] and [`ApiKeyAuth`]: the policy that turns a request's key into its
 //! [`Tenant`](crate::tenant::Tenant).
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll, ready},
-};
+use std::sync::Arc;
 
 use http::Request;
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 
 use super::{
@@ -19,7 +13,7 @@ use super::{
 use crate::{
     clock::{self, SharedClock},
     error::{NatError, StoreError},
-    guard::{Decision, Policy, Verdict},
+    guard::{Policy, Rejection, Step},
     headers::X_API_KEY,
     path::{Routes, client_path},
     report,
@@ -144,13 +138,13 @@ fn key_hash<B>(req: &Request<B>, format: &KeyFormat) -> Result<KeyHash, &'static
 }
 
 impl Config {
-    /// The verdict on a lookup's answer: the tenant goes into the request, or the request is
+    /// What a lookup's answer means: the tenant goes into the request, or the request is
     /// refused.
     fn admit<B>(
         &self,
-        mut req: Request<B>,
+        req: &mut Request<B>,
         answer: Result<Option<KeyRecord>, StoreError>,
-    ) -> Verdict<B, ()> {
+    ) -> Result<(), Rejection> {
         let error = match answer {
             Ok(Some(record)) => match record.expires_at {
                 Some(at) if self.clock.now() >= at => {
@@ -160,7 +154,7 @@ impl Config {
                 }
                 _ => {
                     req.extensions_mut().insert(record.tenant);
-                    return Verdict::Pass(req, ());
+                    return Ok(());
                 }
             },
             Ok(None) => {
@@ -175,55 +169,39 @@ impl Config {
                 error
             }
         };
-        Verdict::Reject(req, error.into())
+        Err(error.into())
     }
 }
 
 impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
     type Pass = ();
-    type Later = Lookup<K, B>;
+    type Later = K::Future;
 
-    fn decide(&self, mut req: Request<B>) -> Decision<B, (), Lookup<K, B>> {
-        if self.config.exempt.matches(client_path(&req)) {
+    #[inline]
+    fn decide(&self, req: &mut Request<B>) -> Step<(), K::Future> {
+        if self.config.exempt.matches(client_path(req)) {
             req.extensions_mut().insert(AuthExempt);
-            return Decision::Now(Verdict::Pass(req, ()));
+            return Step::Pass(());
         }
-        let hash = match key_hash(&req, &self.config.format) {
+        let hash = match key_hash(req, &self.config.format) {
             Ok(hash) => hash,
             Err(reason) => {
                 let error = NatError::Unauthorized;
                 error.report(None, reason);
-                return Decision::Now(Verdict::Reject(req, error.into()));
+                return Step::Reject(error.into());
             }
         };
         match self.store.lookup(&hash) {
-            Answer::Ready(answer) => Decision::Now(self.config.admit(req, answer)),
-            Answer::Pending(lookup) => Decision::Later(Lookup {
-                lookup,
-                req: Some(req),
-                config: self.config.clone(),
-            }),
+            Answer::Ready(answer) => Step::of(self.config.admit(req, answer)),
+            Answer::Pending(lookup) => Step::Later(lookup),
         }
     }
-}
 
-pin_project! {
-    /// A key lookup that answers later, and the request waiting for it.
-    pub struct Lookup<K: KeyStore, B> {
-        #[pin]
-        lookup: K::Future,
-        req: Option<Request<B>>,
-        config: Arc<Config>,
-    }
-}
-
-impl<K: KeyStore, B> Future for Lookup<K, B> {
-    type Output = Verdict<B, ()>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let answer = ready!(this.lookup.poll(cx));
-        let req = this.req.take().expect("polled after completion");
-        Poll::Ready(this.config.admit(req, answer))
+    fn resume(
+        &self,
+        answer: Result<Option<KeyRecord>, StoreError>,
+        req: &mut Request<B>,
+    ) -> Result<(), Rejection> {
+        self.config.admit(req, answer)
     }
 }

@@ -153,6 +153,7 @@ impl<'a> Limits<'a> {
     }
 
     /// Requests a minute.
+    #[inline]
     pub fn requests_per_minute(&self) -> u32 {
         self.overrides
             .requests_per_minute

@@ -49,6 +49,9 @@ macro_rules! named {
         pub struct $name {
             name: Text,
             display: Text,
+            // 1 + the index of a built-in name, 0 for the others: built-ins compare as one
+            // byte.
+            builtin: u8,
         }
 
         impl $name {
@@ -62,10 +65,24 @@ macro_rules! named {
                 self.display.as_str()
             }
 
-            pub(crate) const fn builtin(name: &'static str, display: &'static str) -> Self {
+            const fn builtin(index: u8, name: &'static str, display: &'static str) -> Self {
                 Self {
                     name: Text::Static(name),
                     display: Text::Static(display),
+                    builtin: index + 1,
+                }
+            }
+
+            /// A name of the server's own, or a built-in one given by its text.
+            fn dynamic(name: &str, display: &str) -> Self {
+                let builtin = Self::BUILT_IN
+                    .iter()
+                    .find(|b| b.name() == name)
+                    .map_or(0, |b| b.builtin);
+                Self {
+                    name: Text::from(name),
+                    display: Text::from(display),
+                    builtin,
                 }
             }
         }
@@ -73,6 +90,9 @@ macro_rules! named {
         /// Equal when the names are equal; the display name does not count.
         impl PartialEq for $name {
             fn eq(&self, other: &Self) -> bool {
+                if self.builtin != 0 || other.builtin != 0 {
+                    return self.builtin == other.builtin;
+                }
                 self.name() == other.name()
             }
         }
@@ -123,14 +143,19 @@ named!(
 );
 
 impl Plan {
+    /// The index of a built-in plan in [`Plan::BUILT_IN`].
+    pub(crate) fn builtin_index(&self) -> Option<usize> {
+        usize::from(self.builtin).checked_sub(1)
+    }
+
     /// NAT's Free plan (`free`).
-    pub const FREE: Plan = Plan::builtin("free", "Free");
+    pub const FREE: Plan = Plan::builtin(0, "free", "Free");
     /// NAT's Pro plan (`pro`).
-    pub const PRO: Plan = Plan::builtin("pro", "Pro");
+    pub const PRO: Plan = Plan::builtin(1, "pro", "Pro");
     /// NAT's Team plan (`team`).
-    pub const TEAM: Plan = Plan::builtin("team", "Team");
+    pub const TEAM: Plan = Plan::builtin(2, "team", "Team");
     /// NAT's Enterprise plan (`enterprise`).
-    pub const ENTERPRISE: Plan = Plan::builtin("enterprise", "Enterprise");
+    pub const ENTERPRISE: Plan = Plan::builtin(3, "enterprise", "Enterprise");
 
     /// NAT's four plans, cheapest first.
     pub const BUILT_IN: [Plan; 4] = [Plan::FREE, Plan::PRO, Plan::TEAM, Plan::ENTERPRISE];
@@ -138,10 +163,7 @@ impl Plan {
     /// A plan called `name` whose messages call it `display_name` (e.g. `startup`,
     /// `Startup`), to define in a [`Plans`](super::Plans) table.
     pub fn named(name: &str, display_name: &str) -> Self {
-        Plan {
-            name: Text::from(name),
-            display: Text::from(display_name),
-        }
+        Plan::dynamic(name, display_name)
     }
 
     /// The plan called `name` (as a key store or a database row names it). Its display name is
@@ -150,10 +172,7 @@ impl Plan {
     pub fn new(name: &str) -> Self {
         match Plan::BUILT_IN.into_iter().find(|p| p.name() == name) {
             Some(plan) => plan,
-            None => Plan {
-                name: Text::from(name),
-                display: Text::from(name),
-            },
+            None => Plan::dynamic(name, name),
         }
     }
 }
@@ -161,9 +180,9 @@ impl Plan {
 impl Feature {
     /// Security scans (scan modes `security` and `full`).
     pub const SECURITY_SCANNING: Feature =
-        Feature::builtin("security_scanning", "Security scanning");
+        Feature::builtin(0, "security_scanning", "Security scanning");
     /// Outgoing webhooks.
-    pub const WEBHOOKS: Feature = Feature::builtin("webhooks", "Webhooks");
+    pub const WEBHOOKS: Feature = Feature::builtin(1, "webhooks", "Webhooks");
 
     /// The two built-in features.
     pub const BUILT_IN: [Feature; 2] = [Feature::SECURITY_SCANNING, Feature::WEBHOOKS];
@@ -172,9 +191,6 @@ impl Feature {
     /// [`PlansBuilder::feature`](super::PlansBuilder::feature). Layers only know features that
     /// their table defines.
     pub fn new(name: &str, display_name: &str) -> Self {
-        Feature {
-            name: Text::from(name),
-            display: Text::from(display_name),
-        }
+        Feature::dynamic(name, display_name)
     }
 }

@@ -67,6 +67,8 @@ use crate::tenant::Tenant;
 pub struct Plans {
     plans: Vec<(Plan, PlanLimits)>,
     features: Vec<Feature>,
+    // Where each of NAT's four plans sits in `plans`: found without comparing names.
+    built_in: [Option<usize>; 4],
 }
 
 impl Default for Plans {
@@ -98,6 +100,7 @@ impl Default for Plans {
                 ),
             ],
             features: Feature::BUILT_IN.to_vec(),
+            built_in: [Some(0), Some(1), Some(2), Some(3)],
         }
     }
 }
@@ -169,7 +172,16 @@ impl Plans {
 
     /// What `plan` allows, if the table defines it.
     pub fn get(&self, plan: &Plan) -> Option<&PlanLimits> {
-        self.entry(plan.name()).map(|(_, limits)| limits)
+        self.find(plan).map(|(_, l)| l)
+    }
+
+    /// The entry of `plan`: NAT's four by their index, others by name.
+    #[inline]
+    fn find(&self, plan: &Plan) -> Option<&(Plan, PlanLimits)> {
+        match plan.builtin_index() {
+            Some(i) => self.built_in[i].map(|at| &self.plans[at]),
+            None => self.entry(plan.name()),
+        }
     }
 
     /// The plan called `name`, with its configured display name.
@@ -184,8 +196,9 @@ impl Plans {
 
     /// The limits that apply to `tenant`: its plan's, with its overrides on top. `None` when
     /// the table does not define the tenant's plan.
+    #[inline]
     pub fn limits<'a>(&'a self, tenant: &'a Tenant) -> Option<Limits<'a>> {
-        self.entry(tenant.plan().name())
+        self.find(tenant.plan())
             .map(|(plan, limits)| Limits::new(plan, limits, tenant.overrides()))
     }
 
@@ -224,9 +237,15 @@ impl PlansBuilder {
 
     /// Defines a plan, or replaces what a defined plan allows (and its display name).
     pub fn plan(mut self, plan: Plan, limits: PlanLimits) -> Self {
-        match self.plans.plans.iter_mut().find(|(p, _)| *p == plan) {
-            Some(entry) => *entry = (plan, limits),
-            None => self.plans.plans.push((plan, limits)),
+        let table = &mut self.plans;
+        match table.plans.iter().position(|(p, _)| *p == plan) {
+            Some(at) => table.plans[at] = (plan, limits),
+            None => {
+                if let Some(i) = plan.builtin_index() {
+                    table.built_in[i] = Some(table.plans.len());
+                }
+                table.plans.push((plan, limits));
+            }
         }
         self
     }

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     clock::{self, SharedClock},
     error::{NatError, StoreError},
-    guard::{Decision, Finish, Policy, Rejection, Verdict},
+    guard::{Finish, Policy, Rejection, Step, With},
     plan::{Plans, ScanKind},
     report,
     store::{Answer, OnStoreError},
@@ -166,9 +166,10 @@ impl<Q: QuotaStore> Drop for Held<Q> {
     }
 }
 
-/// What a passed scan creation carries to its response: the reservation to settle, if any.
+/// What a passed scan creation carries to its response: the reservation to settle, if any
+/// (boxed: only scan creations have one, and every other request carries a null pointer).
 #[derive(Debug)]
-pub struct Charge<Q: QuotaStore>(Option<Held<Q>>);
+pub struct Charge<Q: QuotaStore>(Option<Box<Held<Q>>>);
 
 impl Config {
     /// What a store's answer means for the request.
@@ -181,11 +182,11 @@ impl Config {
         answer: Result<Reserved, StoreError>,
     ) -> Result<Charge<Q>, Rejection> {
         match answer {
-            Ok(Reserved::Granted(reservation)) => Ok(Charge(Some(Held {
+            Ok(Reserved::Granted(reservation)) => Ok(Charge(Some(Box::new(Held {
                 store: store.clone(),
                 reservation: Some(reservation),
                 charge_on_drop: false,
-            }))),
+            })))),
             Ok(Reserved::Exhausted) => {
                 let error = NatError::QuotaExceeded {
                     resets_on: period.end,
@@ -208,54 +209,48 @@ impl Config {
     }
 }
 
-/// Passes or refuses `req` as decided, marking a reserved scan.
-fn verdict<Q: QuotaStore, B>(
-    mut req: Request<B>,
+/// Marks a reserved scan in `req`, so no second guard charges it.
+fn mark<Q: QuotaStore, B>(
+    req: &mut Request<B>,
     decided: Result<Charge<Q>, Rejection>,
-) -> Verdict<B, Charge<Q>> {
+) -> Result<Charge<Q>, Rejection> {
     if let Ok(Charge(Some(_))) = &decided {
         req.extensions_mut().insert(Charged);
     }
-    Verdict::of(req, decided)
+    decided
 }
 
-fn reject<Q: QuotaStore, B>(
-    req: Request<B>,
-    error: NatError,
-) -> Decision<B, Charge<Q>, Reserving<Q, B>> {
-    Decision::Now(Verdict::Reject(req, error.into()))
+fn refuse<P, L>(tenant: Option<&TenantId>, error: NatError, reason: &'static str) -> Step<P, L> {
+    error.report(tenant, reason);
+    Step::Reject(error.into())
 }
 
 impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
     type Pass = Charge<Q>;
-    type Later = Reserving<Q, B>;
+    type Later = With<Q::ReserveFuture, (TenantId, Period)>;
 
-    fn decide(&self, req: Request<B>) -> Decision<B, Charge<Q>, Reserving<Q, B>> {
+    #[inline]
+    fn decide(&self, req: &mut Request<B>) -> Step<Charge<Q>, Self::Later> {
         let extensions = req.extensions();
         // Only scan creation is charged: polling, listing and usage pass untouched, and so
         // does a scan an outer guard reserved already.
         let Some(kind) = extensions.get::<ScanKind>().copied() else {
-            return Decision::Now(Verdict::Pass(req, Charge(None)));
+            return Step::Pass(Charge(None));
         };
         if extensions.get::<Charged>().is_some() {
-            return Decision::Now(Verdict::Pass(req, Charge(None)));
+            return Step::Pass(Charge(None));
         }
         let tenant = match Caller::of(extensions) {
             Caller::Tenant(t) => t,
-            Caller::Exempt => return Decision::Now(Verdict::Pass(req, Charge(None))),
+            Caller::Exempt => return Step::Pass(Charge(None)),
             Caller::Unknown => {
-                let error = NatError::Unauthorized;
-                error.report(None, "no tenant in the request (quota fails closed)");
-                return reject(req, error);
+                let reason = "no tenant in the request (quota fails closed)";
+                return refuse(None, NatError::Unauthorized, reason);
             }
         };
         let Some(limits) = self.config.plans.limits(tenant) else {
-            let error = NatError::Internal;
-            error.report(
-                Some(tenant.id()),
-                "the tenant's plan is not in the plan table",
-            );
-            return reject(req, error);
+            let reason = "the tenant's plan is not in the plan table";
+            return refuse(Some(tenant.id()), NatError::Internal, reason);
         };
         let limits = QuotaLimits {
             functional: limits.functional_scans(),
@@ -267,44 +262,19 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
         match self.store.reserve(&id, kind, limits, period, now) {
             Answer::Ready(answer) => {
                 let decided = self.config.admit(&self.store, &id, period, answer);
-                Decision::Now(verdict(req, decided))
+                Step::of(mark(req, decided))
             }
-            Answer::Pending(reserve) => Decision::Later(Reserving {
-                reserve,
-                req: Some(req),
-                tenant: id,
-                period,
-                store: self.store.clone(),
-                config: self.config.clone(),
-            }),
+            Answer::Pending(reserve) => Step::Later(With::new(reserve, (id, period))),
         }
     }
-}
 
-pin_project! {
-    /// A reservation that answers later, and the request waiting for it.
-    pub struct Reserving<Q: QuotaStore, B> {
-        #[pin]
-        reserve: Q::ReserveFuture,
-        req: Option<Request<B>>,
-        tenant: TenantId,
-        period: Period,
-        store: Q,
-        config: Arc<Config>,
-    }
-}
-
-impl<Q: QuotaStore, B> Future for Reserving<Q, B> {
-    type Output = Verdict<B, Charge<Q>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let answer = ready!(this.reserve.poll(cx));
-        let req = this.req.take().expect("polled after completion");
-        let decided = this
-            .config
-            .admit(this.store, this.tenant, *this.period, answer);
-        Poll::Ready(verdict(req, decided))
+    fn resume(
+        &self,
+        (answer, (tenant, period)): (Result<Reserved, StoreError>, (TenantId, Period)),
+        req: &mut Request<B>,
+    ) -> Result<Charge<Q>, Rejection> {
+        let decided = self.config.admit(&self.store, &tenant, period, answer);
+        mark(req, decided)
     }
 }
 
@@ -313,6 +283,7 @@ impl<Q: QuotaStore> Finish for Charge<Q> {
 
     /// Charges the scan when the handler answered 2xx, releases it otherwise; the
     /// settlement is awaited, so the tenant's next request sees it.
+    #[inline]
     fn finish<B>(self, response: &mut Response<B>) -> Option<Settling<Q>> {
         let mut held = self.0?;
         let charge = response.status().is_success();
@@ -338,7 +309,7 @@ pin_project! {
     pub struct Settling<Q: QuotaStore> {
         #[pin]
         settle: Q::SettleFuture,
-        held: Option<Held<Q>>,
+        held: Option<Box<Held<Q>>>,
     }
 }
 

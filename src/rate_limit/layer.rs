@@ -1,16 +1,9 @@
 //! [`PlanRateLimitLayer`] and [`PlanRateLimit`]: the policy that spends a request from its
 //! tenant's budget, and the headers it writes.
 
-use std::{
-    borrow::Cow,
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll, ready},
-};
+use std::{borrow::Cow, sync::Arc};
 
 use http::{HeaderMap, HeaderValue, Request, Response};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 
 use super::{
@@ -20,7 +13,7 @@ use super::{
 use crate::{
     clock::{self, SharedClock},
     error::{NatError, StoreError},
-    guard::{Decision, Finish, Policy, Rejection, Verdict},
+    guard::{Finish, Policy, Rejection, Step, With},
     headers::{RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, number},
     plan::Plans,
     report,
@@ -222,29 +215,52 @@ impl<S, R, K> PlanRateLimit<S, R, K> {
 crate::guard::guarded_service!(impl<R, K> for PlanRateLimit<S, R, K>, policy = Limit<R, K>);
 
 /// The headers a decision puts on a response that passed: the `X-RateLimit-*` pair, and the
-/// draft pair when configured.
-#[derive(Debug)]
-pub struct Headers(Option<(RateDecision, bool)>);
+/// draft pair when configured. Only what they say is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Headers(Option<Counts>);
+
+#[derive(Clone, Copy, Debug)]
+struct Counts {
+    limit: u32,
+    remaining: u32,
+    // `Some(seconds until a full burst)` when the draft headers are sent.
+    draft_reset: Option<u64>,
+}
+
+impl Counts {
+    fn of(d: &RateDecision, draft: bool) -> Self {
+        Self {
+            limit: d.limit,
+            remaining: d.remaining,
+            draft_reset: draft.then(|| d.reset_secs()),
+        }
+    }
+}
 
 impl Finish for Headers {
     type Settle = std::future::Ready<()>;
 
+    #[inline]
     fn finish<B>(self, response: &mut Response<B>) -> Option<Self::Settle> {
-        if let Some((d, draft)) = self.0 {
+        if let Some(c) = self.0 {
             let headers = response.headers_mut();
-            headers.insert(X_RATELIMIT_LIMIT, number(u64::from(d.limit)));
-            headers.insert(X_RATELIMIT_REMAINING, number(u64::from(d.remaining)));
-            if draft {
-                draft_headers(headers, &d);
+            headers.insert(X_RATELIMIT_LIMIT, number(u64::from(c.limit)));
+            headers.insert(X_RATELIMIT_REMAINING, number(u64::from(c.remaining)));
+            if c.draft_reset.is_some() {
+                draft_headers(headers, c);
             }
         }
         None
     }
 }
 
-fn draft_headers(headers: &mut HeaderMap, d: &RateDecision) {
-    let policy = format!("\"default\";q={};w=60", d.limit);
-    let state = format!("\"default\";r={};t={}", d.remaining, d.reset_secs());
+fn draft_headers(headers: &mut HeaderMap, c: Counts) {
+    let policy = format!("\"default\";q={};w=60", c.limit);
+    let state = format!(
+        "\"default\";r={};t={}",
+        c.remaining,
+        c.draft_reset.unwrap_or(0)
+    );
     if let (Ok(policy), Ok(state)) = (
         HeaderValue::from_str(&policy),
         HeaderValue::from_str(&state),
@@ -263,20 +279,18 @@ impl Config {
         answer: Result<RateDecision, StoreError>,
     ) -> Result<Headers, Rejection> {
         match answer {
-            Ok(d) if d.allowed => Ok(Headers(Some((d, self.draft_headers)))),
+            Ok(d) if d.allowed => Ok(Headers(Some(Counts::of(&d, self.draft_headers)))),
             Ok(d) => {
                 let error = NatError::RateLimited {
                     retry_after: d.retry_after_secs(),
                     limit: d.limit,
                 };
                 error.report(Some(key), "rate limit exceeded");
-                let mut rejection = Rejection::from(error);
+                let mut headers = HeaderMap::new();
                 if self.draft_headers {
-                    let mut headers = HeaderMap::new();
-                    draft_headers(&mut headers, &d);
-                    rejection.headers = Some(Box::new(headers));
+                    draft_headers(&mut headers, Counts::of(&d, true));
                 }
-                Err(rejection)
+                Err(Rejection::with_headers(error, headers))
             }
             Err(err) => {
                 report::failure("rate-limit store", &err);
@@ -295,52 +309,27 @@ impl Config {
 
 impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
     type Pass = Headers;
-    type Later = Check<R, B>;
+    type Later = With<R::Future, TenantId>;
 
-    fn decide(&self, req: Request<B>) -> Decision<B, Headers, Check<R, B>> {
-        let target = match self.resolver.resolve(&req) {
+    #[inline]
+    fn decide(&self, req: &mut Request<B>) -> Step<Headers, Self::Later> {
+        let target = match self.resolver.resolve(req) {
             Ok(Some(target)) => target,
-            Ok(None) => return Decision::Now(Verdict::Pass(req, Headers(None))),
-            Err(error) => return Decision::Now(Verdict::Reject(req, error.into())),
+            Ok(None) => return Step::Pass(Headers(None)),
+            Err(error) => return Step::Reject(error.into()),
         };
         let now = self.config.clock.now();
         match self.store.check(&target.key, target.limit, now) {
-            Answer::Ready(answer) => {
-                let admitted = self.config.admit(&target.key, answer);
-                drop(target);
-                Decision::Now(Verdict::of(req, admitted))
-            }
-            Answer::Pending(check) => {
-                let key = target.key.into_owned();
-                Decision::Later(Check {
-                    check,
-                    req: Some(req),
-                    key,
-                    config: self.config.clone(),
-                })
-            }
+            Answer::Ready(answer) => Step::of(self.config.admit(&target.key, answer)),
+            Answer::Pending(check) => Step::Later(With::new(check, target.key.into_owned())),
         }
     }
-}
 
-pin_project! {
-    /// A rate check that answers later, and the request waiting for it.
-    pub struct Check<R: RateStore, B> {
-        #[pin]
-        check: R::Future,
-        req: Option<Request<B>>,
-        key: TenantId,
-        config: Arc<Config>,
-    }
-}
-
-impl<R: RateStore, B> Future for Check<R, B> {
-    type Output = Verdict<B, Headers>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let answer = ready!(this.check.poll(cx));
-        let req = this.req.take().expect("polled after completion");
-        Poll::Ready(Verdict::of(req, this.config.admit(this.key, answer)))
+    fn resume(
+        &self,
+        (answer, key): (Result<RateDecision, StoreError>, TenantId),
+        _: &mut Request<B>,
+    ) -> Result<Headers, Rejection> {
+        self.config.admit(&key, answer)
     }
 }

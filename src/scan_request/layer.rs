@@ -17,7 +17,7 @@ use tower_layer::Layer;
 
 use super::validate::{Invalid, content_type_ok, declared_too_large, validate};
 use crate::{
-    guard::{Decision, Policy, Verdict},
+    guard::{Policy, Rejection, Step},
     path::client_path,
     plan::ScanKind,
 };
@@ -160,65 +160,75 @@ impl<S> ValidateScanRequest<S> {
 
 crate::guard::guarded_service!(impl<> for ValidateScanRequest<S>, policy = ValidateScan);
 
-fn refuse<B>(req: Request<B>, invalid: Invalid) -> Verdict<B, ()> {
+fn refuse(invalid: Invalid) -> Rejection {
     let reason = invalid.reason();
     let error = invalid.into_error();
     error.report(None, reason);
-    Verdict::Reject(req, error.into())
+    error.into()
 }
 
 impl<B: Body + From<Bytes>> Policy<B> for ValidateScan {
     type Pass = ();
     type Later = ReadBody<B>;
 
-    fn decide(&self, req: Request<B>) -> Decision<B, (), ReadBody<B>> {
+    #[inline]
+    fn decide(&self, req: &mut Request<B>) -> Step<(), ReadBody<B>> {
         // Not a scan creation, or one a layer outside this one validated already.
-        if !self.config.is_scan(&req) || req.extensions().get::<ScanKind>().is_some() {
-            return Decision::Now(Verdict::Pass(req, ()));
+        if !self.config.is_scan(req) || req.extensions().get::<ScanKind>().is_some() {
+            return Step::Pass(());
         }
         if !content_type_ok(req.headers()) {
-            return Decision::Now(refuse(req, Invalid::ContentType));
+            return Step::Reject(refuse(Invalid::ContentType));
         }
         if declared_too_large(req.headers(), self.config.limit) {
-            return Decision::Now(refuse(req, Invalid::TooLarge(self.config.limit)));
+            return Step::Reject(refuse(Invalid::TooLarge(self.config.limit)));
         }
-        let (parts, body) = req.into_parts();
-        Decision::Later(ReadBody {
+        // The body is read here and handed back, as bytes, once it is checked.
+        let body = mem::replace(req.body_mut(), B::from(Bytes::new()));
+        Step::Later(ReadBody {
             body,
             buf: Vec::new(),
-            parts: Some(parts),
-            config: self.config.clone(),
+            limit: self.config.limit,
         })
+    }
+
+    fn resume(&self, read: Result<Bytes, Invalid>, req: &mut Request<B>) -> Result<(), Rejection> {
+        let bytes = read.map_err(refuse)?;
+        let checked = validate(&bytes, self.config.default_kind);
+        // The handler gets the bytes that were read, whatever the verdict.
+        *req.body_mut() = B::from(bytes);
+        let kind = checked.map_err(refuse)?;
+        req.extensions_mut().insert(kind);
+        Ok(())
     }
 }
 
 pin_project! {
-    /// A scan body being read within the limit, then checked.
+    /// A scan body being read, within the limit.
     pub struct ReadBody<B> {
         #[pin]
         body: B,
         buf: Vec<u8>,
-        parts: Option<http::request::Parts>,
-        config: Arc<Config>,
+        limit: usize,
     }
 }
 
-impl<B: Body + From<Bytes>> Future for ReadBody<B> {
-    type Output = Verdict<B, ()>;
+impl<B: Body> Future for ReadBody<B> {
+    type Output = Result<Bytes, Invalid>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let limit = this.config.limit;
-        let read = loop {
+        let limit = *this.limit;
+        loop {
             match ready!(this.body.as_mut().poll_frame(cx)) {
-                None => break Ok(()),
-                Some(Err(_)) => break Err(Invalid::Unreadable),
+                None => return Poll::Ready(Ok(Bytes::from(mem::take(this.buf)))),
+                Some(Err(_)) => return Poll::Ready(Err(Invalid::Unreadable)),
                 Some(Ok(frame)) => {
                     let Ok(mut data) = frame.into_data() else {
                         continue; // trailers
                     };
                     if this.buf.len() + data.remaining() > limit {
-                        break Err(Invalid::TooLarge(limit));
+                        return Poll::Ready(Err(Invalid::TooLarge(limit)));
                     }
                     while data.has_remaining() {
                         let chunk = data.chunk();
@@ -228,18 +238,6 @@ impl<B: Body + From<Bytes>> Future for ReadBody<B> {
                     }
                 }
             }
-        };
-        let parts = this.parts.take().expect("polled after completion");
-        let bytes = Bytes::from(mem::take(this.buf));
-        let checked = read.and_then(|()| validate(&bytes, this.config.default_kind));
-        // The handler gets the bytes that were read, whatever the verdict.
-        let mut req = Request::from_parts(parts, B::from(bytes));
-        Poll::Ready(match checked {
-            Ok(kind) => {
-                req.extensions_mut().insert(kind);
-                Verdict::Pass(req, ())
-            }
-            Err(invalid) => refuse(req, invalid),
-        })
+        }
     }
 }

@@ -10,9 +10,9 @@ use serde::{
 
 use crate::{error::NatError, plan::ScanKind};
 
-/// Why a scan body was refused.
+/// Why a scan body was refused. (Public in a private module: the read future names it.)
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Invalid {
+pub enum Invalid {
     ContentType,
     TooLarge(usize),
     Unreadable,
