@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --example costs
-//! for layer in bare guard envelope billing auth rate scan gate quota stack; do
+//! for layer in bare bare-fresh guard envelope billing auth rate scan gate quota stack; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!     --toggle-collect='costs::run*' target/release/examples/costs $layer 20000 2>&1 |
 //!     grep -E 'Collected'
@@ -11,9 +11,11 @@
 //! ```
 //!
 //! Each run sends `N` requests (1,000 tenants in turn, each request a clone of a prebuilt
-//! one that carries its `Tenant`, as the criterion bench does) through one layer over a
-//! handler that answers at once; only `run` is counted. Instructions per request are the
-//! count divided by `N`; a layer's own cost is that minus the bare handler's.
+//! one) through one layer over a handler that answers at once; only `run` is counted. The
+//! layers behind authentication get requests that carry their `Tenant`, as authentication
+//! leaves them; authentication and the whole stack get fresh requests, with a key and no
+//! `Tenant` (`bare-fresh` is their bare handler). Instructions per request are the count
+//! divided by `N`; a layer's own cost is that minus its bare handler's.
 
 use std::{
     convert::Infallible,
@@ -109,10 +111,19 @@ fn main() {
             req
         })
         .collect();
+    let fresh: Vec<Request<Full<Bytes>>> = requests
+        .iter()
+        .map(|req| {
+            let mut req = req.clone();
+            req.extensions_mut().clear();
+            req
+        })
+        .collect();
     let clock = FakeClock::new(Duration::from_secs(1_750_000_000));
     let shared = || Arc::new(clock.clone());
     match layer.as_str() {
         "bare" => run(&mut handler(), &requests, &clock, n),
+        "bare-fresh" => run(&mut handler(), &fresh, &clock, n),
         "guard" => run(
             &mut InternalErrorGuardLayer::new().layer(handler()),
             &requests,
@@ -127,7 +138,7 @@ fn main() {
         ),
         "auth" => run(
             &mut ApiKeyAuthLayer::new(keys).clock(shared()).layer(handler()),
-            &requests,
+            &fresh,
             &clock,
             n,
         ),
@@ -168,13 +179,13 @@ fn main() {
                 .plans(plans)
                 .clock(shared())
                 .layer(handler()),
-            &requests,
+            &fresh,
             &clock,
             n,
         ),
         other => {
             eprintln!(
-                "unknown layer {other}: bare, guard, envelope, billing, auth, rate, scan, gate, quota, stack"
+                "unknown layer {other}: bare, bare-fresh, guard, envelope, billing, auth, rate, scan, gate, quota, stack"
             );
             std::process::exit(2);
         }

@@ -65,7 +65,8 @@ pub enum NatError {
         /// What is wrong with the request.
         message: Cow<'static, str>,
     },
-    /// 401 `UNAUTHORIZED`: missing or invalid API key (one message for every cause).
+    /// 401 `UNAUTHORIZED`: missing or invalid API key. One message for every cause, by
+    /// contract (no oracle): a server's own authentication answers the same bytes.
     Unauthorized,
     /// 402 `QUOTA_EXCEEDED`: the monthly scan quota is used up until `resets_on`.
     QuotaExceeded {

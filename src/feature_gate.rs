@@ -12,7 +12,7 @@
 //! The 403 names the feature and the plan:
 //! `{"error":"FEATURE_NOT_AVAILABLE","message":"Security scanning is not available on the Free plan. Upgrade to access.","feature":"security_scanning","plan":"free"}`.
 //! Features are those of the request's plan in the [`Plans`] table (the
-//! built-in ones, or your own by name). A request with no [`Tenant`](crate::tenant::Tenant)
+//! built-in ones, or your own by name). A request with no [`Tenant`]
 //! is refused with 401 unless authentication marked it
 //! [`AuthExempt`](crate::tenant::AuthExempt); a tenant whose plan the table lacks gets 500.
 //!

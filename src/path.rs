@@ -17,17 +17,75 @@ pub(crate) fn client_path<B>(req: &http::Request<B>) -> &str {
     req.uri().path()
 }
 
-/// A set of exact paths and path prefixes. A prefix `/a/b` matches `/a/b` and `/a/b/...`,
-/// not `/a/bc`; a trailing slash on the prefix is ignored.
+/// A route path as axum writes it: literal segments, `{name}` for any one non-empty
+/// segment, and `{*name}` last for the rest of the path (at least one character). A path of
+/// literal segments only matches exactly that path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Pattern {
+    Exact(String),
+    Segments(Vec<Segment>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Segment {
+    Literal(String),
+    Param,
+    Rest,
+}
+
+impl Pattern {
+    pub(crate) fn new(path: &str) -> Self {
+        if !path.contains('{') {
+            return Pattern::Exact(path.to_owned());
+        }
+        let segments = path
+            .split('/')
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) if name.starts_with('*') => Segment::Rest,
+                    Some(_) => Segment::Param,
+                    None => Segment::Literal(s.to_owned()),
+                },
+            )
+            .collect();
+        Pattern::Segments(segments)
+    }
+
+    pub(crate) fn matches(&self, path: &str) -> bool {
+        let segments = match self {
+            Pattern::Exact(exact) => return exact == path,
+            Pattern::Segments(segments) => segments,
+        };
+        let mut parts = path.split('/');
+        for segment in segments {
+            match segment {
+                Segment::Rest => return parts.any(|p| !p.is_empty()),
+                Segment::Param => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(literal) => {
+                    if parts.next() != Some(literal.as_str()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// A set of route paths ([`Pattern`]s) and path prefixes. A prefix `/a/b` matches `/a/b` and
+/// `/a/b/...`, not `/a/bc`; a trailing slash on the prefix is ignored.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Routes {
-    exact: Vec<String>,
+    exact: Vec<Pattern>,
     prefixes: Vec<String>,
 }
 
 impl Routes {
     pub(crate) fn add_exact(&mut self, path: impl Into<String>) {
-        self.exact.push(path.into());
+        self.exact.push(Pattern::new(&path.into()));
     }
 
     pub(crate) fn add_prefix(&mut self, prefix: impl Into<String>) {
@@ -39,7 +97,7 @@ impl Routes {
     }
 
     pub(crate) fn matches(&self, path: &str) -> bool {
-        self.exact.iter().any(|p| p == path)
+        self.exact.iter().any(|p| p.matches(path))
             || self.prefixes.iter().any(|p| under_prefix(path, p, false))
     }
 
@@ -67,7 +125,27 @@ fn under_prefix(path: &str, prefix: &str, ignore_case: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Routes;
+    use super::{Pattern, Routes};
+
+    #[test]
+    fn patterns_match_as_axum_routes_do() {
+        let p = Pattern::new("/api/v1/projects/{id}/scans");
+        assert!(p.matches("/api/v1/projects/7/scans"));
+        for path in [
+            "/api/v1/projects//scans",
+            "/api/v1/projects/7/scans/",
+            "/api/v1/projects/7",
+            "/api/v1/projects/7/scans/x",
+            "/api/v1/projects/7/scan",
+        ] {
+            assert!(!p.matches(path), "{path}");
+        }
+        let rest = Pattern::new("/files/{*path}");
+        assert!(rest.matches("/files/a") && rest.matches("/files/a/b/c"));
+        assert!(!rest.matches("/files/") && !rest.matches("/files"));
+        let exact = Pattern::new("/healthz");
+        assert!(exact.matches("/healthz") && !exact.matches("/healthz/"));
+    }
 
     #[test]
     fn prefixes_match_whole_segments() {

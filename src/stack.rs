@@ -12,7 +12,7 @@ use crate::{
     error::StoreError,
     feature_gate::{FeatureGate, FeatureGateLayer},
     internal_error::{InternalErrorGuard, InternalErrorGuardLayer},
-    plan::Plans,
+    plan::{Plans, PlansError},
     quota::{MemoryQuotaStore, QuotaGuard, QuotaGuardLayer, QuotaStore, Usage, UsageReader},
     rate_limit::{MemoryRateStore, PlanRateLimit, PlanRateLimitLayer},
     scan_request::{ValidateScanRequest, ValidateScanRequestLayer},
@@ -51,6 +51,13 @@ pub type ScanCreation<S, Q = MemoryQuotaStore> = ValidateScanRequest<FeatureGate
 /// meaning by placement: [`NatLayer::scan_creation`] on the scan route, and
 /// [`BillingConfiguredLayer::every_request`] on the billing routes. Put CORS outside it (a
 /// preflight carries no API key).
+///
+/// A layer only sees the requests its router hands it. On a nested router, paths the router
+/// does not know go to the outer router's fallback: put an
+/// [`ErrorEnvelopeLayer`](crate::envelope::ErrorEnvelopeLayer) on the top router too, so that
+/// 404 is in the envelope as well (two envelope layers in a row are harmless: the second
+/// sees JSON). Such paths then answer 404 without asking for a key, where the layer at the
+/// top would answer 401 first and keep the route map to itself.
 ///
 /// # Example
 ///
@@ -278,6 +285,20 @@ impl<K, R, Q: Clone> NatLayer<K, R, Q> {
             features: self.scans.features.clone(),
             quota: self.scans.quota.clone(),
         }
+    }
+}
+
+impl<K, R, Q> NatLayer<K, R, Q> {
+    /// A feature gate for routes that need `feature` (built in, or defined by this layer's
+    /// plan table), sharing the table: `.route_layer(nat.require_feature("exports")?)`. An
+    /// unknown name is an error here, when the app is built, never a 403 later.
+    pub fn require_feature(&self, feature: &str) -> Result<FeatureGateLayer, PlansError> {
+        let feature = self
+            .plans
+            .feature(feature)
+            .cloned()
+            .ok_or_else(|| PlansError::unknown_feature(feature))?;
+        Ok(FeatureGateLayer::require(feature, self.plans.clone()))
     }
 }
 

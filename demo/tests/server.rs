@@ -469,3 +469,34 @@ async fn the_demos_own_refusals_are_in_the_envelope() {
         .await
         .assert_envelope(404, NOT_FOUND);
 }
+
+/// A request whose body never finishes is answered 408 in the envelope after the demo's
+/// request timeout (tokio's paused clock: no wall time).
+#[tokio::test(start_paused = true)]
+async fn a_slow_body_gets_a_408_in_the_envelope() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = demo(BillingConfiguredLayer::new(false)).await;
+    let key = s.key(Plan::PRO).to_owned();
+    let started = tokio::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/scan HTTP/1.1\r\nhost: demo\r\nx-api-key: {key}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"url\":"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(120), slow.read_to_end(&mut received));
+    read.await.expect("the server answers and closes").unwrap();
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 408 Request Timeout"), "{text}");
+    assert!(
+        text.ends_with(r#"{"error":"INVALID_REQUEST","message":"Request Timeout."}"#),
+        "{text}"
+    );
+    assert!(
+        waited >= nat_demo::REQUEST_TIMEOUT
+            && waited < nat_demo::REQUEST_TIMEOUT + Duration::from_secs(1),
+        "{waited:?}"
+    );
+}

@@ -18,7 +18,7 @@ use crate::{
     path::{Routes, client_path},
     report,
     store::Answer,
-    tenant::AuthExempt,
+    tenant::{AuthExempt, Tenant},
 };
 
 /// Applies [`ApiKeyAuth`] to a service.
@@ -61,8 +61,8 @@ impl<K> ApiKeyAuthLayer<K> {
         Arc::make_mut(&mut self.policy.config)
     }
 
-    /// Lets requests to exactly `path` (as the client sent it) through without a key, e.g.
-    /// `/healthz`.
+    /// Lets requests to `path` (as the client sent it, written as an axum route: `/healthz`,
+    /// `/public/{id}`) through without a key.
     #[must_use]
     pub fn exempt(mut self, path: impl Into<String>) -> Self {
         self.config_mut().exempt.add_exact(path);
@@ -179,6 +179,11 @@ impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
 
     #[inline]
     fn decide(&self, req: &mut Request<B>) -> Step<(), K::Future> {
+        // Authenticated (or exempted) by a layer of the server's own outside this one.
+        let extensions = req.extensions();
+        if extensions.get::<Tenant>().is_some() || extensions.get::<AuthExempt>().is_some() {
+            return Step::Pass(());
+        }
         if self.config.exempt.matches(client_path(req)) {
             req.extensions_mut().insert(AuthExempt);
             return Step::Pass(());

@@ -13,8 +13,16 @@
 //!
 //! Exempt routes ([`ApiKeyAuthLayer::exempt`]) are matched against the path the client sent,
 //! also when a framework stripped a prefix before this layer (axum's `nest`: with the `axum`
-//! feature the layer reads axum's `OriginalUri`). Write them as the client sees them:
-//! `/api/v1/billing/webhook`, not `/billing/webhook`.
+//! feature the layer reads axum's `OriginalUri`). Write them as the client sees them, as axum
+//! routes: `/api/v1/billing/webhook`, not `/billing/webhook`; `/api/v1/public/{id}`.
+//!
+//! **Authentication of your own.** A request that reaches this layer with a
+//! [`Tenant`](crate::tenant::Tenant) (or [`AuthExempt`](crate::tenant::AuthExempt)) already in
+//! its extensions was authenticated by a layer of the server's own outside this one: it passes
+//! without a key, and the layers behind (rate limit, quota, feature gate) serve that tenant.
+//! So a server can put its own session or token auth in front of
+//! [`NatLayer`](crate::NatLayer) for some routes. Clients cannot put anything in the
+//! extensions; only server code can.
 //!
 //! # Example
 //!

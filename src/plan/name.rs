@@ -43,7 +43,7 @@ pub(crate) fn valid_name(name: &str) -> bool {
 }
 
 macro_rules! named {
-    ($(#[$meta:meta])* $name:ident) => {
+    ($(#[$meta:meta])* $name:ident, $example:literal, $display_example:literal) => {
         $(#[$meta])*
         #[derive(Clone)]
         pub struct $name {
@@ -55,12 +55,12 @@ macro_rules! named {
         }
 
         impl $name {
-            /// The name as configuration, JSON bodies and logs write it (e.g. `pro`).
+            #[doc = concat!("The name as configuration, JSON bodies and logs write it (e.g. `", $example, "`).")]
             pub fn name(&self) -> &str {
                 self.name.as_str()
             }
 
-            /// The name as messages write it (e.g. `Pro`).
+            #[doc = concat!("The name as messages write it (e.g. `", $display_example, "`).")]
             pub fn display_name(&self) -> &str {
                 self.display.as_str()
             }
@@ -132,14 +132,18 @@ named!(
     /// Key stores hand plans out by name ([`Plan::new`]); what a plan allows is looked up in
     /// the table, so a plan the table does not define is refused with 500 `INTERNAL_ERROR`
     /// (and reported), never given any limits by guess. Cheap to clone.
-    Plan
+    Plan,
+    "pro",
+    "Pro"
 );
 
 named!(
     /// A plan feature a route or a scan kind can require: the built-in
     /// [`Feature::SECURITY_SCANNING`] and [`Feature::WEBHOOKS`], or one of your own defined in
     /// the [`Plans`](super::Plans) table ([`Plans::feature`](super::Plans::feature) looks it up).
-    Feature
+    Feature,
+    "security_scanning",
+    "Security scanning"
 );
 
 impl Plan {

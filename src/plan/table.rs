@@ -430,6 +430,10 @@ impl PlansError {
         }
     }
 
+    pub(crate) fn unknown_feature(name: &str) -> Self {
+        Self::new(format!("unknown feature `{name}`"))
+    }
+
     fn json(error: serde_json::Error) -> Self {
         Self {
             message: "the JSON does not describe a plan table".to_owned(),

@@ -18,7 +18,7 @@ use tower_layer::Layer;
 use super::validate::{Invalid, content_type_ok, declared_too_large, validate};
 use crate::{
     guard::{Policy, Rejection, Step},
-    path::client_path,
+    path::{Pattern, client_path},
     plan::ScanKind,
 };
 
@@ -34,7 +34,7 @@ enum Routes {
     /// `POST /api/v1/scan`, until a route of the server's own replaces it.
     Default,
     /// These methods and paths, as the client sent them.
-    Paths(Vec<(Method, String)>),
+    Paths(Vec<(Method, Pattern)>),
     /// Every request the layer sees (the layer sits on the scan route itself).
     Every,
 }
@@ -55,7 +55,9 @@ impl Config {
             }
             Routes::Paths(routes) => {
                 let path = client_path(req);
-                routes.iter().any(|(m, p)| req.method() == m && path == p)
+                routes
+                    .iter()
+                    .any(|(m, p)| req.method() == m && p.matches(path))
             }
         }
     }
@@ -98,11 +100,12 @@ impl ValidateScanRequestLayer {
         Arc::make_mut(&mut self.policy.config)
     }
 
-    /// Treats `method path` (the path the client sent) as scan creation. The first call
-    /// replaces the default `POST /api/v1/scan`; later calls add routes.
+    /// Treats `method path` as scan creation: the path the client sent, written as an axum
+    /// route (`/api/v1/projects/{id}/scans`: `{name}` is any one segment, `{*name}` the rest).
+    /// The first call replaces the default `POST /api/v1/scan`; later calls add routes.
     #[must_use]
     pub fn route(mut self, method: Method, path: impl Into<String>) -> Self {
-        let route = (method, path.into());
+        let route = (method, Pattern::new(&path.into()));
         let config = self.config_mut();
         match &mut config.routes {
             Routes::Paths(routes) => routes.push(route),
@@ -111,9 +114,11 @@ impl ValidateScanRequestLayer {
         self
     }
 
-    /// Treats every request this layer sees as a scan creation, whatever its path: for a
-    /// layer placed on the scan route itself (axum's `route_layer`, a handler's `layer`), so
-    /// no path is matched at all.
+    /// Treats every request this layer sees as a scan creation, whatever its path **and
+    /// method**: for a layer placed on the scan route's handler itself
+    /// (`post(create).route_layer(..)`, a handler's `layer`), so no path is matched at all.
+    /// On a whole router, or on a route with other methods, it would take their requests for
+    /// scan creations too (and refuse a `GET` without a body with 400).
     #[must_use]
     pub fn every_request(mut self) -> Self {
         self.config_mut().routes = Routes::Every;

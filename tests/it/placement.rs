@@ -235,3 +235,105 @@ async fn both_placements_charge_once() {
         .assert_envelope(402, &quota_body("2025-02-01"));
     assert_eq!(nat.usage(&tenant).await.unwrap().scans_used, 1);
 }
+
+/// A scan route by path, written as an axum route with a parameter: matched by path.
+#[tokio::test]
+async fn scan_routes_by_path_take_axum_route_templates() {
+    let nat = nat().scan_validation(
+        ValidateScanRequestLayer::new().route(Method::POST, "/api/v1/projects/{id}/scans"),
+    );
+    let projects = Router::new().route(
+        "/{id}/scans",
+        post(|| async { (StatusCode::ACCEPTED, "{}") }).get(|| async { "[]" }),
+    );
+    let app = Router::new().nest("/api/v1/projects", projects.layer(nat));
+    let wire = Wire::start(app).await;
+    let post = |body: &'static str| {
+        let wire = &wire;
+        async move {
+            wire.call(
+                Method::POST,
+                "/api/v1/projects/7/scans",
+                Some(FREE_KEY),
+                Some(body),
+            )
+            .await
+        }
+    };
+    post(r#"{"mode":"full"}"#)
+        .await
+        .assert_envelope(400, &invalid("Missing required field: url."));
+    post(r#"{"url":"u","mode":"security"}"#)
+        .await
+        .assert_envelope(403, SECURITY_ON_FREE);
+    assert_eq!(post(r#"{"url":"u"}"#).await.status, 202);
+    post(r#"{"url":"u"}"#)
+        .await
+        .assert_envelope(402, &quota_body("2025-02-01"));
+    // The listing on the same path is not a scan creation.
+    let list = wire
+        .call(
+            Method::GET,
+            "/api/v1/projects/7/scans",
+            Some(FREE_KEY),
+            None,
+        )
+        .await;
+    assert_eq!((list.status.as_u16(), list.body.as_str()), (200, "[]"));
+}
+
+/// Authentication of the server's own, in front of `NatLayer`: its tenant passes the key
+/// check and is served by the rate limit, the feature gates and the quota.
+#[tokio::test]
+async fn authentication_of_the_servers_own_in_front() {
+    use axum::{extract::Request, middleware::Next, response::Response};
+    async fn admin_token(mut req: Request, next: Next) -> Response {
+        if req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v == "Bearer s3cret")
+        {
+            req.extensions_mut().insert(tower_nat::tenant::Tenant::new(
+                "free",
+                Plan::FREE,
+                "admin",
+            ));
+        }
+        next.run(req).await
+    }
+    let nat = nat();
+    let exports = nat.require_feature("webhooks").unwrap();
+    assert_eq!(
+        nat.require_feature("exportz").unwrap_err().to_string(),
+        "invalid plan table: unknown feature `exportz`"
+    );
+    let app = api("/api/v1")
+        .route(
+            "/api/v1/hooks",
+            post(|| async { "hooked" }).route_layer(exports),
+        )
+        .layer(nat)
+        .layer(axum::middleware::from_fn(admin_token));
+    let wire = Wire::start(app).await;
+    let token = [("authorization", "Bearer s3cret")];
+    let admin = |method: Method, path: &'static str, body: Option<&'static str>| {
+        let wire = &wire;
+        async move { wire.request(method, path, &token, body).await }
+    };
+    let usage = admin(Method::GET, "/api/v1/usage", None).await;
+    assert_eq!(usage.status, 200);
+    assert_eq!(usage.headers["x-ratelimit-limit"], "30");
+    let scan = admin(Method::POST, "/api/v1/scan", Some(r#"{"url":"u"}"#)).await;
+    assert_eq!(scan.status, 202);
+    admin(Method::POST, "/api/v1/scan", Some(r#"{"url":"u"}"#))
+        .await
+        .assert_envelope(402, &quota_body("2025-02-01"));
+    admin(Method::POST, "/api/v1/hooks", None).await.assert_envelope(
+        403,
+        r#"{"error":"FEATURE_NOT_AVAILABLE","message":"Webhooks is not available on the Free plan. Upgrade to access.","feature":"webhooks","plan":"free"}"#,
+    );
+    // Without the token, the key check applies as before.
+    wire.call(Method::GET, "/api/v1/usage", None, None)
+        .await
+        .assert_envelope(401, UNAUTHORIZED);
+}

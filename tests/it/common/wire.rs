@@ -63,11 +63,23 @@ impl Wire {
         key: Option<&str>,
         body: Option<&str>,
     ) -> Reply {
+        let key = key.map(|k| ("x-api-key", k));
+        self.request(method, path, key.as_slice(), body).await
+    }
+
+    /// `method path` with these headers and an optional JSON body.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{}{}", self.addr, path));
-        if let Some(k) = key {
-            req = req.header("x-api-key", k);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         if body.is_some() {
             req = req.header("content-type", "application/json");
