@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo build --release --example costs
-//! for layer in bare bare-fresh guard envelope billing auth rate scan gate quota stack; do
+//! for layer in bare bare-fresh guard envelope billing auth rate scan gate quota stack \
+//!     stack-no-envelope; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!     --toggle-collect='costs::run*' target/release/examples/costs $layer 20000 2>&1 |
 //!     grep -E 'Collected'
@@ -183,9 +184,19 @@ fn main() {
             &clock,
             n,
         ),
+        "stack-no-envelope" => run(
+            &mut NatLayer::new(keys)
+                .plans(plans)
+                .clock(shared())
+                .error_envelope(false)
+                .layer(handler()),
+            &fresh,
+            &clock,
+            n,
+        ),
         other => {
             eprintln!(
-                "unknown layer {other}: bare, bare-fresh, guard, envelope, billing, auth, rate, scan, gate, quota, stack"
+                "unknown layer {other}: bare, bare-fresh, guard, envelope, billing, auth, rate, scan, gate, quota, stack, stack-no-envelope"
             );
             std::process::exit(2);
         }
