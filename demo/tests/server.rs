@@ -403,52 +403,49 @@ async fn internal_errors_over_the_wire() {
     a.assert_envelope(401, UNAUTHORIZED);
 }
 
+/// Writes `bytes` on a new connection and reads until the server closes it (or two minutes
+/// pass, and the test fails): what came back, and how long it took on tokio's clock.
+async fn until_closed(addr: SocketAddr, bytes: &[u8]) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = tokio::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut received));
+    read.await
+        .expect("the server closes the connection")
+        .unwrap();
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Whether `waited` is `timeout`, give or take a second.
+fn about(waited: Duration, timeout: Duration) -> bool {
+    waited >= timeout && waited < timeout + Duration::from_secs(1)
+}
+
 /// A connection that sends half a request line, and a keep-alive connection left idle, are
 /// both closed after the demo's header-read timeout (on tokio's paused clock: the test takes
 /// no wall time).
 #[tokio::test(start_paused = true)]
 async fn half_requests_and_idle_connections_are_closed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let timeout = nat_demo::HEADER_READ_TIMEOUT;
     let s = demo(BillingConfiguredLayer::new(false)).await;
 
-    let started = tokio::time::Instant::now();
-    let mut half = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    half.write_all(b"GET /healthz HT").await.unwrap();
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(60), half.read_to_end(&mut received));
-    read.await
-        .expect("the server closes the connection")
-        .unwrap();
-    let waited = started.elapsed();
+    let (text, waited) = until_closed(s.addr, b"GET /healthz HT").await;
+    assert!(about(waited, timeout), "{waited:?}");
     assert!(
-        waited >= timeout && waited < timeout + Duration::from_secs(1),
-        "{waited:?}"
-    );
-    assert!(
-        received.is_empty() || received.starts_with(b"HTTP/1.1 408"),
-        "{}",
-        String::from_utf8_lossy(&received)
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
     );
 
-    let started = tokio::time::Instant::now();
-    let mut idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: demo\r\n\r\n")
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(60), idle.read_to_end(&mut received));
-    read.await
-        .expect("the server closes the connection")
-        .unwrap();
-    let waited = started.elapsed();
-    let text = String::from_utf8_lossy(&received);
+    let request = b"GET /healthz HTTP/1.1\r\nhost: demo\r\n\r\n";
+    let (text, waited) = until_closed(s.addr, request).await;
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.ends_with(r#"{"status":"ok"}"#), "{text}");
-    assert!(
-        waited >= timeout && waited < timeout + Duration::from_secs(1),
-        "{waited:?}"
-    );
+    assert!(about(waited, timeout), "{waited:?}");
 }
 
 /// The demo's own routes answer in the envelope too: a path parameter that is not UTF-8,
@@ -474,21 +471,13 @@ async fn the_demos_own_refusals_are_in_the_envelope() {
 /// request timeout (tokio's paused clock: no wall time).
 #[tokio::test(start_paused = true)]
 async fn a_slow_body_gets_a_408_in_the_envelope() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = demo(BillingConfiguredLayer::new(false)).await;
     let key = s.key(Plan::PRO).to_owned();
-    let started = tokio::time::Instant::now();
-    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let head = format!(
         "POST /api/v1/scan HTTP/1.1\r\nhost: demo\r\nx-api-key: {key}\r\n\
          content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"url\":"
     );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(120), slow.read_to_end(&mut received));
-    read.await.expect("the server answers and closes").unwrap();
-    let waited = started.elapsed();
-    let text = String::from_utf8_lossy(&received);
+    let (text, waited) = until_closed(s.addr, head.as_bytes()).await;
     assert!(text.starts_with("HTTP/1.1 408 Request Timeout"), "{text}");
     assert!(
         text.ends_with(r#"{"error":"INVALID_REQUEST","message":"Request Timeout."}"#),

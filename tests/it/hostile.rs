@@ -18,7 +18,7 @@ use axum::{
 };
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_nat::{
     NatError, NatLayer,
@@ -786,11 +786,7 @@ async fn hostile_requests_get_the_documented_answer_and_nothing_else() {
         }
         let body = match case.body {
             CaseBody::Bytes(bytes) => Body::from(bytes),
-            CaseBody::Chunks(chunks) => {
-                Body::new(StreamBody::new(Iter(chunks.into_iter().map(|c| {
-                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(c)))
-                }))))
-            }
+            CaseBody::Chunks(chunks) => crate::common::chunked(chunks),
         };
         let before = s.hits.load(Ordering::SeqCst);
         let response: Response = s
@@ -832,17 +828,4 @@ async fn hostile_requests_get_the_documented_answer_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(usage.scans_used as usize, accepted_scans);
-}
-
-/// A stream over an iterator, without a futures crate.
-struct Iter<I>(I);
-
-impl<I: Iterator + Unpin> futures_core::Stream for Iter<I> {
-    type Item = I::Item;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<I::Item>> {
-        std::task::Poll::Ready(self.0.next())
-    }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::common::{
-    INTERNAL, UNAUTHORIZED, assert_envelope, handler, quota_body, scan, send,
+    Gated, INTERNAL, UNAUTHORIZED, assert_envelope, handler, quota_body, scan, send,
     stores::{Broken, Later},
 };
 use bytes::Bytes;
@@ -162,25 +162,12 @@ async fn a_dropped_request_future_is_not_charged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creations_never_overdraw() {
     let s = setup(UtcDate::new(2025, 5, 5).unwrap(), Plans::default());
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let inside = Arc::new(AtomicUsize::new(0));
-    let entered = Arc::new(tokio::sync::Notify::new());
-    let (g, i, e) = (gate.clone(), inside.clone(), entered.clone());
+    // Every admitted request stays in flight until the test opens the gate.
+    let gated = Gated::default();
     let svc = ServiceBuilder::new()
         .layer(ValidateScanRequestLayer::new())
         .layer(s.quota.clone())
-        .service_fn(move |_req: Request<Full<Bytes>>| {
-            let (g, i, e) = (g.clone(), i.clone(), e.clone());
-            async move {
-                i.fetch_add(1, Ordering::SeqCst);
-                e.notify_one();
-                // Every admitted request stays in flight until the test opens the gate.
-                g.acquire().await.unwrap().forget();
-                let mut r = Response::new(Full::<Bytes>::default());
-                *r.status_mut() = StatusCode::ACCEPTED;
-                Ok::<_, Infallible>(r)
-            }
-        });
+        .service(gated.service());
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let svc = svc.clone();
@@ -192,18 +179,16 @@ async fn concurrent_creations_never_overdraw() {
             })
         })
         .collect();
-    while inside.load(Ordering::SeqCst) < 50 {
-        entered.notified().await;
-    }
+    gated.until(|| gated.inside() >= 50).await;
     assert_eq!(s.quota.store().in_flight("acme").functional, 50);
-    gate.add_permits(64);
+    gated.open(64);
     let mut statuses = Vec::new();
     for t in tasks {
         statuses.push(t.await.unwrap().as_u16());
     }
     assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 50);
     assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 14);
-    assert_eq!(inside.load(Ordering::SeqCst), 50);
+    assert_eq!(gated.inside(), 50);
     assert_eq!(used(&s.quota, &free()).await, (50, 0));
 }
 

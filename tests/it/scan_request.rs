@@ -6,11 +6,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::common::invalid;
 use crate::common::{assert_envelope, send};
+use crate::common::{chunked, invalid};
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_nat::{plan::ScanKind, scan_request::ValidateScanRequestLayer};
 
@@ -245,9 +245,7 @@ async fn chunked_bodies_that_run_past_the_limit_are_refused() {
             async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
         });
     // 100 chunks of 64 bytes, no Content-Length.
-    let chunks =
-        (0..100).map(|_| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(vec![b' '; 64]))));
-    let body = axum::body::Body::new(StreamBody::new(futures_iter(chunks)));
+    let body = chunked(vec![vec![b' '; 64]; 100]);
     let response = svc
         .oneshot(Request::post("/api/v1/scan").body(body).unwrap())
         .await
@@ -259,21 +257,4 @@ async fn chunked_bodies_that_run_past_the_limit_are_refused() {
         invalid("Request body too large: the limit is 1000 bytes.")
     );
     assert_eq!(*calls.lock().unwrap(), 0);
-}
-
-/// A stream over an iterator, without pulling in a futures crate.
-fn futures_iter<I: Iterator + Unpin>(iter: I) -> IterStream<I> {
-    IterStream(iter)
-}
-
-struct IterStream<I>(I);
-
-impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
-    type Item = I::Item;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<I::Item>> {
-        std::task::Poll::Ready(self.0.next())
-    }
 }

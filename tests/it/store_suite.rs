@@ -2,7 +2,6 @@
 //! the Redis stores, so the backends agree on every number.
 
 use std::{
-    convert::Infallible,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -10,10 +9,8 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{handler, header, plain, scan, send, tenant};
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use crate::common::{Gated, handler, header, plain, scan, send, tenant};
+use http::StatusCode;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_nat::{
     clock::{FakeClock, UtcDate},
@@ -185,31 +182,18 @@ async fn concurrent_creations_never_overdraw<R, Q: QuotaStore>(s: Stores<R, Q>) 
     let quota = QuotaGuardLayer::new(Plans::default())
         .with_store(s.quota.clone())
         .clock(Arc::new(s.clock.clone()));
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let inside = Arc::new(AtomicUsize::new(0));
+    // Admitted requests are held in flight until every request has been decided.
+    let gated = Gated::default();
     let refused = Arc::new(AtomicUsize::new(0));
-    let event = Arc::new(tokio::sync::Notify::new());
-    let (g, i, e) = (gate.clone(), inside.clone(), event.clone());
     let svc = ServiceBuilder::new()
         .layer(ValidateScanRequestLayer::new())
         .layer(quota.clone())
-        .service_fn(move |_req: Request<Full<Bytes>>| {
-            let (g, i, e) = (g.clone(), i.clone(), e.clone());
-            async move {
-                i.fetch_add(1, Ordering::SeqCst);
-                e.notify_one();
-                // Held in flight until every request has been decided.
-                g.acquire().await.unwrap().forget();
-                let mut r = Response::new(Full::<Bytes>::default());
-                *r.status_mut() = StatusCode::ACCEPTED;
-                Ok::<_, Infallible>(r)
-            }
-        });
+        .service(gated.service());
     let free = tenant("c-free", Plan::FREE);
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let (svc, free) = (svc.clone(), free.clone());
-            let (refused, event) = (refused.clone(), event.clone());
+            let (refused, gated) = (refused.clone(), gated.clone());
             tokio::spawn(async move {
                 let status = svc
                     .oneshot(scan(&free, "functional", None))
@@ -218,23 +202,17 @@ async fn concurrent_creations_never_overdraw<R, Q: QuotaStore>(s: Stores<R, Q>) 
                     .status();
                 if status == StatusCode::PAYMENT_REQUIRED {
                     refused.fetch_add(1, Ordering::SeqCst);
-                    event.notify_one();
+                    gated.notify();
                 }
                 status
             })
         })
         .collect();
-    while inside.load(Ordering::SeqCst) + refused.load(Ordering::SeqCst) < 64 {
-        event.notified().await;
-    }
-    assert_eq!(
-        (
-            inside.load(Ordering::SeqCst),
-            refused.load(Ordering::SeqCst)
-        ),
-        (50, 14)
-    );
-    gate.add_permits(64);
+    gated
+        .until(|| gated.inside() + refused.load(Ordering::SeqCst) >= 64)
+        .await;
+    assert_eq!((gated.inside(), refused.load(Ordering::SeqCst)), (50, 14));
+    gated.open(64);
     let mut admitted = 0;
     for t in tasks {
         if t.await.unwrap() == StatusCode::ACCEPTED {

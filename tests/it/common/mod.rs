@@ -169,3 +169,92 @@ pub fn assert_envelope(got: &Answer, status: u16, body: &str) {
     assert_eq!(got.1.get("content-type").unwrap(), "application/json");
     assert_eq!(std::str::from_utf8(&got.2).unwrap(), body);
 }
+
+/// A streaming body of `chunks`, with no `Content-Length`.
+pub fn chunked(chunks: Vec<Vec<u8>>) -> axum::body::Body {
+    /// A stream over an iterator, without a futures crate.
+    struct Iter<I>(I);
+
+    impl<I: Iterator + Unpin> futures_core::Stream for Iter<I> {
+        type Item = I::Item;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<I::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+
+    let frames = chunks
+        .into_iter()
+        .map(|c| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(c))));
+    axum::body::Body::new(http_body_util::StreamBody::new(Iter(frames)))
+}
+
+/// A handler that holds every request it gets until the test opens its gate, then answers
+/// 202: to keep requests in flight on purpose.
+#[derive(Clone)]
+pub struct Gated {
+    gate: Arc<tokio::sync::Semaphore>,
+    inside: Arc<AtomicUsize>,
+    entered: Arc<tokio::sync::Notify>,
+}
+
+impl Default for Gated {
+    fn default() -> Self {
+        Self {
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            inside: Arc::default(),
+            entered: Arc::default(),
+        }
+    }
+}
+
+impl Gated {
+    /// Requests that reached the handler.
+    pub fn inside(&self) -> usize {
+        self.inside.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `done()` holds, checking it each time a request reaches the handler (or
+    /// `notify` is called).
+    pub async fn until(&self, done: impl Fn() -> bool) {
+        while !done() {
+            self.entered.notified().await;
+        }
+    }
+
+    /// Wakes `until` (for events other than a request reaching the handler).
+    pub fn notify(&self) {
+        self.entered.notify_one();
+    }
+
+    /// Lets `n` held requests answer.
+    pub fn open(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
+    pub fn service(
+        &self,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        let this = self.clone();
+        tower::service_fn(move |_req: Request<Full<Bytes>>| {
+            let this = this.clone();
+            async move {
+                this.inside.fetch_add(1, Ordering::SeqCst);
+                this.entered.notify_one();
+                this.gate.acquire().await.unwrap().forget();
+                let mut r = Response::new(Full::<Bytes>::default());
+                *r.status_mut() = StatusCode::ACCEPTED;
+                Ok(r)
+            }
+        })
+    }
+}
