@@ -7,6 +7,8 @@
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::{
     convert::Infallible,
     sync::{Arc, Barrier},
@@ -14,137 +16,23 @@ use std::{
 };
 
 use bytes::Bytes;
+use common::{Body, Fixture, fixture, handler, now};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder};
 use tower_nat::{
-    NatError, NatLayer,
-    auth::{ApiKeyAuthLayer, MemoryKeyStore},
+    NatError,
+    auth::ApiKeyAuthLayer,
     billing::BillingConfiguredLayer,
-    clock::FakeClock,
     feature_gate::FeatureGateLayer,
     internal_error::InternalErrorGuardLayer,
-    plan::{Plan, PlanLimits, Plans},
     quota::QuotaGuardLayer,
     rate_limit::{PlanRateLimitLayer, RateKeyResolver, RateTarget},
     scan_request::ValidateScanRequestLayer,
-    tenant::{Tenant, TenantId},
+    tenant::TenantId,
 };
-
-type Body = axum::body::Body;
-type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
-
-/// The inner service of every bench (tower_governor needs an axum body).
-fn handler()
--> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible, Future = Ready>
-+ Clone
-+ Send
-+ 'static {
-    tower::service_fn(|_req: Request<Full<Bytes>>| {
-        let mut response = Response::new(Body::empty());
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        std::future::ready(Ok(response))
-    })
-}
-
-/// Drives a ready future to completion without a runtime.
-fn now<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => panic!("the benched stack must answer at once"),
-    }
-}
-
-/// `n` tenants on a 4,000-requests-a-minute plan, each with a key, and one request per
-/// tenant; a fake clock advanced 15 µs per request outside the timed routine, so that with
-/// 1,000 tenants in turn each sees exactly its limit and every request is admitted.
-struct Fixture {
-    keys: MemoryKeyStore,
-    plans: Arc<Plans>,
-    clock: FakeClock,
-    requests: Arc<Vec<Request<Full<Bytes>>>>,
-}
-
-fn fixture(tenants: usize) -> Fixture {
-    let keys = MemoryKeyStore::new();
-    let limits = PlanLimits {
-        requests_per_minute: 4_000,
-        ..Plans::default().get(&Plan::ENTERPRISE).unwrap().clone()
-    };
-    let plans = Arc::new(
-        Plans::builder()
-            .plan(Plan::ENTERPRISE, limits)
-            .build()
-            .unwrap(),
-    );
-    let requests = (0..tenants)
-        .map(|i| {
-            let id = format!("tenant-{i:07}");
-            keys.insert_tenant(id.as_str(), Plan::ENTERPRISE);
-            let key = keys.issue_key(&id, None).unwrap().key;
-            let mut req = Request::get("/api/v1/scans")
-                .header("x-api-key", key.expose())
-                .body(Full::default())
-                .unwrap();
-            // For layers benched alone behind where authentication would be.
-            req.extensions_mut()
-                .insert(Tenant::new(id, Plan::ENTERPRISE, "key"));
-            req
-        })
-        .collect();
-    Fixture {
-        keys,
-        plans,
-        clock: FakeClock::new(Duration::from_secs(1_750_000_000)),
-        requests: Arc::new(requests),
-    }
-}
-
-impl Fixture {
-    /// The same tenants with fresh requests: a key and no `Tenant`, as a server receives them
-    /// (for authentication and the whole stack, which would otherwise trust the `Tenant`).
-    fn fresh(&self) -> Fixture {
-        let requests = self
-            .requests
-            .iter()
-            .map(|req| {
-                let mut req = req.clone();
-                req.extensions_mut().clear();
-                req
-            })
-            .collect();
-        Fixture {
-            keys: self.keys.clone(),
-            plans: self.plans.clone(),
-            clock: self.clock.clone(),
-            requests: Arc::new(requests),
-        }
-    }
-
-    fn stream(&self) -> impl FnMut() -> Request<Full<Bytes>> + use<> {
-        let (requests, clock) = (self.requests.clone(), self.clock.clone());
-        let mut i = 0usize;
-        move || {
-            i = (i + 1) % requests.len();
-            clock.advance(Duration::from_micros(15));
-            requests[i].clone()
-        }
-    }
-
-    fn nat(&self) -> NatLayer {
-        NatLayer::new(self.keys.clone())
-            .clock(Arc::new(self.clock.clone()))
-            .plans(self.plans.clone())
-            .billing(BillingConfiguredLayer::new(false))
-    }
-}
 
 /// tower_governor keyed by the `X-API-Key` header, as a server without tenant-aware
 /// middleware would key it.

@@ -1,0 +1,152 @@
+//! Instructions per request of each layer, counted by callgrind: repeatable to the
+//! instruction on a shared machine where wall-clock benches move by ±10 % and more.
+//! `cargo bench --bench costs` (needs valgrind); BENCHMARKS.md has the figures.
+//!
+//! The bench runs itself once per layer under `valgrind --tool=callgrind`, counting only
+//! `run`: 20,000 requests (1,000 tenants in turn, each request a clone of a prebuilt one)
+//! through one layer over the handler every bench uses. The layers behind authentication get
+//! requests that carry their `Tenant`, as authentication leaves them; authentication and the
+//! whole stack get fresh requests, with a key and no `Tenant` ("bare handler, fresh" is their
+//! baseline). A layer's own cost is its count minus its baseline's.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::{hint::black_box, process::Command, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use common::{Fixture, fixture, handler, now};
+use http::Request;
+use http_body_util::Full;
+use tower::{Layer, Service};
+use tower_nat::{
+    auth::ApiKeyAuthLayer, billing::BillingConfiguredLayer, envelope::ErrorEnvelopeLayer,
+    feature_gate::FeatureGateLayer, internal_error::InternalErrorGuardLayer,
+    quota::QuotaGuardLayer, rate_limit::PlanRateLimitLayer, scan_request::ValidateScanRequestLayer,
+};
+
+const REQUESTS: usize = 20_000;
+
+/// Each measured layer: its name, and whether it gets fresh requests.
+const LAYERS: [(&str, bool); 12] = [
+    ("bare handler", false),
+    ("bare handler, fresh", true),
+    ("InternalErrorGuard", false),
+    ("ErrorEnvelope", false),
+    ("BillingConfigured", false),
+    ("ApiKeyAuth", true),
+    ("PlanRateLimit", false),
+    ("ValidateScanRequest (not a scan)", false),
+    ("FeatureGate (not a scan)", false),
+    ("QuotaGuard (not a scan)", false),
+    ("NatLayer", true),
+    ("NatLayer, envelope off", true),
+];
+
+/// The measured loop: the only function callgrind counts.
+#[inline(never)]
+fn run<S: Service<Request<Full<Bytes>>>>(service: &mut S, f: &Fixture, n: usize) {
+    for i in 0..n {
+        let req = f.requests[i % f.requests.len()].clone();
+        f.clock.advance(Duration::from_micros(15));
+        black_box(now(service.call(req)).is_ok());
+    }
+}
+
+/// Sends `n` requests through the layer called `name`.
+fn measure(name: &str, n: usize) {
+    let with_tenant = fixture(1_000);
+    let fresh = with_tenant.fresh();
+    let f = &with_tenant;
+    let clock = || Arc::new(f.clock.clone());
+    match name {
+        "bare handler" => run(&mut handler(), f, n),
+        "bare handler, fresh" => run(&mut handler(), &fresh, n),
+        "InternalErrorGuard" => run(&mut InternalErrorGuardLayer::new().layer(handler()), f, n),
+        "ErrorEnvelope" => run(&mut ErrorEnvelopeLayer::new().layer(handler()), f, n),
+        "BillingConfigured" => run(
+            &mut BillingConfiguredLayer::new(false).layer(handler()),
+            f,
+            n,
+        ),
+        "ApiKeyAuth" => {
+            let auth = ApiKeyAuthLayer::new(f.keys.clone()).clock(clock());
+            run(&mut auth.layer(handler()), &fresh, n)
+        }
+        "PlanRateLimit" => {
+            let rate = PlanRateLimitLayer::new(f.plans.clone()).clock(clock());
+            run(&mut rate.layer(handler()), f, n)
+        }
+        "ValidateScanRequest (not a scan)" => {
+            run(&mut ValidateScanRequestLayer::new().layer(handler()), f, n)
+        }
+        "FeatureGate (not a scan)" => run(
+            &mut FeatureGateLayer::scans(f.plans.clone()).layer(handler()),
+            f,
+            n,
+        ),
+        "QuotaGuard (not a scan)" => {
+            let quota = QuotaGuardLayer::new(f.plans.clone()).clock(clock());
+            run(&mut quota.layer(handler()), f, n)
+        }
+        "NatLayer" => run(&mut fresh.nat().layer(handler()), &fresh, n),
+        "NatLayer, envelope off" => {
+            let nat = fresh.nat().error_envelope(false);
+            run(&mut nat.layer(handler()), &fresh, n)
+        }
+        other => panic!("unknown layer {other}"),
+    }
+}
+
+/// Instructions callgrind counted in `run` for the layer called `name`.
+fn count(name: &str) -> Option<u64> {
+    let exe = std::env::current_exe().ok()?;
+    let output = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            "--toggle-collect=costs::run*",
+        ])
+        .arg(exe)
+        .args(["--measure", name, &REQUESTS.to_string()])
+        .output()
+        .ok()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr.lines().find(|l| l.contains("Collected :"))?;
+    line.rsplit(' ').next()?.trim().parse().ok()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--measure") {
+        let n = args[i + 2].parse().expect("a number of requests");
+        return measure(&args[i + 1], n);
+    }
+    let found = Command::new("valgrind").arg("--version").output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        eprintln!("costs: valgrind not found (apt-get install valgrind); nothing counted");
+        return;
+    }
+    println!("| layer | instructions per request | own cost |");
+    println!("|---|---|---|");
+    let (mut bare, mut bare_fresh) = (0, 0);
+    for (name, fresh) in LAYERS {
+        let Some(total) = count(name) else {
+            println!("| {name} | (callgrind failed) | |");
+            continue;
+        };
+        let per = total / REQUESTS as u64;
+        match name {
+            "bare handler" => bare = per,
+            "bare handler, fresh" => bare_fresh = per,
+            _ => {}
+        }
+        let base = if fresh { bare_fresh } else { bare };
+        let own = if name.starts_with("bare handler") {
+            "—".to_owned()
+        } else {
+            per.saturating_sub(base).to_string()
+        };
+        println!("| {name} | {per} | {own} |");
+    }
+}
