@@ -43,18 +43,15 @@ pub fn quota_body(date: &str) -> String {
     )
 }
 
+/// A handler of the tests: a cloneable service answering with a `Full<Bytes>` body.
+pub type Handler<E = std::convert::Infallible> =
+    tower::util::BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, E>;
+
 /// The handler of most tests. It answers `ok`, with 202 to a `POST` and 200 otherwise, unless
 /// the request's `x-outcome` header says otherwise: a status code, `error` (the service
 /// fails), `panic`, or `pending` (it never answers).
-pub fn handler() -> impl Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(|req: Request<Full<Bytes>>| async move {
+pub fn handler() -> Handler<std::io::Error> {
+    Handler::new(tower::service_fn(|req: Request<Full<Bytes>>| async move {
         let outcome = req
             .headers()
             .get("x-outcome")
@@ -70,7 +67,7 @@ pub fn handler() -> impl Service<
         let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
         *r.status_mut() = status;
         Ok(r)
-    })
+    }))
 }
 
 /// A handler that counts its calls and answers 200 `ok`.
@@ -84,25 +81,12 @@ impl Counted {
         self.calls.load(Ordering::SeqCst)
     }
 
-    pub fn service(
-        &self,
-    ) -> impl Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = std::convert::Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + 'static {
+    pub fn service(&self) -> Handler {
         let calls = self.calls.clone();
-        tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        Handler::new(tower::service_fn(move |_req: Request<Full<Bytes>>| {
             calls.fetch_add(1, Ordering::SeqCst);
-            async {
-                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                    b"ok",
-                ))))
-            }
-        })
+            async { Ok(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+        }))
     }
 }
 
@@ -234,18 +218,9 @@ impl Gated {
         self.gate.add_permits(n);
     }
 
-    pub fn service(
-        &self,
-    ) -> impl Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = std::convert::Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + 'static {
+    pub fn service(&self) -> Handler {
         let this = self.clone();
-        tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        Handler::new(tower::service_fn(move |_req: Request<Full<Bytes>>| {
             let this = this.clone();
             async move {
                 this.inside.fetch_add(1, Ordering::SeqCst);
@@ -255,6 +230,6 @@ impl Gated {
                 *r.status_mut() = StatusCode::ACCEPTED;
                 Ok(r)
             }
-        })
+        }))
     }
 }
