@@ -1,11 +1,13 @@
 //! [`NatLayer`]: the whole stack in one layer, and [`ScanCreationLayer`], its scan part.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+use http::HeaderName;
 
 use tower_layer::Layer;
 
 use crate::{
-    auth::{ApiKeyAuth, ApiKeyAuthLayer, KeyFormat, MemoryKeyStore},
+    auth::{ApiKeyAuth, ApiKeyAuthLayer, IpNet, KeyFormat, MemoryKeyStore},
     billing::{BillingConfigured, BillingConfiguredLayer},
     clock::{self, SharedClock},
     envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
@@ -191,10 +193,41 @@ impl<K, R, Q> NatLayer<K, R, Q> {
         self
     }
 
-    /// Accepts API keys of this format.
+    /// Accepts API keys of this format (give the key store the same format to issue them).
     #[must_use]
     pub fn key_format(mut self, format: KeyFormat) -> Self {
         self.auth = self.auth.key_format(format);
+        self
+    }
+
+    /// Reads keys from `header` instead of `X-API-Key` (see
+    /// [`ApiKeyAuthLayer::key_header`]).
+    #[must_use]
+    pub fn key_header(mut self, header: HeaderName) -> Self {
+        self.auth = self.auth.key_header(header);
+        self
+    }
+
+    /// Throttles failed authentication at `limit` per `period` per client address (20 a
+    /// minute by default; see [`ApiKeyAuthLayer::failed_auth_limit`]).
+    #[must_use]
+    pub fn failed_auth_limit(mut self, limit: u32, period: Duration) -> Self {
+        self.auth = self.auth.failed_auth_limit(limit, period);
+        self
+    }
+
+    /// Turns throttling of failed authentication off.
+    #[must_use]
+    pub fn without_failed_auth_limit(mut self) -> Self {
+        self.auth = self.auth.without_failed_auth_limit();
+        self
+    }
+
+    /// Trusts these proxies' `X-Forwarded-For` and `Forwarded` headers for the client address
+    /// (none by default; see [`ApiKeyAuthLayer::trusted_proxies`]).
+    #[must_use]
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
+        self.auth = self.auth.trusted_proxies(proxies);
         self
     }
 

@@ -1,14 +1,15 @@
 //! [`ApiKeyAuthLayer`] and [`ApiKeyAuth`]: the policy that turns a request's key into its
 //! [`Tenant`](crate::tenant::Tenant).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use http::Request;
+use http::{HeaderName, Request};
 use tower_layer::Layer;
 
 use super::{
     key::{KeyFormat, KeyHash},
     store::{KeyRecord, KeyStore, MemoryKeyStore},
+    throttle::{IpNet, Throttle},
 };
 use crate::{
     clock::{self, SharedClock},
@@ -38,12 +39,14 @@ pub struct Authenticate<K> {
 struct Config {
     exempt: Routes,
     format: KeyFormat,
+    header: HeaderName,
     clock: SharedClock,
+    throttle: Option<Throttle>,
 }
 
 impl<K> ApiKeyAuthLayer<K> {
-    /// Authenticates against `store`, with the default key format, no exempt routes and the
-    /// system clock.
+    /// Authenticates against `store`, with the default key format, no exempt routes, failed
+    /// authentication throttled at 20 a minute per client address, and the system clock.
     pub fn new(store: K) -> Self {
         Self {
             policy: Authenticate {
@@ -51,7 +54,9 @@ impl<K> ApiKeyAuthLayer<K> {
                 config: Arc::new(Config {
                     exempt: Routes::default(),
                     format: KeyFormat::default(),
+                    header: X_API_KEY,
                     clock: clock::system(),
+                    throttle: Some(Throttle::new(20, Duration::from_secs(60))),
                 }),
             },
         }
@@ -82,6 +87,58 @@ impl<K> ApiKeyAuthLayer<K> {
     pub fn key_format(mut self, format: KeyFormat) -> Self {
         self.config_mut().format = format;
         self
+    }
+
+    /// Reads keys from `header` instead of `X-API-Key`. The NAT contract has `X-API-Key` as the
+    /// only way in; a server not bound by it may choose another header (never `Authorization`
+    /// by accident: the value must be the bare key).
+    #[must_use]
+    pub fn key_header(mut self, header: HeaderName) -> Self {
+        self.config_mut().header = header;
+        self
+    }
+
+    /// Throttles failed authentication: once a client address has failed `limit` times within
+    /// `period`, its requests get 429 `RATE_LIMITED` with an honest `Retry-After` before any
+    /// store lookup, unless their key is already known to be live (a cache hit, so customers
+    /// behind one gateway address keep working); it may fail once more every
+    /// `period / limit`. The default is 20 a minute. The address is
+    /// [`ClientAddr`](super::ClientAddr) or axum's `ConnectInfo<SocketAddr>`; requests with
+    /// neither are not throttled.
+    #[must_use]
+    pub fn failed_auth_limit(mut self, limit: u32, period: Duration) -> Self {
+        let trusted = self.trusted_proxies_now();
+        let mut throttle = Throttle::new(limit, period);
+        throttle.trust(trusted);
+        self.config_mut().throttle = Some(throttle);
+        self
+    }
+
+    /// Turns throttling of failed authentication off.
+    #[must_use]
+    pub fn without_failed_auth_limit(mut self) -> Self {
+        self.config_mut().throttle = None;
+        self
+    }
+
+    /// Trusts these proxies: for a request from one of them, the client address is the
+    /// right-most address of `X-Forwarded-For` (or `Forwarded`) that is not a trusted proxy.
+    /// No proxy is trusted by default, and headers from untrusted peers are ignored.
+    #[must_use]
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
+        if let Some(throttle) = &mut self.config_mut().throttle {
+            throttle.trust(proxies);
+        }
+        self
+    }
+
+    fn trusted_proxies_now(&self) -> Vec<IpNet> {
+        self.policy
+            .config
+            .throttle
+            .as_ref()
+            .map(|t| t.trusted().to_vec())
+            .unwrap_or_default()
     }
 
     /// Checks key expiry against `clock` instead of the system clock.
@@ -124,14 +181,14 @@ crate::guard::guarded_service!(impl<K> for ApiKeyAuth<S, K>, policy = Authentica
 
 /// The hash of the request's one well-formed `X-API-Key`, or why there is none (only
 /// reported, never sent: the client sees one 401 for every cause).
-fn key_hash<B>(req: &Request<B>, format: &KeyFormat) -> Result<KeyHash, &'static str> {
-    let mut values = req.headers().get_all(X_API_KEY).iter();
-    let value = values.next().ok_or("missing X-API-Key")?;
+fn key_hash<B>(req: &Request<B>, config: &Config) -> Result<KeyHash, &'static str> {
+    let mut values = req.headers().get_all(&config.header).iter();
+    let value = values.next().ok_or("missing key header")?;
     if values.next().is_some() {
-        return Err("repeated X-API-Key");
+        return Err("repeated key header");
     }
     let bytes = value.as_bytes();
-    if !format.check(bytes) {
+    if !config.format.check(bytes) {
         return Err("malformed key");
     }
     Ok(KeyHash::of(bytes))
@@ -150,7 +207,8 @@ impl Config {
                 Some(at) if self.clock.now() >= at => {
                     let error = NatError::Unauthorized;
                     error.report(Some(record.tenant.id()), "expired key");
-                    error
+                    self.failed(req);
+                    return Err(error.into());
                 }
                 _ => {
                     req.extensions_mut().insert(record.tenant);
@@ -160,6 +218,7 @@ impl Config {
             Ok(None) => {
                 let error = NatError::Unauthorized;
                 error.report(None, "unknown, revoked or deleted key");
+                self.failed(req);
                 error
             }
             Err(err) => {
@@ -169,6 +228,39 @@ impl Config {
                 error
             }
         };
+        Err(error.into())
+    }
+}
+
+impl Config {
+    /// Counts a failed authentication against the request's client address.
+    fn failed<B>(&self, req: &Request<B>) {
+        if let Some(throttle) = &self.throttle {
+            if let Some(ip) = throttle.client(req) {
+                throttle.failed(ip, self.clock.now());
+            }
+        }
+    }
+
+    /// The answer to a client that failed too often, unless its key is known to be live.
+    #[cold]
+    fn throttled<B, K: KeyStore>(
+        &self,
+        req: &mut Request<B>,
+        store: &K,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<(), Rejection> {
+        if let Ok(hash) = key_hash(req, self) {
+            if let Some(record) = store.known(&hash) {
+                return self.admit(req, Ok(Some(record)));
+            }
+        }
+        let error = NatError::RateLimited {
+            retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            limit,
+        };
+        error.report(None, "too many failed authentications from this address");
         Err(error.into())
     }
 }
@@ -188,11 +280,21 @@ impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
             req.extensions_mut().insert(AuthExempt);
             return Step::Pass(());
         }
-        let hash = match key_hash(req, &self.config.format) {
+        let config = &*self.config;
+        if let Some(throttle) = &config.throttle {
+            if let Some(ip) = throttle.client(req) {
+                if let Some(wait) = throttle.wait(ip, config.clock.now()) {
+                    let limit = throttle.limit();
+                    return Step::of(config.throttled(req, &self.store, limit, wait));
+                }
+            }
+        }
+        let hash = match key_hash(req, config) {
             Ok(hash) => hash,
             Err(reason) => {
                 let error = NatError::Unauthorized;
                 error.report(None, reason);
+                config.failed(req);
                 return Step::Reject(error.into());
             }
         };

@@ -67,10 +67,14 @@
 //! # }
 //! ```
 
+mod cache;
 mod key;
 mod layer;
 mod store;
+mod throttle;
 
-pub use key::{ApiKey, GENERATED_KEY_LEN, KEY_PREFIX, KeyFormat, KeyHash};
+pub use cache::CachedKeyStore;
+pub use key::{ApiKey, CHECKSUM_LEN, GENERATED_KEY_LEN, KEY_PREFIX, KeyFormat, KeyHash};
 pub use layer::{ApiKeyAuth, ApiKeyAuthLayer};
-pub use store::{IssuedKey, KeyRecord, KeyStore, MemoryKeyStore};
+pub use store::{IssuedKey, KeyChanges, KeyInfo, KeyRecord, KeyStore, MemoryKeyStore};
+pub use throttle::{ClientAddr, IpNet, IpNetError};

@@ -3,15 +3,15 @@
 use std::{
     fmt,
     future::Future,
-    hash::{BuildHasherDefault, Hasher},
-    sync::Arc,
+    sync::{Arc, RwLock, Weak},
     time::Duration,
 };
 
 use dashmap::DashMap;
 
-use super::key::{ApiKey, KeyHash};
+use super::key::{ApiKey, HashOfHash, KeyFormat, KeyHash};
 use crate::{
+    clock::{self, SharedClock},
     error::StoreError,
     plan::{LimitOverrides, Plan},
     store::Answer,
@@ -67,6 +67,87 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
 
     /// Looks a key up by its hash.
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future>;
+
+    /// The key's record if this store knows it is live without a query (a store in memory, a
+    /// fresh cache entry), `None` otherwise. Throttled clients get through only with such keys.
+    /// The default knows nothing.
+    fn known(&self, hash: &KeyHash) -> Option<KeyRecord> {
+        let _ = hash;
+        None
+    }
+
+    /// Where this store announces changes to keys and tenants, so that a cache in front of it
+    /// ([`CachedKeyStore`](super::CachedKeyStore)) forgets them at once. The default has none:
+    /// the cache then learns of changes when its entries expire.
+    fn changes(&self) -> Option<&KeyChanges> {
+        None
+    }
+
+    /// Records that key `key_id` was used at `at` (time since the Unix epoch). A
+    /// [`CachedKeyStore`](super::CachedKeyStore) calls it at most once a minute per key, off
+    /// the request's path; stores batch the writes. The default does nothing.
+    fn record_use(&self, key_id: &KeyId, at: Duration) {
+        let _ = (key_id, at);
+    }
+}
+
+/// Announces changes to keys and tenants to the caches in front of a store.
+///
+/// A store that changes keys (revocation, expiry, a plan change, a deleted tenant) holds one
+/// and calls [`key_changed`](Self::key_changed) or [`tenant_changed`](Self::tenant_changed)
+/// after each change is committed; it returns it from [`KeyStore::changes`]. Every
+/// [`CachedKeyStore`](super::CachedKeyStore) built over the store (or a clone of it) then
+/// drops what it cached at once. Clones share the listeners.
+#[derive(Clone, Default)]
+pub struct KeyChanges {
+    listeners: Arc<RwLock<Vec<Weak<dyn Forget>>>>,
+}
+
+/// What a cache does when a store announces a change.
+pub(crate) trait Forget: Send + Sync {
+    /// Forgets one key.
+    fn key(&self, hash: &KeyHash);
+    /// Forgets every key of a tenant.
+    fn tenant(&self, tenant: &TenantId);
+}
+
+impl KeyChanges {
+    /// No listeners yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tells every cache that the key with this hash changed (revoked, expiry changed).
+    pub fn key_changed(&self, hash: &KeyHash) {
+        self.each(|l| l.key(hash));
+    }
+
+    /// Tells every cache that a tenant changed (its plan or limits, or it was deleted).
+    pub fn tenant_changed(&self, tenant: &TenantId) {
+        self.each(|l| l.tenant(tenant));
+    }
+
+    fn each(&self, f: impl Fn(&dyn Forget)) {
+        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        for listener in listeners.iter().filter_map(Weak::upgrade) {
+            f(&*listener);
+        }
+    }
+
+    pub(crate) fn subscribe(&self, listener: Weak<dyn Forget>) {
+        let mut listeners = self.listeners.write().unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|l| l.strong_count() > 0);
+        listeners.push(listener);
+    }
+}
+
+impl fmt::Debug for KeyChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let listeners = self.listeners.read().map_or(0, |l| l.len());
+        f.debug_struct("KeyChanges")
+            .field("listeners", &listeners)
+            .finish()
+    }
 }
 
 /// A key just issued: its id (to revoke it) and the key itself, the only time it is seen in
@@ -79,13 +160,31 @@ pub struct IssuedKey {
     pub key: ApiKey,
 }
 
+/// What a store tells about one of a tenant's keys (never the key itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key's id.
+    pub id: KeyId,
+    /// When it was issued (time since the Unix epoch).
+    pub created_at: Duration,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Duration>,
+    /// When it was revoked, if it was (stores that keep revoked keys).
+    pub revoked_at: Option<Duration>,
+    /// When it was last used, as recorded through [`KeyStore::record_use`] (at most once a
+    /// minute per key, so up to a minute old).
+    pub last_used_at: Option<Duration>,
+}
+
 /// An in-memory key store that keeps only SHA-256 hashes of keys.
 ///
 /// Every method may be called while the store serves requests, and takes effect for every
-/// request that starts after it returns; clones share the same keys. A lookup is one map read
-/// and one reference-count increment.
+/// request that starts after it returns; clones share the same keys, and announce every change
+/// to the caches built over them ([`KeyStore::changes`]). A lookup is one map read and one
+/// reference-count increment.
 ///
 /// ```
+/// use std::time::Duration;
 /// use tower_nat::{auth::MemoryKeyStore, plan::Plan};
 ///
 /// let store = MemoryKeyStore::new();
@@ -93,19 +192,47 @@ pub struct IssuedKey {
 /// let issued = store.issue_key("acme", None).unwrap();
 /// assert!(issued.key.expose().starts_with("nat_pk_"));
 /// store.set_plan("acme", Plan::TEAM);
+/// // A new key; the old one works for one more hour.
+/// let new = store.rotate(&issued.id, Duration::from_secs(3600)).unwrap();
+/// assert_eq!(store.keys("acme").len(), 2);
 /// assert!(store.revoke(&issued.id));
+/// assert!(store.revoke(&new.id));
 /// store.delete_tenant("acme");
 /// ```
 #[derive(Clone, Default)]
 pub struct MemoryKeyStore {
     inner: Arc<Inner>,
+    settings: Arc<Settings>,
+}
+
+#[derive(Clone, Debug)]
+struct Settings {
+    format: KeyFormat,
+    clock: SharedClock,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            format: KeyFormat::default(),
+            clock: clock::system(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    keys: DashMap<KeyHash, KeyRecord, BuildHasherDefault<HashOfHash>>,
-    ids: DashMap<KeyId, KeyHash>,
+    keys: DashMap<KeyHash, KeyRecord, HashOfHash>,
+    ids: DashMap<KeyId, KeyMeta>,
     tenants: DashMap<TenantId, TenantEntry>,
+    changes: KeyChanges,
+}
+
+/// What the store keeps about a key besides its record.
+struct KeyMeta {
+    hash: KeyHash,
+    created_at: Duration,
+    last_used_at: Option<Duration>,
 }
 
 /// A tenant's plan, limits and keys. Changes to it are copied into each of its keys' records,
@@ -125,30 +252,25 @@ impl TenantEntry {
     }
 }
 
-/// Hashes a [`KeyHash`] by its first eight bytes. A SHA-256 output is already uniform, and
-/// only the server inserts keys, so no client can crowd a bucket: hashing it again would be
-/// wasted work on every request.
-#[derive(Default)]
-struct HashOfHash(u64);
-
-impl Hasher for HashOfHash {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(word);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 impl MemoryKeyStore {
-    /// An empty store.
+    /// An empty store that issues keys of the default format and reads the system clock.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Issues keys of `format` (give the auth layer the same format:
+    /// [`NatLayer::key_format`](crate::NatLayer::key_format)).
+    #[must_use]
+    pub fn format(mut self, format: KeyFormat) -> Self {
+        Arc::make_mut(&mut self.settings).format = format;
+        self
+    }
+
+    /// Reads `clock` for rotation and issue times (give the layers the same clock).
+    #[must_use]
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        Arc::make_mut(&mut self.settings).clock = clock;
+        self
     }
 
     /// Adds a tenant, or changes its plan if it exists. A plan change applies to the next
@@ -197,12 +319,15 @@ impl MemoryKeyStore {
                 record.tenant = entry.tenant(t.id().clone(), t.key_id().clone());
             }
         }
+        let id = entry.key().clone();
+        drop(entry);
+        self.inner.changes.tenant_changed(&id);
         true
     }
 
     /// Deletes a tenant and all its keys; `false` if there was no such tenant.
     pub fn delete_tenant(&self, tenant: &str) -> bool {
-        let Some((_, entry)) = self.inner.tenants.remove(tenant) else {
+        let Some((id, entry)) = self.inner.tenants.remove(tenant) else {
             return false;
         };
         for hash in entry.keys {
@@ -210,6 +335,7 @@ impl MemoryKeyStore {
                 self.inner.ids.remove(record.tenant.key_id());
             }
         }
+        self.inner.changes.tenant_changed(&id);
         true
     }
 
@@ -237,34 +363,97 @@ impl MemoryKeyStore {
             tenant: entry.tenant(entry.key().clone(), key_id.clone()),
             expires_at,
         };
-        self.inner.ids.insert(key_id.clone(), hash);
+        let meta = KeyMeta {
+            hash,
+            created_at: self.settings.clock.now(),
+            last_used_at: None,
+        };
+        self.inner.ids.insert(key_id.clone(), meta);
         self.inner.keys.insert(hash, record);
         if !entry.keys.contains(&hash) {
             entry.keys.push(hash);
         }
+        drop(entry);
+        // A cache may hold "no such key" for this hash.
+        self.inner.changes.key_changed(&hash);
         Some(key_id)
     }
 
-    /// Generates a new key for `tenant` and stores its hash. `None` if the tenant does not
-    /// exist.
+    /// Generates a new key of the store's format for `tenant` and stores its hash. `None` if
+    /// the tenant does not exist.
     pub fn issue_key(&self, tenant: &str, expires_at: Option<Duration>) -> Option<IssuedKey> {
-        let key = ApiKey::generate();
+        let key = self.settings.format.generate();
         let id = self.add_key(tenant, &key, expires_at)?;
         Some(IssuedKey { id, key })
     }
 
-    /// Revokes a key by its id; `false` if there was no such key.
-    pub fn revoke(&self, key_id: &KeyId) -> bool {
-        let Some((_, hash)) = self.inner.ids.remove(key_id) else {
+    /// Issues a new key for the tenant of key `key_id`, with the old key's expiry; the old key
+    /// keeps working for `grace` and then stops (its expiry becomes now + `grace` if that is
+    /// sooner). `None` if there is no such key.
+    pub fn rotate(&self, key_id: &KeyId, grace: Duration) -> Option<IssuedKey> {
+        let hash = self.inner.ids.get(key_id)?.hash;
+        let (tenant, expires_at) = {
+            let record = self.inner.keys.get(&hash)?;
+            (record.tenant.id().clone(), record.expires_at)
+        };
+        let issued = self.issue_key(tenant.as_str(), expires_at)?;
+        let until = self.settings.clock.now().saturating_add(grace);
+        self.set_expiry(key_id, Some(expires_at.map_or(until, |at| at.min(until))));
+        Some(issued)
+    }
+
+    /// Sets when key `key_id` stops working (`None`: never); `false` if there is no such key.
+    pub fn set_expiry(&self, key_id: &KeyId, expires_at: Option<Duration>) -> bool {
+        let Some(hash) = self.inner.ids.get(key_id).map(|m| m.hash) else {
             return false;
         };
-        let Some((_, record)) = self.inner.keys.remove(&hash) else {
+        let Some(mut record) = self.inner.keys.get_mut(&hash) else {
+            return false;
+        };
+        record.expires_at = expires_at;
+        drop(record);
+        self.inner.changes.key_changed(&hash);
+        true
+    }
+
+    /// Revokes a key by its id; `false` if there was no such key.
+    pub fn revoke(&self, key_id: &KeyId) -> bool {
+        let Some((_, meta)) = self.inner.ids.remove(key_id) else {
+            return false;
+        };
+        let Some((_, record)) = self.inner.keys.remove(&meta.hash) else {
             return false;
         };
         if let Some(mut entry) = self.inner.tenants.get_mut(record.tenant.id().as_str()) {
-            entry.keys.retain(|h| *h != hash);
+            entry.keys.retain(|h| *h != meta.hash);
         }
+        self.inner.changes.key_changed(&meta.hash);
         true
+    }
+
+    /// A tenant's live keys (revoked keys are forgotten), oldest first.
+    pub fn keys(&self, tenant: &str) -> Vec<KeyInfo> {
+        let Some(entry) = self.inner.tenants.get(tenant) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<KeyInfo> = entry
+            .keys
+            .iter()
+            .filter_map(|hash| {
+                let record = self.inner.keys.get(hash)?;
+                let id = record.tenant.key_id().clone();
+                let meta = self.inner.ids.get(&id)?;
+                Some(KeyInfo {
+                    created_at: meta.created_at,
+                    expires_at: record.expires_at,
+                    revoked_at: None,
+                    last_used_at: meta.last_used_at,
+                    id,
+                })
+            })
+            .collect();
+        keys.sort_by_key(|k| k.created_at);
+        keys
     }
 
     /// The number of stored keys.
@@ -284,6 +473,20 @@ impl KeyStore for MemoryKeyStore {
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
         Answer::Ready(Ok(self.get(hash)))
     }
+
+    fn known(&self, hash: &KeyHash) -> Option<KeyRecord> {
+        self.get(hash)
+    }
+
+    fn changes(&self) -> Option<&KeyChanges> {
+        Some(&self.inner.changes)
+    }
+
+    fn record_use(&self, key_id: &KeyId, at: Duration) {
+        if let Some(mut meta) = self.inner.ids.get_mut(key_id) {
+            meta.last_used_at = Some(meta.last_used_at.map_or(at, |t| t.max(at)));
+        }
+    }
 }
 
 impl fmt::Debug for MemoryKeyStore {
@@ -291,6 +494,7 @@ impl fmt::Debug for MemoryKeyStore {
         f.debug_struct("MemoryKeyStore")
             .field("keys", &self.inner.keys.len())
             .field("tenants", &self.inner.tenants.len())
+            .field("format", &self.settings.format)
             .finish()
     }
 }

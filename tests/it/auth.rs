@@ -72,6 +72,18 @@ macro_rules! key_store_suite {
                 }
             )*
         }
+        /// Through the cache, over a store that answers later and announces its changes.
+        mod cached {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(|s| {
+                        tower_nat::auth::CachedKeyStore::new(crate::common::stores::Later(s))
+                    })
+                    .await;
+                }
+            )*
+        }
     };
 }
 

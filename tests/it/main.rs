@@ -17,6 +17,7 @@ mod framework_errors;
 #[cfg(feature = "axum")]
 mod hostile;
 mod internal_error;
+mod key_cache;
 #[cfg(feature = "axum")]
 mod placement;
 mod plans;

@@ -1,11 +1,19 @@
 //! Store doubles: for each store trait, one that fails every call and one that answers later
 //! (wrapping the in-memory store), so the layers' asynchronous and failure paths run.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
 
 use tower_nat::{
     StoreError,
-    auth::{KeyHash, KeyRecord, KeyStore, MemoryKeyStore},
+    auth::{KeyChanges, KeyHash, KeyRecord, KeyStore, MemoryKeyStore},
     plan::ScanKind,
     quota::{
         MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts,
@@ -92,6 +100,93 @@ impl KeyStore for Later<MemoryKeyStore> {
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
         let (store, hash) = (self.0.clone(), *hash);
         later(move || store.get(&hash))
+    }
+    fn changes(&self) -> Option<&KeyChanges> {
+        self.0.changes()
+    }
+}
+
+/// A key "database" over the in-memory store that counts its queries, can fail, can hold
+/// queries until released (each query reads its answer first, then waits: a query that ran
+/// before a change and answers after it), and can keep its changes to itself (as another
+/// process's writes would).
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub keys: MemoryKeyStore,
+    state: Arc<DbState>,
+}
+
+#[derive(Debug)]
+struct DbState {
+    queries: AtomicUsize,
+    failing: AtomicBool,
+    holding: AtomicBool,
+    gate: tokio::sync::Semaphore,
+    silent: AtomicBool,
+}
+
+impl Db {
+    pub fn new(keys: MemoryKeyStore) -> Self {
+        let state = DbState {
+            queries: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            gate: tokio::sync::Semaphore::new(0),
+            silent: AtomicBool::new(false),
+        };
+        Self {
+            keys,
+            state: Arc::new(state),
+        }
+    }
+    /// Queries so far.
+    pub fn queries(&self) -> usize {
+        self.state.queries.load(SeqCst)
+    }
+    /// Every query fails from now on (or not).
+    pub fn fail(&self, on: bool) {
+        self.state.failing.store(on, SeqCst);
+    }
+    /// Queries wait for [`release`](Self::release) from now on (or not).
+    pub fn hold(&self, on: bool) {
+        self.state.holding.store(on, SeqCst);
+    }
+    /// Lets `n` held queries answer.
+    pub fn release(&self, n: usize) {
+        self.state.gate.add_permits(n);
+    }
+    /// Changes are not announced to caches (another process's writes).
+    pub fn silent(&self) {
+        self.state.silent.store(true, SeqCst);
+    }
+}
+
+impl KeyStore for Db {
+    type Future = BoxFut<Option<KeyRecord>>;
+    fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
+        let state = self.state.clone();
+        state.queries.fetch_add(1, SeqCst);
+        let answer = self.keys.get(hash);
+        Answer::Pending(Box::pin(async move {
+            if state.holding.load(SeqCst) {
+                state.gate.acquire().await.unwrap().forget();
+            }
+            tokio::task::yield_now().await;
+            if state.failing.load(SeqCst) {
+                return Err(StoreError::new(BROKEN));
+            }
+            Ok(answer)
+        }))
+    }
+    fn changes(&self) -> Option<&KeyChanges> {
+        if self.state.silent.load(SeqCst) {
+            None
+        } else {
+            self.keys.changes()
+        }
+    }
+    fn record_use(&self, key_id: &tower_nat::tenant::KeyId, at: Duration) {
+        self.keys.record_use(key_id, at);
     }
 }
 

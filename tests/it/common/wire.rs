@@ -36,17 +36,21 @@ impl Reply {
 }
 
 impl Wire {
-    /// Serves `router` with `axum::serve`.
+    /// Serves `router` with `axum::serve`, with `ConnectInfo<SocketAddr>`.
     pub async fn start(router: Router) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
+            // With the peer's address, as real servers run (failed-auth throttling reads it).
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
         });
         Self {
             addr,

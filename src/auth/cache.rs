@@ -1,0 +1,433 @@
+//! [`CachedKeyStore`]: a cache in front of any [`KeyStore`].
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use quick_cache::{UnitWeighter, sync::DefaultLifecycle};
+
+use super::{
+    key::{HashOfHash, KeyHash},
+    store::{Forget, KeyChanges, KeyRecord, KeyStore},
+};
+use crate::{
+    clock::{self, SharedClock},
+    error::StoreError,
+    store::Answer,
+    tenant::{KeyId, TenantId},
+};
+
+/// How long a failing store is asked again while a stale answer is served.
+const STALE_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a key's use is recorded at most ([`KeyStore::record_use`]).
+const USE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A cache in front of a [`KeyStore`]: answers repeated lookups from memory, so that a
+/// database sees one query per key per TTL instead of one per request.
+///
+/// - **What is cached.** A live key's record for [`ttl`](Self::ttl) (60 s by default); "no
+///   such key" for [`negative_ttl`](Self::negative_ttl) (5 s), so a key issued by another
+///   process right after a client tried it works within 5 s. At most
+///   [`capacity`](Self::capacity) entries (100,000), evicted by recency and frequency. Store
+///   errors are never cached.
+/// - **One query per key at a time.** Concurrent lookups of one key that is not cached share
+///   one store query: 100 requests with a new key make 1 query.
+/// - **Changes.** Revocation, expiry, plan changes and deleted tenants made through the
+///   store's own methods ([`MemoryKeyStore`](super::MemoryKeyStore), `PgKeyStore`) take effect
+///   at once in this process: the store announces them ([`KeyStore::changes`]) and the cache
+///   forgets the entries. A lookup that was in flight when a key was revoked answers the
+///   request that started it, but its answer is not cached and no later request gets it.
+///   Changes made by other processes (or behind the store's back) take effect when entries
+///   expire, within the TTL; [`invalidate`](Self::invalidate) and
+///   [`invalidate_tenant`](Self::invalidate_tenant) forget entries by hand.
+/// - **Expiry** is still checked on every request by the auth layer against its clock: a
+///   cached key never outlives its `expires_at`.
+/// - **Outages.** With [`serve_stale`](Self::serve_stale), a key whose entry has expired keeps
+///   working while the store fails, for at most that long after the entry's TTL; the store is
+///   asked again once a second per key. Unknown keys are never served stale.
+/// - **Last use.** Each key's use is passed to [`KeyStore::record_use`] at most once a minute
+///   per key (the store batches the writes).
+///
+/// Built on [`quick_cache`]: a hit is one read-locked shard probe and a reference-count
+/// increment, with no write on the read path (unlike caches that record every read in a
+/// buffer); its placeholders give the single query per key; and it is small to build. Time
+/// comes from the crate's [`Clock`](crate::clock::Clock), so tests move it by hand.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_nat::{NatLayer, auth::{CachedKeyStore, MemoryKeyStore}, plan::Plan};
+///
+/// // Any KeyStore: a database-backed one is where a cache pays.
+/// let store = MemoryKeyStore::new();
+/// store.insert_tenant("acme", Plan::PRO);
+/// let keys = CachedKeyStore::new(store.clone())
+///     .ttl(Duration::from_secs(30))
+///     .serve_stale(Duration::from_secs(300));
+/// let nat = NatLayer::new(keys);
+/// # let _ = nat;
+/// ```
+pub struct CachedKeyStore<K> {
+    store: K,
+    cache: Arc<Cache>,
+}
+
+type Entries = quick_cache::sync::Cache<
+    KeyHash,
+    Entry,
+    UnitWeighter,
+    HashOfHash,
+    DefaultLifecycle<KeyHash, Entry>,
+>;
+
+struct Cache {
+    entries: Entries,
+    /// Counts the changes announced so far: a lookup caches its answer only if none came
+    /// while it ran.
+    changes: AtomicU64,
+    settings: Settings,
+}
+
+#[derive(Clone)]
+struct Settings {
+    ttl: Duration,
+    negative_ttl: Duration,
+    stale_for: Duration,
+    capacity: usize,
+    clock: SharedClock,
+}
+
+/// One cached answer.
+#[derive(Clone)]
+struct Entry {
+    record: Option<KeyRecord>,
+    /// Served without a query until then.
+    fresh_until: Duration,
+    /// Served while the store fails until then.
+    stale_until: Duration,
+    /// The change count when the lookup that made this entry started.
+    changes: u64,
+    /// When the key's use was last passed on, in whole seconds since the epoch.
+    used: Option<Arc<AtomicU64>>,
+}
+
+impl Forget for Cache {
+    fn key(&self, hash: &KeyHash) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.entries.remove(hash);
+    }
+
+    fn tenant(&self, tenant: &TenantId) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.entries.retain(|_, entry| {
+            entry
+                .record
+                .as_ref()
+                .is_none_or(|record| record.tenant.id() != tenant)
+        });
+    }
+}
+
+impl<K: KeyStore> CachedKeyStore<K> {
+    /// A cache in front of `store`: live keys for 60 s, unknown keys for 5 s, at most 100,000
+    /// entries, no stale answers, the system clock.
+    pub fn new(store: K) -> Self {
+        let cached = Self {
+            store,
+            cache: Arc::new(Cache::new(Settings {
+                ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(5),
+                stale_for: Duration::ZERO,
+                capacity: 100_000,
+                clock: clock::system(),
+            })),
+        };
+        cached.subscribe();
+        cached
+    }
+
+    /// Listens to the store's announced changes (if it announces any).
+    fn subscribe(&self) {
+        if let Some(changes) = self.store.changes() {
+            let cache: Arc<dyn Forget> = self.cache.clone();
+            changes.subscribe(Arc::downgrade(&cache) as Weak<dyn Forget>);
+        }
+    }
+
+    /// Rebuilds the cache with a changed setting (it starts empty: configure before serving).
+    fn rebuild(self, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.cache.settings.clone();
+        change(&mut settings);
+        let cached = Self {
+            store: self.store,
+            cache: Arc::new(Cache::new(settings)),
+        };
+        cached.subscribe();
+        cached
+    }
+
+    /// How long a live key is served without a query (60 s by default): how long a change
+    /// made by another process may take to apply here.
+    #[must_use]
+    pub fn ttl(self, ttl: Duration) -> Self {
+        self.rebuild(|c| c.ttl = ttl)
+    }
+
+    /// How long "no such key" is served without a query (5 s by default): how long a key
+    /// issued by another process after a client tried it may be refused.
+    #[must_use]
+    pub fn negative_ttl(self, ttl: Duration) -> Self {
+        self.rebuild(|c| c.negative_ttl = ttl)
+    }
+
+    /// Keeps serving a live key whose entry expired while the store fails, for at most `for_`
+    /// after the entry's TTL (off by default).
+    #[must_use]
+    pub fn serve_stale(self, for_: Duration) -> Self {
+        self.rebuild(|c| c.stale_for = for_)
+    }
+
+    /// At most `entries` cached answers (100,000 by default).
+    #[must_use]
+    pub fn capacity(self, entries: usize) -> Self {
+        self.rebuild(|c| c.capacity = entries.max(1))
+    }
+
+    /// Reads `clock` for TTLs and last-use times instead of the system clock.
+    #[must_use]
+    pub fn clock(self, clock: SharedClock) -> Self {
+        self.rebuild(|c| c.clock = clock)
+    }
+}
+
+impl<K> CachedKeyStore<K> {
+    /// The store behind the cache (its own methods announce changes to the cache).
+    pub fn store(&self) -> &K {
+        &self.store
+    }
+
+    /// Forgets the key with this hash.
+    pub fn invalidate(&self, hash: &KeyHash) {
+        self.cache.key(hash);
+    }
+
+    /// Forgets every key of `tenant`.
+    pub fn invalidate_tenant(&self, tenant: &TenantId) {
+        self.cache.tenant(tenant);
+    }
+
+    /// Forgets everything.
+    pub fn invalidate_all(&self) {
+        self.cache.changes.fetch_add(1, Ordering::SeqCst);
+        self.cache.entries.clear();
+    }
+
+    /// The number of cached answers.
+    pub fn len(&self) -> usize {
+        self.cache.entries.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.cache.entries.is_empty()
+    }
+}
+
+impl Cache {
+    fn new(settings: Settings) -> Self {
+        let capacity = settings.capacity;
+        Self {
+            entries: Entries::with(
+                capacity,
+                capacity as u64,
+                UnitWeighter,
+                HashOfHash::default(),
+                DefaultLifecycle::default(),
+            ),
+            changes: AtomicU64::new(0),
+            settings,
+        }
+    }
+
+    /// The entry for a store's answer, made now by a lookup that started at change `changes`.
+    fn entry(&self, record: Option<KeyRecord>, now: Duration, changes: u64) -> Entry {
+        let (fresh_until, stale_until, used) = match record {
+            Some(_) => {
+                let fresh = now.saturating_add(self.settings.ttl);
+                let used = Arc::new(AtomicU64::new(0));
+                (
+                    fresh,
+                    fresh.saturating_add(self.settings.stale_for),
+                    Some(used),
+                )
+            }
+            None => {
+                let fresh = now.saturating_add(self.settings.negative_ttl);
+                (fresh, fresh, None)
+            }
+        };
+        Entry {
+            record,
+            fresh_until,
+            stale_until,
+            changes,
+            used,
+        }
+    }
+
+    /// Caches `entry` unless a change was announced since its lookup started; a change
+    /// announced after the check removes it again (changes count first, then remove, so one
+    /// of the two sees the other).
+    fn keep(&self, hash: &KeyHash, entry: Entry) {
+        let started = entry.changes;
+        self.entries.insert(*hash, entry);
+        if self.changes.load(Ordering::SeqCst) != started {
+            self.entries.remove(hash);
+        }
+    }
+}
+
+impl<K: KeyStore> CachedKeyStore<K> {
+    /// Passes the key's use on to the store, at most once a minute.
+    fn used(&self, entry: &Entry, now: Duration) {
+        let (Some(used), Some(record)) = (&entry.used, &entry.record) else {
+            return;
+        };
+        let secs = now.as_secs();
+        let last = used.load(Ordering::Relaxed);
+        if secs >= last.saturating_add(USE_INTERVAL.as_secs())
+            && used
+                .compare_exchange(last, secs, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.store.record_use(record.tenant.key_id(), now);
+        }
+    }
+
+    /// A lookup that goes to the store: one per key at a time; the others wait for its answer.
+    async fn load(
+        self,
+        hash: KeyHash,
+        seen: Option<Entry>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let cache = &*self.cache;
+        let started = cache.changes.load(Ordering::SeqCst);
+        let now = cache.settings.clock.now();
+        // An expired entry makes way for a placeholder (the one this lookup may fill).
+        cache.entries.remove_if(&hash, |e| now >= e.fresh_until);
+        let guard = match cache.entries.get_value_or_guard_async(&hash).await {
+            Ok(entry) => {
+                let now = cache.settings.clock.now();
+                // Filled by a lookup that started no earlier than this one: its answer holds.
+                if entry.changes >= started && now < entry.fresh_until {
+                    self.used(&entry, now);
+                    return Ok(entry.record);
+                }
+                None
+            }
+            Err(guard) => Some(guard),
+        };
+        let answer = match self.store.lookup(&hash) {
+            Answer::Ready(answer) => answer,
+            Answer::Pending(query) => query.await,
+        };
+        let now = cache.settings.clock.now();
+        match answer {
+            Ok(record) => {
+                let entry = cache.entry(record, now, started);
+                self.used(&entry, now);
+                if let Some(guard) = guard {
+                    // Fill the placeholder (waiters get the answer), then check for changes.
+                    let _ = guard.insert(entry.clone());
+                    if cache.changes.load(Ordering::SeqCst) != started {
+                        cache.entries.remove(&hash);
+                    }
+                } else {
+                    cache.keep(&hash, entry.clone());
+                }
+                Ok(entry.record)
+            }
+            Err(error) => {
+                drop(guard);
+                match seen {
+                    Some(stale) if stale.record.is_some() && now < stale.stale_until => {
+                        let retry = now.saturating_add(STALE_RETRY).min(stale.stale_until);
+                        let record = stale.record.clone();
+                        cache.keep(
+                            &hash,
+                            Entry {
+                                fresh_until: retry,
+                                changes: started,
+                                ..stale
+                            },
+                        );
+                        Ok(record)
+                    }
+                    _ => Err(error),
+                }
+            }
+        }
+    }
+}
+
+impl<K: KeyStore> KeyStore for CachedKeyStore<K> {
+    type Future = Pin<Box<dyn Future<Output = Result<Option<KeyRecord>, StoreError>> + Send>>;
+
+    #[inline]
+    fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
+        let now = self.cache.settings.clock.now();
+        let seen = self.cache.entries.get(hash);
+        if let Some(entry) = &seen {
+            if now < entry.fresh_until {
+                self.used(entry, now);
+                return Answer::Ready(Ok(entry.record.clone()));
+            }
+        }
+        Answer::Pending(Box::pin(self.clone().load(*hash, seen)))
+    }
+
+    fn known(&self, hash: &KeyHash) -> Option<KeyRecord> {
+        let entry = self.cache.entries.peek(hash)?;
+        (self.cache.settings.clock.now() < entry.fresh_until)
+            .then_some(entry.record)
+            .flatten()
+    }
+
+    fn changes(&self) -> Option<&KeyChanges> {
+        self.store.changes()
+    }
+
+    fn record_use(&self, key_id: &KeyId, at: Duration) {
+        self.store.record_use(key_id, at);
+    }
+}
+
+impl<K: Clone> Clone for CachedKeyStore<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for CachedKeyStore<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.cache.settings;
+        f.debug_struct("CachedKeyStore")
+            .field("store", &self.store)
+            .field("entries", &self.cache.entries.len())
+            .field("capacity", &c.capacity)
+            .field("ttl", &c.ttl)
+            .field("negative_ttl", &c.negative_ttl)
+            .field("stale_for", &c.stale_for)
+            .finish()
+    }
+}
