@@ -28,3 +28,4 @@ mod rate_limit;
 mod redis;
 mod scan_request;
 mod store_suite;
+mod throttle;

@@ -1,0 +1,303 @@
+//! Failed authentication throttled per client address: 429 after the limit, before any lookup;
+//! keys known to be live keep working; honest Retry-After; trusted proxies; off switch; and
+//! over real loopback HTTP with axum's `ConnectInfo`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::Request;
+use tower::ServiceBuilder;
+use tower_nat::{
+    auth::{ApiKey, ApiKeyAuthLayer, CachedKeyStore, ClientAddr, KeyFormat, MemoryKeyStore},
+    clock::{FakeClock, UtcDate},
+    plan::Plan,
+};
+
+use crate::common::{Counted, UNAUTHORIZED, assert_envelope, empty, get, header, send, stores::Db};
+
+const THROTTLED: &str = r#"{"error":"RATE_LIMITED","message":"Rate limit exceeded. Retry after 3 seconds.","retry_after":3}"#;
+
+fn from(
+    addr: &str,
+    key: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Request<http_body_util::Full<bytes::Bytes>> {
+    let mut b = get("/api/v1/usage");
+    if let Some(key) = key {
+        b = b.header("x-api-key", key);
+    }
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    let mut req = empty(b);
+    req.extensions_mut()
+        .insert(ClientAddr(SocketAddr::new(addr.parse().unwrap(), 40000)));
+    req
+}
+
+struct Setup {
+    db: Db,
+    clock: FakeClock,
+    live: ApiKey,
+    handler: Counted,
+}
+
+fn setup() -> Setup {
+    let keys = MemoryKeyStore::new();
+    keys.insert_tenant("acme", Plan::PRO);
+    let live = keys.issue_key("acme", None).unwrap().key;
+    Setup {
+        db: Db::new(keys),
+        clock: FakeClock::at_date(UtcDate::new(2026, 3, 1).unwrap()),
+        live,
+        handler: Counted::default(),
+    }
+}
+
+#[tokio::test]
+async fn twenty_failures_a_minute_then_429_before_any_lookup() {
+    let s = setup();
+    let cache = CachedKeyStore::new(s.db.clone());
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyAuthLayer::new(cache).clock(Arc::new(s.clock.clone())))
+        .service(s.handler.service());
+    // The live key is known (cached) before the attack.
+    assert_eq!(
+        send(&service, from("192.0.2.1", Some(s.live.expose()), &[]))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(s.db.queries(), 1);
+
+    // Missing, malformed and unknown keys all count.
+    assert_envelope(
+        &send(&service, from("192.0.2.1", None, &[])).await,
+        401,
+        UNAUTHORIZED,
+    );
+    assert_envelope(
+        &send(&service, from("192.0.2.1", Some("nope"), &[])).await,
+        401,
+        UNAUTHORIZED,
+    );
+    for _ in 0..18 {
+        let unknown = ApiKey::generate();
+        let reply = send(&service, from("192.0.2.1", Some(unknown.expose()), &[])).await;
+        assert_envelope(&reply, 401, UNAUTHORIZED);
+    }
+    assert_eq!(s.db.queries(), 19);
+    for _ in 0..50 {
+        let unknown = ApiKey::generate();
+        let reply = send(&service, from("192.0.2.1", Some(unknown.expose()), &[])).await;
+        assert_envelope(&reply, 429, THROTTLED);
+        assert_eq!(header(&reply.1, "retry-after"), 3);
+        assert_eq!(header(&reply.1, "x-ratelimit-limit"), 20);
+        assert_eq!(header(&reply.1, "x-ratelimit-remaining"), 0);
+    }
+    // No lookup for any of them, and the handler never ran for a refusal.
+    assert_eq!(s.db.queries(), 19);
+    assert_eq!(s.handler.calls(), 1);
+    // The known key still works from that address; other addresses are not throttled.
+    assert_eq!(
+        send(&service, from("192.0.2.1", Some(s.live.expose()), &[]))
+            .await
+            .0,
+        200
+    );
+    assert_envelope(
+        &send(&service, from("192.0.2.2", None, &[])).await,
+        401,
+        UNAUTHORIZED,
+    );
+
+    // Retry-After is honest: after 3 s, one more try is looked up; then throttled again.
+    s.clock.advance(Duration::from_millis(2999));
+    let reply = send(&service, from("192.0.2.1", None, &[])).await;
+    assert_eq!(reply.0, 429);
+    assert_eq!(header(&reply.1, "retry-after"), 1);
+    s.clock.advance(Duration::from_millis(1));
+    let unknown = ApiKey::generate();
+    assert_envelope(
+        &send(&service, from("192.0.2.1", Some(unknown.expose()), &[])).await,
+        401,
+        UNAUTHORIZED,
+    );
+    assert_eq!(s.db.queries(), 20);
+    assert_eq!(send(&service, from("192.0.2.1", None, &[])).await.0, 429);
+    // A quiet minute forgets the address.
+    s.clock.advance(Duration::from_secs(60));
+    assert_envelope(
+        &send(&service, from("192.0.2.1", None, &[])).await,
+        401,
+        UNAUTHORIZED,
+    );
+}
+
+#[tokio::test]
+async fn a_throttled_address_gets_429_for_live_keys_not_yet_known() {
+    let s = setup();
+    let service = ServiceBuilder::new()
+        .layer(
+            ApiKeyAuthLayer::new(CachedKeyStore::new(s.db.clone()))
+                .clock(Arc::new(s.clock.clone()))
+                .failed_auth_limit(2, Duration::from_secs(10)),
+        )
+        .service(s.handler.service());
+    for _ in 0..2 {
+        assert_eq!(send(&service, from("192.0.2.1", None, &[])).await.0, 401);
+    }
+    let reply = send(&service, from("192.0.2.1", Some(s.live.expose()), &[])).await;
+    assert_eq!(reply.0, 429);
+    assert_eq!(header(&reply.1, "retry-after"), 5);
+    assert_eq!(header(&reply.1, "x-ratelimit-limit"), 2);
+    assert_eq!(s.db.queries(), 0);
+}
+
+#[tokio::test]
+async fn exempt_routes_requests_without_an_address_and_the_off_switch_are_not_throttled() {
+    let s = setup();
+    let layer = ApiKeyAuthLayer::new(s.db.clone())
+        .clock(Arc::new(s.clock.clone()))
+        .exempt("/healthz")
+        .failed_auth_limit(1, Duration::from_secs(60));
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(s.handler.service());
+    assert_eq!(send(&service, from("192.0.2.1", None, &[])).await.0, 401);
+    assert_eq!(send(&service, from("192.0.2.1", None, &[])).await.0, 429);
+    let mut health = from("192.0.2.1", None, &[]);
+    *health.uri_mut() = "/healthz".parse().unwrap();
+    assert_eq!(send(&service, health).await.0, 200);
+    for _ in 0..5 {
+        assert_eq!(send(&service, empty(get("/api/v1/usage"))).await.0, 401);
+    }
+    let off = ServiceBuilder::new()
+        .layer(layer.without_failed_auth_limit())
+        .service(s.handler.service());
+    for _ in 0..5 {
+        assert_eq!(send(&off, from("192.0.2.9", None, &[])).await.0, 401);
+    }
+}
+
+#[tokio::test]
+async fn behind_trusted_proxies_the_forwarded_client_is_throttled() {
+    let s = setup();
+    let service = ServiceBuilder::new()
+        .layer(
+            ApiKeyAuthLayer::new(s.db.clone())
+                .clock(Arc::new(s.clock.clone()))
+                .failed_auth_limit(1, Duration::from_secs(60))
+                .trusted_proxies(["10.0.0.0/8".parse().unwrap()]),
+        )
+        .service(s.handler.service());
+    let via = |client: &str| [("x-forwarded-for", client.to_owned())];
+    let req = |client: &str| {
+        let h = via(client);
+        from("10.1.1.1", None, &[(h[0].0, h[0].1.as_str())])
+    };
+    assert_eq!(send(&service, req("198.51.100.1")).await.0, 401);
+    assert_eq!(send(&service, req("198.51.100.1")).await.0, 429);
+    // Another client behind the same proxy is not.
+    assert_eq!(send(&service, req("198.51.100.2")).await.0, 401);
+    // A client that forges the header without a trusted proxy is throttled by its own address.
+    let forged = from("203.0.113.5", None, &[("x-forwarded-for", "198.51.100.3")]);
+    assert_eq!(send(&service, forged).await.0, 401);
+    let forged = from("203.0.113.5", None, &[("x-forwarded-for", "198.51.100.4")]);
+    assert_eq!(send(&service, forged).await.0, 429);
+}
+
+#[tokio::test]
+async fn checksummed_keys_with_a_wrong_checksum_are_refused_without_a_lookup() {
+    let s = setup();
+    let format = KeyFormat::default().prefix("acme_").checksum(true);
+    let keys = MemoryKeyStore::new().format(format.clone());
+    keys.insert_tenant("acme", Plan::PRO);
+    let key = keys.issue_key("acme", None).unwrap().key;
+    let db = Db::new(keys);
+    let service = ServiceBuilder::new()
+        .layer(
+            ApiKeyAuthLayer::new(db.clone())
+                .key_format(format)
+                .key_header(http::HeaderName::from_static("x-acme-key")),
+        )
+        .service(s.handler.service());
+    let with = |name: &str, value: &str| empty(get("/").header(name, value));
+    assert_eq!(
+        send(&service, with("x-acme-key", key.expose())).await.0,
+        200
+    );
+    // The default header is not read when another is configured.
+    assert_envelope(
+        &send(&service, with("x-api-key", key.expose())).await,
+        401,
+        UNAUTHORIZED,
+    );
+    let mut forged = key.expose().to_owned();
+    let last = if forged.ends_with('0') { "1" } else { "0" };
+    forged.replace_range(forged.len() - 1.., last);
+    assert_envelope(
+        &send(&service, with("x-acme-key", &forged)).await,
+        401,
+        UNAUTHORIZED,
+    );
+    assert_eq!(db.queries(), 1);
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn over_loopback_two_hundred_random_keys_make_at_most_twenty_one_queries() {
+    use crate::common::wire::Wire;
+    use axum::{Router, routing::get as route};
+    use tower_nat::NatLayer;
+
+    let s = setup();
+    let keys = CachedKeyStore::new(s.db.clone());
+    let app = Router::new()
+        .route("/api/v1/usage", route(|| async { "ok" }))
+        .layer(NatLayer::new(keys));
+    let wire = Wire::start(app).await;
+    let reply = wire
+        .call(
+            http::Method::GET,
+            "/api/v1/usage",
+            Some(s.live.expose()),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let key = ApiKey::generate();
+        let reply = wire
+            .call(http::Method::GET, "/api/v1/usage", Some(key.expose()), None)
+            .await;
+        if reply.status == 429 {
+            assert!(header(&reply.headers, "retry-after") >= 1);
+            assert_eq!(
+                reply.body,
+                format!(
+                    r#"{{"error":"RATE_LIMITED","message":"Rate limit exceeded. Retry after {} seconds.","retry_after":{}}}"#,
+                    header(&reply.headers, "retry-after"),
+                    header(&reply.headers, "retry-after")
+                )
+            );
+        } else {
+            reply.assert_envelope(401, UNAUTHORIZED);
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert!(s.db.queries() <= 21, "{}", s.db.queries());
+    // The customer's live key, known to the cache, still works from the same address.
+    let reply = wire
+        .call(
+            http::Method::GET,
+            "/api/v1/usage",
+            Some(s.live.expose()),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "ok");
+}
