@@ -70,11 +70,17 @@
 mod cache;
 mod key;
 mod layer;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+mod postgres;
 mod store;
 mod throttle;
 
 pub use cache::CachedKeyStore;
 pub use key::{ApiKey, CHECKSUM_LEN, GENERATED_KEY_LEN, KEY_PREFIX, KeyFormat, KeyHash};
 pub use layer::{ApiKeyAuth, ApiKeyAuthLayer};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::PgKeyStore;
 pub use store::{IssuedKey, KeyChanges, KeyInfo, KeyRecord, KeyStore, MemoryKeyStore};
 pub use throttle::{ClientAddr, IpNet, IpNetError};

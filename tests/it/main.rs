@@ -18,6 +18,7 @@ mod framework_errors;
 mod hostile;
 mod internal_error;
 mod key_cache;
+mod key_stores;
 #[cfg(feature = "axum")]
 mod placement;
 mod plans;

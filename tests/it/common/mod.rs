@@ -2,6 +2,8 @@
 //! counting handler, request builders, exact-envelope assertions, and store doubles.
 
 #[cfg(feature = "redis")]
+#[cfg(feature = "postgres")]
+pub mod pg_server;
 pub mod redis_server;
 pub mod stores;
 #[cfg(feature = "axum")]
