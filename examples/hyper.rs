@@ -20,8 +20,12 @@ use hyper_util::{
 };
 use tower::ServiceBuilder;
 use tower_nat::{
-    NatError, NatLayer, auth::MemoryKeyStore, plan::Plan, quota::UsageReader,
-    scan_request::RequestBody, tenant::Tenant,
+    NatError, NatLayer,
+    auth::{ClientAddr, MemoryKeyStore},
+    plan::Plan,
+    quota::UsageReader,
+    scan_request::RequestBody,
+    tenant::Tenant,
 };
 
 type Body = RequestBody<Incoming>;
@@ -91,11 +95,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener.local_addr()?
     );
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => accepted?,
             _ = tokio::signal::ctrl_c() => break,
         };
-        let service = TowerToHyperService::new(service.clone());
+        // The peer's address, for the throttling of failed authentication.
+        let service = ServiceBuilder::new()
+            .map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                req
+            })
+            .service(service.clone());
+        let service = TowerToHyperService::new(service);
         tokio::spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder

@@ -16,6 +16,9 @@
 //! - `NAT_SCAN_SECONDS`: how long a demo scan runs (default 3).
 //! - `NAT_REDIS_URL`: keep rate limits and quotas in Redis (`redis://127.0.0.1:6379/`), shared
 //!   by every instance; needs `--features redis`.
+//! - `NAT_DATABASE_URL`: keep tenants and keys in PostgreSQL
+//!   (`postgres://user:password@127.0.0.1/nat`), behind a cache; the schema is created on
+//!   start and the demo tenants and keys are added.
 //!
 //! On start it prints the address and one key per plan (`free key: nat_pk_...`). They are
 //! demo keys, printed so you can use them; a real server never prints or logs keys.
@@ -27,33 +30,43 @@
 
 use axum::Router;
 use nat_demo::{Demo, Settings};
+use tower_nat::{NatLayer, auth::KeyStore};
 
 fn exit(code: i32, message: &str) -> ! {
     eprintln!("error: {message}");
     std::process::exit(code)
 }
 
+/// The demo app with keys from `nat`'s key store, and rate limits and quotas in Redis if
+/// `redis_url` is given.
 #[cfg(feature = "redis")]
-fn app(demo: &Demo, redis_url: Option<&str>) -> Result<Router, String> {
+fn app<K: KeyStore>(
+    demo: &Demo,
+    nat: NatLayer<K>,
+    redis_url: Option<&str>,
+) -> Result<Router, String> {
     use tower_nat::{
         quota::RedisQuotaStore, rate_limit::RedisRateStore, store::redis::RedisBackend,
     };
     let Some(url) = redis_url else {
-        return Ok(demo.router(demo.nat()));
+        return Ok(demo.router(nat));
     };
     // The URL may carry a password: it is not echoed.
     let backend = RedisBackend::open(url).map_err(|_| "NAT_REDIS_URL is not a Redis URL")?;
-    let nat = demo
-        .nat()
+    let nat = nat
         .with_rate_store(RedisRateStore::new(backend.clone()))
         .with_quota_store(RedisQuotaStore::new(backend));
     Ok(demo.router(nat))
 }
 
 #[cfg(not(feature = "redis"))]
-fn app(demo: &Demo, redis_url: Option<&str>) -> Result<Router, String> {
+fn app<K: KeyStore>(
+    demo: &Demo,
+    nat: NatLayer<K>,
+    redis_url: Option<&str>,
+) -> Result<Router, String> {
     match redis_url {
-        None => Ok(demo.router(demo.nat())),
+        None => Ok(demo.router(nat)),
         Some(_) => Err(
             "NAT_REDIS_URL is set, but the example was built without the redis \
                         feature: run it with --features redis"
@@ -70,7 +83,15 @@ async fn main() {
         .init();
     let settings = Settings::from_env().unwrap_or_else(|message| exit(2, &message));
     let demo = settings.demo();
-    let app = app(&demo, settings.redis_url.as_deref()).unwrap_or_else(|m| exit(2, &m));
+    let redis_url = settings.redis_url.as_deref();
+    let app = match settings.database_url.as_deref() {
+        Some(url) => {
+            let keys = demo.postgres(url).await.unwrap_or_else(|m| exit(2, &m));
+            app(&demo, demo.nat_with(keys), redis_url)
+        }
+        None => app(&demo, demo.nat(), redis_url),
+    }
+    .unwrap_or_else(|m| exit(2, &m));
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .unwrap_or_else(|e| exit(1, &format!("cannot listen on {}: {e}", settings.addr)));
@@ -87,6 +108,9 @@ async fn main() {
             "not configured (503 on /api/v1/billing/*)"
         }
     );
+    if settings.database_url.is_some() {
+        println!("keys: PostgreSQL (NAT_DATABASE_URL), cached");
+    }
     if settings.redis_url.is_some() {
         println!("stores: Redis (NAT_REDIS_URL)");
     }

@@ -43,7 +43,7 @@ use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
 use tower_nat::{
     NatError, NatLayer,
-    auth::{ApiKey, KeyStore, MemoryKeyStore},
+    auth::{ApiKey, CachedKeyStore, KeyStore, MemoryKeyStore, PgKeyStore},
     billing::BillingConfiguredLayer,
     clock::{SharedClock, SystemClock, UtcDate},
     envelope::ErrorEnvelopeLayer,
@@ -159,12 +159,34 @@ impl Demo {
     /// Every layer of the demo, on in-memory stores: the health check and the Stripe webhook
     /// need no key.
     pub fn nat(&self) -> NatLayer {
-        NatLayer::new(self.key_store.clone())
+        self.nat_with(self.key_store.clone())
+    }
+
+    /// Every layer of the demo, with keys from `keys`.
+    pub fn nat_with<K>(&self, keys: K) -> NatLayer<K> {
+        NatLayer::new(keys)
             .plans(self.plans.clone())
             .clock(self.clock.clone())
             .billing(self.billing.clone())
             .exempt("/healthz")
             .exempt("/api/v1/billing/webhook")
+    }
+
+    /// The demo's tenants and keys in PostgreSQL at `url` (schema migrated, tenants and keys
+    /// added if missing), behind a cache. The error never repeats the URL.
+    pub async fn postgres(&self, url: &str) -> Result<CachedKeyStore<PgKeyStore>, String> {
+        let db = PgKeyStore::new(url).map_err(|_| "NAT_DATABASE_URL is not a PostgreSQL URL")?;
+        let failed = |e: tower_nat::StoreError| {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            format!("NAT_DATABASE_URL: {}", cause.unwrap_or_default())
+        };
+        db.migrate().await.map_err(failed)?;
+        for (plan, key) in &self.keys {
+            let tenant = format!("demo-{plan}");
+            db.insert_tenant(&tenant, plan).await.map_err(failed)?;
+            db.add_key(&tenant, key, None).await.map_err(failed)?;
+        }
+        Ok(CachedKeyStore::new(db))
     }
 
     /// The demo app behind `nat` (whatever its stores), with a request timeout outside it
@@ -216,6 +238,8 @@ pub struct Settings {
     pub billing: BillingConfiguredLayer,
     /// `NAT_REDIS_URL`: keep rate limits and quotas in Redis.
     pub redis_url: Option<String>,
+    /// `NAT_DATABASE_URL`: keep tenants and keys in PostgreSQL.
+    pub database_url: Option<String>,
 }
 
 impl Settings {
@@ -262,6 +286,7 @@ impl Settings {
             scan_duration: Duration::from_secs(seconds),
             billing: BillingConfiguredLayer::from_env(),
             redis_url: var("NAT_REDIS_URL"),
+            database_url: var("NAT_DATABASE_URL"),
         })
     }
 

@@ -358,7 +358,9 @@ impl PgKeyStore {
         Ok(!rows.is_empty())
     }
 
-    /// Stores `key`'s hash for `tenant`; `None` if the tenant does not exist.
+    /// Stores `key`'s hash for `tenant` and returns its id; `None` if the tenant does not
+    /// exist or the key belongs to another tenant. Adding a key the tenant already has returns
+    /// its id and changes nothing (so a fixed key can be added on every start).
     pub async fn add_key(
         &self,
         tenant: &str,
@@ -368,23 +370,22 @@ impl PgKeyStore {
         let hash = key.hash();
         let id = KeyId::from(format!("key_{}", &hash.to_hex()[..16]));
         let now = at(self.inner.clock.now());
+        let bytes = hash.as_bytes().as_slice();
         let rows = self
             .query(
                 "add key",
-                "INSERT INTO nat_keys (hash, id, tenant_id, created_at, expires_at) \
-                 SELECT $1, $2, id, $4, $5 FROM nat_tenants WHERE id = $3 RETURNING id",
-                &[
-                    &hash.as_bytes().as_slice(),
-                    &id.as_str(),
-                    &tenant,
-                    &now,
-                    &expires_at.map(at),
-                ],
+                "WITH added AS (\
+                   INSERT INTO nat_keys (hash, id, tenant_id, created_at, expires_at) \
+                   SELECT $1, $2, id, $4, $5 FROM nat_tenants WHERE id = $3 \
+                   ON CONFLICT (hash) DO NOTHING RETURNING id) \
+                 SELECT id FROM added \
+                 UNION ALL SELECT id FROM nat_keys WHERE hash = $1 AND tenant_id = $3",
+                &[&bytes, &id.as_str(), &tenant, &now, &expires_at.map(at)],
             )
             .await?;
         // A cache may hold "no such key" for this hash.
         self.inner.changes.key_changed(&hash);
-        Ok((!rows.is_empty()).then_some(id))
+        Ok(rows.first().map(|row| KeyId::from(row.get::<_, String>(0))))
     }
 
     /// Generates a key of the store's format for `tenant` and stores its hash; `None` if the

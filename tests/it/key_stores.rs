@@ -212,7 +212,10 @@ async fn expiry_and_rotation_with_grace<A: Admin>(store: A, clock: SharedClock, 
     assert_eq!(keys.len(), 2);
     assert_eq!(keys[0].id, old.id);
     assert_eq!(keys[0].created_at, start);
-    assert_eq!(keys[0].expires_at, Some(rotated + Duration::from_secs(3600)));
+    assert_eq!(
+        keys[0].expires_at,
+        Some(rotated + Duration::from_secs(3600))
+    );
     assert_eq!(keys[1].created_at, rotated);
     // The new key keeps the old key's expiry.
     assert_eq!(keys[1].id, new.id);
