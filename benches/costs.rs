@@ -28,19 +28,22 @@ use tower_nat::{
 const REQUESTS: usize = 20_000;
 
 /// Each measured layer: its name, and whether it gets fresh requests.
-const LAYERS: [(&str, bool); 12] = [
+const LAYERS: [(&str, bool); 15] = [
     ("bare handler", false),
     ("bare handler, fresh", true),
     ("InternalErrorGuard", false),
     ("ErrorEnvelope", false),
     ("BillingConfigured", false),
     ("ApiKeyAuth", true),
+    ("ApiKeyAuth, CachedKeyStore hit", true),
+    ("ApiKeyAuth, client address", true),
     ("PlanRateLimit", false),
     ("ValidateScanRequest (not a scan)", false),
     ("FeatureGate (not a scan)", false),
     ("QuotaGuard (not a scan)", false),
     ("NatLayer", true),
     ("NatLayer, envelope off", true),
+    ("NatLayer, CachedKeyStore hit", true),
 ];
 
 /// The measured loop: the only function callgrind counts.
@@ -73,6 +76,14 @@ fn measure(name: &str, n: usize) {
             let auth = ApiKeyAuthLayer::new(f.keys.clone()).clock(clock());
             run(&mut auth.layer(handler()), &fresh, n)
         }
+        "ApiKeyAuth, CachedKeyStore hit" => {
+            let auth = ApiKeyAuthLayer::new(fresh.cached_keys()).clock(clock());
+            run(&mut auth.layer(handler()), &fresh, n)
+        }
+        "ApiKeyAuth, client address" => {
+            let auth = ApiKeyAuthLayer::new(f.keys.clone()).clock(clock());
+            run(&mut auth.layer(handler()), &fresh.with_client_addr(), n)
+        }
         "PlanRateLimit" => {
             let rate = PlanRateLimitLayer::new(f.plans.clone()).clock(clock());
             run(&mut rate.layer(handler()), f, n)
@@ -92,6 +103,10 @@ fn measure(name: &str, n: usize) {
         "NatLayer" => run(&mut fresh.nat().layer(handler()), &fresh, n),
         "NatLayer, envelope off" => {
             let nat = fresh.nat().error_envelope(false);
+            run(&mut nat.layer(handler()), &fresh, n)
+        }
+        "NatLayer, CachedKeyStore hit" => {
+            let nat = fresh.nat_with(fresh.cached_keys());
             run(&mut nat.layer(handler()), &fresh, n)
         }
         other => panic!("unknown layer {other}"),

@@ -153,6 +153,13 @@ fn layers(c: &mut Criterion) {
         &fresh,
         auth.layer(handler()),
     );
+    let cached = ApiKeyAuthLayer::new(fresh.cached_keys()).clock(Arc::new(f.clock.clone()));
+    bench(
+        &mut group,
+        "ApiKeyAuth (SHA-256 + CachedKeyStore hit)",
+        &fresh,
+        cached.layer(handler()),
+    );
     let rate = PlanRateLimitLayer::new(f.plans.clone()).clock(Arc::new(f.clock.clone()));
     bench(&mut group, "PlanRateLimit", &f, rate.layer(handler()));
     bench(
@@ -294,9 +301,58 @@ fn config() -> Criterion {
         .sample_size(40)
 }
 
+/// A key lookup alone, by hash, over 1,000 keys: the in-memory store against a cache hit.
+fn key_lookup(c: &mut Criterion) {
+    use tower_nat::{
+        auth::{KeyHash, KeyStore},
+        store::Answer,
+    };
+    let f = fixture(1_000).fresh();
+    let hashes: Vec<KeyHash> = f
+        .requests
+        .iter()
+        .map(|r| KeyHash::of(r.headers()["x-api-key"].as_bytes()))
+        .collect();
+    fn hit<K: KeyStore>(store: &K, hash: &KeyHash) -> bool {
+        match store.lookup(hash) {
+            Answer::Ready(answer) => answer.is_ok_and(|r| r.is_some()),
+            Answer::Pending(_) => panic!("a hit answers at once"),
+        }
+    }
+    let mut group = c.benchmark_group("key_lookup");
+    let cache = f.cached_keys();
+    let mut i = 0;
+    group.bench_function("MemoryKeyStore", |b| {
+        b.iter(|| {
+            i = (i + 1) % hashes.len();
+            hit(&f.keys, &hashes[i])
+        })
+    });
+    group.bench_function("CachedKeyStore hit", |b| {
+        b.iter(|| {
+            i = (i + 1) % hashes.len();
+            hit(&cache, &hashes[i])
+        })
+    });
+    // The same on the system clock (one clock read per lookup), as servers run it.
+    let system = tower_nat::auth::CachedKeyStore::new(f.keys.clone());
+    for hash in &hashes {
+        if let Answer::Pending(lookup) = system.lookup(hash) {
+            assert!(common::now(lookup).unwrap().is_some());
+        }
+    }
+    group.bench_function("CachedKeyStore hit, system clock", |b| {
+        b.iter(|| {
+            i = (i + 1) % hashes.len();
+            hit(&system, &hashes[i])
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = layers, rate_limit, stack, threads
+    targets = layers, rate_limit, stack, threads, key_lookup
 }
 criterion_main!(benches);

@@ -123,7 +123,7 @@ pub use body::NatBody;
 pub use error::{NatError, StoreError};
 pub use stack::{NatLayer, NatService, ScanCreation, ScanCreationLayer};
 
-/// The README's examples, compiled and run as doc tests (they use both features).
-#[cfg(all(doctest, feature = "axum", feature = "redis"))]
+/// The README's examples, compiled and run as doc tests (they use every feature).
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

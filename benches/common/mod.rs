@@ -10,10 +10,11 @@ use http_body_util::Full;
 use tower::Service;
 use tower_nat::{
     NatLayer,
-    auth::MemoryKeyStore,
+    auth::{CachedKeyStore, KeyHash, KeyStore, MemoryKeyStore},
     billing::BillingConfiguredLayer,
     clock::FakeClock,
     plan::{Plan, PlanLimits, Plans},
+    store::Answer,
     tenant::Tenant,
 };
 
@@ -112,6 +113,47 @@ impl Fixture {
         }
     }
 
+    /// These requests with the client's address, as a server puts it in (so the throttling
+    /// of failed authentication looks the address up).
+    pub fn with_client_addr(&self) -> Fixture {
+        let requests = self
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, req)| {
+                let mut req = req.clone();
+                let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32);
+                let addr = std::net::SocketAddr::from((ip, 40_000));
+                req.extensions_mut()
+                    .insert(tower_nat::auth::ClientAddr(addr));
+                req
+            })
+            .collect();
+        Fixture {
+            keys: self.keys.clone(),
+            plans: self.plans.clone(),
+            clock: self.clock.clone(),
+            requests: Arc::new(requests),
+        }
+    }
+
+    /// The key store in a cache that holds every fixture key (warmed, a day's TTL, on the
+    /// fixture's clock): every lookup is a hit.
+    pub fn cached_keys(&self) -> CachedKeyStore<MemoryKeyStore> {
+        let cache = CachedKeyStore::new(self.keys.clone())
+            .ttl(Duration::from_secs(86_400))
+            .clock(Arc::new(self.clock.clone()));
+        for req in self.requests.iter() {
+            let hash = KeyHash::of(req.headers()["x-api-key"].as_bytes());
+            let found = match cache.lookup(&hash) {
+                Answer::Ready(answer) => answer,
+                Answer::Pending(lookup) => now(lookup),
+            };
+            assert!(found.unwrap().is_some());
+        }
+        cache
+    }
+
     pub fn stream(&self) -> impl FnMut() -> Request<Full<Bytes>> + use<> {
         let (requests, clock) = (self.requests.clone(), self.clock.clone());
         let mut i = 0usize;
@@ -123,7 +165,12 @@ impl Fixture {
     }
 
     pub fn nat(&self) -> NatLayer {
-        NatLayer::new(self.keys.clone())
+        self.nat_with(self.keys.clone())
+    }
+
+    /// The whole stack as [`nat`](Self::nat) has it, with keys from `keys`.
+    pub fn nat_with<K>(&self, keys: K) -> NatLayer<K> {
+        NatLayer::new(keys)
             .clock(Arc::new(self.clock.clone()))
             .plans(self.plans.clone())
             .billing(BillingConfiguredLayer::new(false))

@@ -104,9 +104,10 @@ struct Settings {
     clock: SharedClock,
 }
 
-/// One cached answer.
-#[derive(Clone)]
-struct Entry {
+/// One cached answer, shared: a hit clones one pointer.
+type Entry = Arc<Cached>;
+
+struct Cached {
     record: Option<KeyRecord>,
     /// Served without a query until then.
     fresh_until: Duration,
@@ -115,7 +116,7 @@ struct Entry {
     /// The change count when the lookup that made this entry started.
     changes: u64,
     /// When the key's use was last passed on, in whole seconds since the epoch.
-    used: Option<Arc<AtomicU64>>,
+    used: AtomicU64,
 }
 
 impl Forget for Cache {
@@ -258,28 +259,23 @@ impl Cache {
 
     /// The entry for a store's answer, made now by a lookup that started at change `changes`.
     fn entry(&self, record: Option<KeyRecord>, now: Duration, changes: u64) -> Entry {
-        let (fresh_until, stale_until, used) = match record {
+        let (fresh_until, stale_until) = match record {
             Some(_) => {
                 let fresh = now.saturating_add(self.settings.ttl);
-                let used = Arc::new(AtomicU64::new(0));
-                (
-                    fresh,
-                    fresh.saturating_add(self.settings.stale_for),
-                    Some(used),
-                )
+                (fresh, fresh.saturating_add(self.settings.stale_for))
             }
             None => {
                 let fresh = now.saturating_add(self.settings.negative_ttl);
-                (fresh, fresh, None)
+                (fresh, fresh)
             }
         };
-        Entry {
+        Arc::new(Cached {
             record,
             fresh_until,
             stale_until,
             changes,
-            used,
-        }
+            used: AtomicU64::new(0),
+        })
     }
 
     /// Caches `entry` unless a change was announced since its lookup started; a change
@@ -297,7 +293,7 @@ impl Cache {
 impl<K: KeyStore> CachedKeyStore<K> {
     /// Passes the key's use on to the store, at most once a minute.
     fn used(&self, entry: &Entry, now: Duration) {
-        let (Some(used), Some(record)) = (&entry.used, &entry.record) else {
+        let (used, Some(record)) = (&entry.used, &entry.record) else {
             return;
         };
         let secs = now.as_secs();
@@ -328,7 +324,7 @@ impl<K: KeyStore> CachedKeyStore<K> {
                 // Filled by a lookup that started no earlier than this one: its answer holds.
                 if entry.changes >= started && now < entry.fresh_until {
                     self.used(&entry, now);
-                    return Ok(entry.record);
+                    return Ok(entry.record.clone());
                 }
                 None
             }
@@ -352,7 +348,7 @@ impl<K: KeyStore> CachedKeyStore<K> {
                 } else {
                     cache.keep(&hash, entry.clone());
                 }
-                Ok(entry.record)
+                Ok(entry.record.clone())
             }
             Err(error) => {
                 drop(guard);
@@ -360,13 +356,16 @@ impl<K: KeyStore> CachedKeyStore<K> {
                     Some(stale) if stale.record.is_some() && now < stale.stale_until => {
                         let retry = now.saturating_add(STALE_RETRY).min(stale.stale_until);
                         let record = stale.record.clone();
+                        let used = AtomicU64::new(stale.used.load(Ordering::Relaxed));
                         cache.keep(
                             &hash,
-                            Entry {
+                            Arc::new(Cached {
+                                record: record.clone(),
                                 fresh_until: retry,
+                                stale_until: stale.stale_until,
                                 changes: started,
-                                ..stale
-                            },
+                                used,
+                            }),
                         );
                         Ok(record)
                     }
@@ -396,7 +395,7 @@ impl<K: KeyStore> KeyStore for CachedKeyStore<K> {
     fn known(&self, hash: &KeyHash) -> Option<KeyRecord> {
         let entry = self.cache.entries.peek(hash)?;
         (self.cache.settings.clock.now() < entry.fresh_until)
-            .then_some(entry.record)
+            .then(|| entry.record.clone())
             .flatten()
     }
 

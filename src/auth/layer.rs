@@ -283,7 +283,7 @@ impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
         let config = &*self.config;
         if let Some(throttle) = &config.throttle {
             if let Some(ip) = throttle.client(req) {
-                if let Some(wait) = throttle.wait(ip, config.clock.now()) {
+                if let Some(wait) = throttle.wait(ip, || config.clock.now()) {
                     let limit = throttle.limit();
                     return Step::of(config.throttled(req, &self.store, limit, wait));
                 }

@@ -187,14 +187,15 @@ impl Throttle {
         (tag, [first, second])
     }
 
-    /// How long `ip` must wait before its requests are looked up again, if it must.
+    /// How long `ip` must wait before its requests are looked up again, if it must. The
+    /// clock is read only for an address that has failed lately.
     #[inline]
-    pub(crate) fn wait(&self, ip: IpAddr, now: Duration) -> Option<Duration> {
-        let now = millis(now);
+    pub(crate) fn wait(&self, ip: IpAddr, now: impl FnOnce() -> Duration) -> Option<Duration> {
         let (tag, slots) = self.slots(ip);
         for i in slots {
             let slot = self.table.slots[i].load(Ordering::Acquire);
             if slot >> TAT_BITS == tag {
+                let now = millis(now());
                 let tat = slot & TAT_MASK;
                 let ahead = tat.saturating_sub(now);
                 return (ahead > self.tolerance)
@@ -307,21 +308,21 @@ mod tests {
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         let now = Duration::from_secs(1_800_000_000);
         for _ in 0..20 {
-            assert_eq!(t.wait(ip, now), None);
+            assert_eq!(t.wait(ip, || now), None);
             t.failed(ip, now);
         }
-        assert_eq!(t.wait(ip, now), Some(Duration::from_secs(3)));
-        assert_eq!(t.wait(other, now), None);
+        assert_eq!(t.wait(ip, || now), Some(Duration::from_secs(3)));
+        assert_eq!(t.wait(other, || now), None);
         let later = now + Duration::from_millis(2999);
-        assert_eq!(t.wait(ip, later), Some(Duration::from_millis(1)));
-        assert_eq!(t.wait(ip, now + Duration::from_secs(3)), None);
+        assert_eq!(t.wait(ip, || later), Some(Duration::from_millis(1)));
+        assert_eq!(t.wait(ip, || now + Duration::from_secs(3)), None);
         // A minute of quiet forgets everything.
         let quiet = now + Duration::from_secs(60);
         for _ in 0..20 {
-            assert_eq!(t.wait(ip, quiet), None);
+            assert_eq!(t.wait(ip, || quiet), None);
             t.failed(ip, quiet);
         }
-        assert!(t.wait(ip, quiet).is_some());
+        assert!(t.wait(ip, || quiet).is_some());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::common::{Answer, UNAUTHORIZED, assert_envelope, empty, get, send};
 
 /// What the suite asks of a store that manages keys (memory answers at once, PostgreSQL
 /// later).
-pub trait Admin: KeyStore {
+trait Admin: KeyStore {
     async fn tenant(&self, id: &str, plan: Plan);
     async fn issue(&self, tenant: &str, expires_at: Option<Duration>) -> Option<IssuedKey>;
     async fn revoke(&self, id: &KeyId) -> bool;

@@ -1,9 +1,9 @@
 //! Helpers shared by the integration tests: a handler whose answer the request picks, a
 //! counting handler, request builders, exact-envelope assertions, and store doubles.
 
-#[cfg(feature = "redis")]
 #[cfg(feature = "postgres")]
 pub mod pg_server;
+#[cfg(feature = "redis")]
 pub mod redis_server;
 pub mod stores;
 #[cfg(feature = "axum")]
