@@ -73,6 +73,8 @@
 //! - `axum`: axum's `IntoResponse` for [`NatError`], the [`Tenant`](tenant::Tenant) extractor,
 //!   and path decisions that read axum's `OriginalUri` (needed under `Router::nest`).
 //! - `redis`: Redis-backed rate-limit and quota stores, shared by every instance.
+//! - `postgres`: `auth::PgKeyStore`, tenants and API keys in PostgreSQL (put
+//!   [`auth::CachedKeyStore`] in front of it).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `get_ref`, `get_mut` and `into_inner` for a middleware service whose inner service is the

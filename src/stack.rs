@@ -308,9 +308,14 @@ impl<K, R, Q: Clone> NatLayer<K, R, Q> {
     ///
     /// let nat = NatLayer::new(MemoryKeyStore::new());
     /// let app: Router = Router::new()
-    ///    .route("/v2/scans", post(|| async { (http::StatusCode::ACCEPTED, "{}") }))
-    ///    .route_layer(nat.scan_creation())
-    ///    .layer(nat);
+    ///     .route(
+    ///         "/v2/scans",
+    ///         // On the handler: every request it sees is a scan creation, whatever its
+    ///         // method, so it goes on `post(..)`, not on a router.
+    ///         post(|| async { (http::StatusCode::ACCEPTED, "{}") })
+    ///             .route_layer(nat.scan_creation()),
+    ///     )
+    ///     .layer(nat);
     /// ```
     pub fn scan_creation(&self) -> ScanCreationLayer<Q> {
         ScanCreationLayer {

@@ -392,11 +392,14 @@ impl<K: KeyStore> KeyStore for CachedKeyStore<K> {
         Answer::Pending(Box::pin(self.clone().load(*hash, seen)))
     }
 
-    fn known(&self, hash: &KeyHash) -> Option<KeyRecord> {
+    fn known(&self, hash: &KeyHash) -> Option<Answer<Option<KeyRecord>, Self::Future>> {
         let entry = self.cache.entries.peek(hash)?;
-        (self.cache.settings.clock.now() < entry.fresh_until)
-            .then(|| entry.record.clone())
-            .flatten()
+        let record = entry.record.clone()?;
+        if self.cache.settings.clock.now() < entry.fresh_until {
+            Some(Answer::Ready(Ok(Some(record))))
+        } else {
+            Some(self.lookup(hash))
+        }
     }
 
     fn changes(&self) -> Option<&KeyChanges> {

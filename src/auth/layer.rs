@@ -242,7 +242,8 @@ impl Config {
         }
     }
 
-    /// The answer to a client that failed too often, unless its key is known to be live.
+    /// The answer to a client that failed too often: 429, unless the store vouches for its
+    /// key (known live, or known live before and looked up again).
     #[cold]
     fn throttled<B, K: KeyStore>(
         &self,
@@ -250,10 +251,12 @@ impl Config {
         store: &K,
         limit: u32,
         wait: Duration,
-    ) -> Result<(), Rejection> {
+    ) -> Step<(), K::Future> {
         if let Ok(hash) = key_hash(req, self) {
-            if let Some(record) = store.known(&hash) {
-                return self.admit(req, Ok(Some(record)));
+            match store.known(&hash) {
+                Some(Answer::Ready(answer)) => return Step::of(self.admit(req, answer)),
+                Some(Answer::Pending(lookup)) => return Step::Later(lookup),
+                None => {}
             }
         }
         let error = NatError::RateLimited {
@@ -261,7 +264,7 @@ impl Config {
             limit,
         };
         error.report(None, "too many failed authentications from this address");
-        Err(error.into())
+        Step::Reject(error.into())
     }
 }
 
@@ -285,7 +288,7 @@ impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
             if let Some(ip) = throttle.client(req) {
                 if let Some(wait) = throttle.wait(ip, || config.clock.now()) {
                     let limit = throttle.limit();
-                    return Step::of(config.throttled(req, &self.store, limit, wait));
+                    return config.throttled(req, &self.store, limit, wait);
                 }
             }
         }

@@ -3,13 +3,22 @@
 //! into the request's extensions for the layers behind it.
 //!
 //! A request is refused, always with the same bytes (no oracle), when the header is missing,
-//! empty or repeated; when its value is not `nat_pk_` followed by the expected number of
-//! `[A-Za-z0-9]` characters (whitespace, other bytes, truncated or oversized keys are refused
-//! before any hashing or lookup); when the key is unknown, revoked or expired; or when its
+//! empty or repeated; when its value does not have the [`KeyFormat`] (by default `nat_pk_`
+//! followed by 32 `[A-Za-z0-9]` characters; whitespace, other bytes, truncated or oversized
+//! keys and wrong checksums are refused before any hashing or lookup); when the key is unknown, revoked or expired; or when its
 //! tenant was deleted. `Authorization: Bearer` is never read. Stores keep SHA-256 hashes of
 //! keys ([`KeyHash`]), never the keys, and nothing in this crate logs a key.
 //!
 //! A failing store (for example a database that is down) gives 500 `INTERNAL_ERROR`.
+//!
+//! **Keys in a database.** Implement [`KeyStore`] over it (one lookup by hash), or use
+//! `PgKeyStore` (`postgres` feature), and put a [`CachedKeyStore`] in front: one query per key
+//! per TTL, changes made through the store applied at once.
+//!
+//! **Failed authentication** is throttled per client address (20 a minute by default, then
+//! 429 `RATE_LIMITED` before any lookup, except for keys the store knows to be live without a
+//! query); see [`ApiKeyAuthLayer::failed_auth_limit`]. The address comes from
+//! [`ClientAddr`] or axum's `ConnectInfo<SocketAddr>`.
 //!
 //! Exempt routes ([`ApiKeyAuthLayer::exempt`]) are matched against the path the client sent,
 //! also when a framework stripped a prefix before this layer (axum's `nest`: with the `axum`

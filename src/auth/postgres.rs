@@ -53,6 +53,11 @@ const LOOKUP: &str = "SELECT k.id, k.tenant_id, t.plan, t.overrides::text, k.exp
 /// - **Last use** is recorded through [`KeyStore::record_use`] into memory and written in one
 ///   statement for all keys every 10 seconds (and by [`flush_last_used`](Self::flush_last_used)).
 ///
+/// Built on `tokio-postgres` rather than `sqlx`: a handful of fixed queries needs neither
+/// compile-time checking against a database nor macros, and `tokio-postgres` is a much
+/// smaller build that pipelines concurrent queries over one connection. It connects without
+/// TLS: reach the database over a private network, a local proxy or an SSH tunnel.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use tower_nat::{NatLayer, auth::{CachedKeyStore, PgKeyStore}, plan::Plan};
@@ -358,8 +363,9 @@ impl PgKeyStore {
         Ok(!rows.is_empty())
     }
 
-    /// Stores `key`'s hash for `tenant` and returns its id; `None` if the tenant does not
-    /// exist or the key belongs to another tenant. Adding a key the tenant already has returns
+    /// Stores `key`'s hash for `tenant`, expiring at `expires_at` (time since the Unix epoch)
+    /// if given, and returns its id; `None` if the tenant does not exist or the key belongs to
+    /// another tenant. Adding a key the tenant already has returns
     /// its id and changes nothing (so a fixed key can be added on every start).
     pub async fn add_key(
         &self,
@@ -388,8 +394,9 @@ impl PgKeyStore {
         Ok(rows.first().map(|row| KeyId::from(row.get::<_, String>(0))))
     }
 
-    /// Generates a key of the store's format for `tenant` and stores its hash; `None` if the
-    /// tenant does not exist.
+    /// Generates a key of the store's format for `tenant` and stores its hash; it stops
+    /// working at `expires_at` (time since the Unix epoch) if given. `None` if the tenant
+    /// does not exist.
     pub async fn issue_key(
         &self,
         tenant: &str,
@@ -415,7 +422,8 @@ impl PgKeyStore {
         Ok(!rows.is_empty())
     }
 
-    /// Sets when key `key_id` stops working (`None`: never); `false` if there is no such key.
+    /// Sets when key `key_id` stops working (time since the Unix epoch; `None`: never);
+    /// `false` if there is no such key.
     pub async fn set_expiry(
         &self,
         key_id: &KeyId,

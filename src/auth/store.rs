@@ -68,10 +68,12 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
     /// Looks a key up by its hash.
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future>;
 
-    /// The key's record if this store knows it is live without a query (a store in memory, a
-    /// fresh cache entry), `None` otherwise. Throttled clients get through only with such keys.
-    /// The default knows nothing.
-    fn known(&self, hash: &KeyHash) -> Option<KeyRecord> {
+    /// What a client whose failed authentications are throttled may still do with this key:
+    /// `Some` answer for a key this store knows, or knew, to be live (a store in memory
+    /// answers at once; a cache answers a fresh entry at once and looks an expired live entry
+    /// up again), `None` for a key it has never seen live, which is then refused with 429
+    /// without a query. The default knows nothing.
+    fn known(&self, hash: &KeyHash) -> Option<Answer<Option<KeyRecord>, Self::Future>> {
         let _ = hash;
         None
     }
@@ -379,8 +381,9 @@ impl MemoryKeyStore {
         Some(key_id)
     }
 
-    /// Generates a new key of the store's format for `tenant` and stores its hash. `None` if
-    /// the tenant does not exist.
+    /// Generates a new key of the store's format for `tenant` and stores its hash; it stops
+    /// working at `expires_at` (time since the Unix epoch) if given. `None` if the tenant
+    /// does not exist.
     pub fn issue_key(&self, tenant: &str, expires_at: Option<Duration>) -> Option<IssuedKey> {
         let key = self.settings.format.generate();
         let id = self.add_key(tenant, &key, expires_at)?;
@@ -402,7 +405,8 @@ impl MemoryKeyStore {
         Some(issued)
     }
 
-    /// Sets when key `key_id` stops working (`None`: never); `false` if there is no such key.
+    /// Sets when key `key_id` stops working (time since the Unix epoch; `None`: never);
+    /// `false` if there is no such key.
     pub fn set_expiry(&self, key_id: &KeyId, expires_at: Option<Duration>) -> bool {
         let Some(hash) = self.inner.ids.get(key_id).map(|m| m.hash) else {
             return false;
@@ -474,8 +478,8 @@ impl KeyStore for MemoryKeyStore {
         Answer::Ready(Ok(self.get(hash)))
     }
 
-    fn known(&self, hash: &KeyHash) -> Option<KeyRecord> {
-        self.get(hash)
+    fn known(&self, hash: &KeyHash) -> Option<Answer<Option<KeyRecord>, Self::Future>> {
+        self.get(hash).map(|record| Answer::Ready(Ok(Some(record))))
     }
 
     fn changes(&self) -> Option<&KeyChanges> {

@@ -288,8 +288,9 @@ async fn over_loopback_two_hundred_random_keys_make_at_most_twenty_one_queries()
     }
     assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
-    // One query for each of the first 20 keys (the limit allows 21), none after.
-    assert_eq!(s.db.queries(), 20);
+    // One query for each of the first 20 random keys, none after (the live key's lookup
+    // before them is the 21st).
+    assert_eq!(s.db.queries(), 21);
     // The customer's live key, known to the cache, still works from the same address.
     let reply = wire
         .call(
@@ -301,4 +302,48 @@ async fn over_loopback_two_hundred_random_keys_make_at_most_twenty_one_queries()
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, "ok");
+}
+
+#[tokio::test]
+async fn a_throttled_address_keeps_keys_it_used_after_their_cache_entry_expires() {
+    let s = setup();
+    let cache = CachedKeyStore::new(s.db.clone()).clock(Arc::new(s.clock.clone()));
+    let service = ServiceBuilder::new()
+        .layer(
+            ApiKeyAuthLayer::new(cache)
+                .clock(Arc::new(s.clock.clone()))
+                .failed_auth_limit(1, Duration::from_secs(3600)),
+        )
+        .service(s.handler.service());
+    let fresh_key = s.db.keys.issue_key("acme", None).unwrap().key;
+    assert_eq!(
+        send(&service, from("192.0.2.1", Some(s.live.expose()), &[]))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(send(&service, from("192.0.2.1", None, &[])).await.0, 401);
+    assert_eq!(send(&service, from("192.0.2.1", None, &[])).await.0, 429);
+    assert_eq!(s.db.queries(), 1);
+    // The cache entry expires (60 s); the address is still throttled (1 an hour).
+    s.clock.advance(Duration::from_secs(61));
+    assert_eq!(send(&service, from("192.0.2.1", None, &[])).await.0, 429);
+    // The key it used before is looked up again, once, and works.
+    assert_eq!(
+        send(&service, from("192.0.2.1", Some(s.live.expose()), &[]))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        send(&service, from("192.0.2.1", Some(s.live.expose()), &[]))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(s.db.queries(), 2);
+    // A live key this cache never saw is refused without a query.
+    let reply = send(&service, from("192.0.2.1", Some(fresh_key.expose()), &[])).await;
+    assert_eq!(reply.0, 429);
+    assert_eq!(s.db.queries(), 2);
 }
