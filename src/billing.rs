@@ -77,6 +77,7 @@ pub(crate) struct BillingCheck {
     configured: bool,
     // `None`: every request the layer sees.
     prefixes: Option<Arc<Routes>>,
+    shadow: bool,
 }
 
 impl BillingConfiguredLayer {
@@ -101,6 +102,7 @@ impl BillingConfiguredLayer {
             gate: BillingCheck {
                 configured,
                 prefixes: None,
+                shadow: false,
             },
         }
         .prefix(DEFAULT_BILLING_PREFIX)
@@ -124,6 +126,15 @@ impl BillingConfiguredLayer {
         self
     }
 
+    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
+    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
+    /// lets every request through untouched. For rolling out new limits on live traffic.
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.gate.shadow = on;
+        self
+    }
+
     /// Whether billing is configured.
     pub fn is_configured(&self) -> bool {
         self.gate.configured
@@ -131,6 +142,13 @@ impl BillingConfiguredLayer {
 }
 
 impl Gate for BillingCheck {
+    const LAYER: &'static str = "billing";
+
+    #[inline]
+    fn shadow(&self) -> bool {
+        self.shadow
+    }
+
     #[inline(always)]
     fn check<B>(&self, req: &Request<B>) -> Result<(), Rejection> {
         if self.configured {

@@ -70,6 +70,7 @@ pub(crate) struct FeatureCheck {
     // `None`: the feature the request's scan kind needs.
     feature: Option<Feature>,
     plans: Arc<Plans>,
+    shadow: bool,
 }
 
 impl FeatureGateLayer {
@@ -80,6 +81,7 @@ impl FeatureGateLayer {
             gate: FeatureCheck {
                 feature: None,
                 plans: plans.into(),
+                shadow: false,
             },
         }
     }
@@ -91,12 +93,29 @@ impl FeatureGateLayer {
             gate: FeatureCheck {
                 feature: Some(feature),
                 plans: plans.into(),
+                shadow: false,
             },
         }
+    }
+
+    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
+    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
+    /// lets every request through untouched. For rolling out new limits on live traffic.
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.gate.shadow = on;
+        self
     }
 }
 
 impl Gate for FeatureCheck {
+    const LAYER: &'static str = "feature_gate";
+
+    #[inline]
+    fn shadow(&self) -> bool {
+        self.shadow
+    }
+
     #[inline(always)]
     fn check<B>(&self, req: &Request<B>) -> Result<(), Rejection> {
         let needed = match &self.feature {

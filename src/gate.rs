@@ -11,9 +11,15 @@ use crate::{future::ResponseFuture, guard::Rejection};
 
 /// A synchronous check of a request.
 pub(crate) trait Gate {
+    /// The layer's name in metrics (`layer` label).
+    const LAYER: &'static str;
+
     /// `Err` refuses the request with that envelope (boxed: passing is the common case, and
     /// a pointer is cheaper to return than an error).
     fn check<B>(&self, req: &Request<B>) -> Result<(), Rejection>;
+
+    /// Whether the gate runs in shadow mode (reports, never refuses).
+    fn shadow(&self) -> bool;
 }
 
 /// Calls `inner` if `gate` lets `req` through.
@@ -29,7 +35,21 @@ where
 {
     match gate.check(&req) {
         Ok(()) => ResponseFuture::inner(inner.call(req)),
-        Err(rejection) => ResponseFuture::response(rejection.into_response()),
+        Err(rejection) => {
+            let shadow = gate.shadow();
+            crate::metrics::rejected(G::LAYER, &rejection, &req, shadow);
+            if shadow {
+                tracing::debug!(
+                    target: "tower_nat",
+                    layer = G::LAYER,
+                    code = rejection.error().code(),
+                    "would reject (shadow mode): passed"
+                );
+                ResponseFuture::inner(inner.call(req))
+            } else {
+                ResponseFuture::response(rejection.into_response())
+            }
+        }
     }
 }
 

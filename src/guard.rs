@@ -16,6 +16,7 @@ use std::{
     mem,
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Instant,
 };
 
 use http::{HeaderMap, Request, Response};
@@ -37,13 +38,24 @@ impl Rejection {
 
     pub(crate) fn into_response<B>(self) -> Response<NatBody<B>> {
         let (error, headers) = *self.0;
+        let refused = Refused(error.code());
         let mut response = error.to_response();
         if !headers.is_empty() {
             response.headers_mut().extend(headers);
         }
+        response.extensions_mut().insert(refused);
         response
     }
+
+    /// The error refused with.
+    pub(crate) fn error(&self) -> &NatError {
+        &self.0.0
+    }
 }
+
+/// Marks a response as a layer's refusal, with its code (for `nat_requests_total`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Refused(pub(crate) &'static str);
 
 impl From<NatError> for Rejection {
     fn from(error: NatError) -> Self {
@@ -79,6 +91,22 @@ pub trait Policy<B>: Clone {
     type Pass: Finish;
     /// A decision that comes later (a remote store, a body to read).
     type Later: Future;
+
+    /// The layer's name in metrics (`layer` label).
+    const LAYER: &'static str;
+
+    /// Whether the layer runs in shadow mode: it decides as usual, reports what it would
+    /// have refused, and lets every request through untouched.
+    fn shadow(&self) -> bool;
+
+    /// The store call a `Later` answer came from, for metrics: store, operation, success.
+    fn store_call(
+        &self,
+        answer: &<Self::Later as Future>::Output,
+    ) -> Option<(&'static str, &'static str, bool)> {
+        let _ = answer;
+        None
+    }
 
     /// Decides about `req`, now or later. It may change the request (put the tenant in,
     /// take the body to read it).
@@ -123,7 +151,7 @@ impl<F: Future, T> Future for With<F, T> {
 }
 
 /// What a passed request's decision does to its response.
-pub trait Finish {
+pub trait Finish: Sized {
     /// Work that must finish before the response is answered (the quota's settlement).
     type Settle: Future<Output = ()>;
 
@@ -131,10 +159,15 @@ pub trait Finish {
     /// awaited before the response is answered. (When the inner service fails instead, the
     /// decision is dropped.)
     fn finish<B>(self, response: &mut Response<B>) -> Option<Self::Settle>;
+
+    /// The decision that does nothing to the response (shadow mode: no headers, no charge).
+    fn nothing() -> Self;
 }
 
 impl Finish for () {
     type Settle = std::future::Ready<()>;
+
+    fn nothing() -> Self {}
 
     #[inline]
     fn finish<B>(self, _: &mut Response<B>) -> Option<Self::Settle> {
@@ -155,11 +188,17 @@ where
 {
     let state = match policy.decide(&mut req) {
         Step::Pass(pass) => State::Inner {
+            pass: Some(shadowed(policy, pass)),
             future: inner.call(req),
-            pass: Some(pass),
         },
-        Step::Reject(rejection) => State::Reject {
-            rejection: Some(rejection),
+        Step::Reject(rejection) => match refuse(policy, rejection, &req) {
+            Ok(pass) => State::Inner {
+                future: inner.call(req),
+                pass: Some(pass),
+            },
+            Err(rejection) => State::Reject {
+                rejection: Some(rejection),
+            },
         },
         Step::Later(later) => {
             // Keep the instance that was polled ready for the call after the decision.
@@ -169,11 +208,44 @@ where
                 waiting: Box::pin(Waiting {
                     later,
                     parked: Some((ready, req, policy.clone())),
+                    started: Instant::now(),
                 }),
             }
         }
     };
     ResponseFuture { state }
+}
+
+/// A passing decision, or in shadow mode one that does nothing.
+#[inline(always)]
+fn shadowed<B, P: Policy<B>>(policy: &P, pass: P::Pass) -> P::Pass {
+    if policy.shadow() {
+        drop(pass);
+        P::Pass::nothing()
+    } else {
+        pass
+    }
+}
+
+/// A refusal, counted; in shadow mode reported as one that would have been, and passed.
+#[cold]
+fn refuse<B, P: Policy<B>>(
+    policy: &P,
+    rejection: Rejection,
+    req: &Request<B>,
+) -> Result<P::Pass, Rejection> {
+    let shadow = policy.shadow();
+    crate::metrics::rejected(P::LAYER, &rejection, req, shadow);
+    if !shadow {
+        return Err(rejection);
+    }
+    tracing::debug!(
+        target: "tower_nat",
+        layer = P::LAYER,
+        code = rejection.error().code(),
+        "would reject (shadow mode): passed"
+    );
+    Ok(P::Pass::nothing())
 }
 
 pin_project! {
@@ -184,6 +256,7 @@ pin_project! {
         #[pin]
         later: L,
         parked: Option<(S, Request<B>, P)>,
+        started: Instant,
     }
 }
 
@@ -232,7 +305,14 @@ where
                     let answer = ready!(waiting.later.poll(cx));
                     let (mut inner, mut req, policy) =
                         waiting.parked.take().expect("polled after completion");
-                    match policy.resume(answer, &mut req) {
+                    if let Some((store, op, ok)) = policy.store_call(&answer) {
+                        crate::metrics::store_call(store, op, ok, waiting.started.elapsed());
+                    }
+                    let decided = match policy.resume(answer, &mut req) {
+                        Ok(pass) => Ok(shadowed(&policy, pass)),
+                        Err(rejection) => refuse(&policy, rejection, &req),
+                    };
+                    match decided {
                         Ok(pass) => State::Inner {
                             future: inner.call(req),
                             pass: Some(pass),

@@ -53,6 +53,8 @@ use tower_service::Service;
 use crate::{
     body::{NatBody, wrap},
     error::NatError,
+    guard::Refused,
+    metrics::Outcome,
     report,
 };
 
@@ -61,13 +63,20 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Applies [`InternalErrorGuard`] to a service.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InternalErrorGuardLayer {
-    _priv: (),
+    // Counts requests into `nat_requests_total` (the outermost guard of `NatLayer`).
+    count: bool,
 }
 
 impl InternalErrorGuardLayer {
     /// The layer.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts every request's outcome into `nat_requests_total`, as `NatLayer` does.
+    pub(crate) fn counting(mut self) -> Self {
+        self.count = true;
+        self
     }
 }
 
@@ -78,6 +87,7 @@ impl<S> Layer<S> for InternalErrorGuardLayer {
         InternalErrorGuard {
             inner,
             not_ready: false,
+            count: self.count,
         }
     }
 }
@@ -89,10 +99,17 @@ pub struct InternalErrorGuard<S> {
     inner: S,
     // The inner service failed to become ready: the next call answers 500 without it.
     not_ready: bool,
+    count: bool,
 }
 
 impl<S> InternalErrorGuard<S> {
     crate::inner_accessors!();
+}
+
+fn count(on: bool, outcome: Outcome) {
+    if on {
+        crate::metrics::request(outcome);
+    }
 }
 
 fn report_error(error: &(dyn std::error::Error + Send + Sync + 'static)) {
@@ -145,16 +162,24 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let count = self.count;
         if std::mem::take(&mut self.not_ready) {
-            return ResponseFuture { future: None };
+            return ResponseFuture {
+                future: None,
+                count,
+            };
         }
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => ResponseFuture {
                 future: Some(future),
+                count,
             },
             Err(payload) => {
                 report_panic(&*payload);
-                ResponseFuture { future: None }
+                ResponseFuture {
+                    future: None,
+                    count,
+                }
             }
         }
     }
@@ -165,6 +190,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: Option<F>,
+        count: bool,
     }
 }
 
@@ -178,11 +204,22 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(future) = this.future.as_mut().as_pin_mut() else {
+            count(*this.count, Outcome::Error);
             return Poll::Ready(Ok(NatError::Internal.to_response()));
         };
         let result = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Ok(response))) => return Poll::Ready(Ok(wrap(response))),
+            Ok(Poll::Ready(Ok(response))) => {
+                if *this.count {
+                    let outcome = match response.extensions().get::<Refused>() {
+                        None => Outcome::Allowed,
+                        Some(Refused("INTERNAL_ERROR")) => Outcome::Error,
+                        Some(_) => Outcome::Rejected,
+                    };
+                    crate::metrics::request(outcome);
+                }
+                return Poll::Ready(Ok(wrap(response)));
+            }
             Ok(Poll::Ready(Err(error))) => {
                 report_error(&*error.into());
                 NatError::Internal.to_response()
@@ -194,6 +231,7 @@ where
         };
         // A future that panicked must not be polled again.
         this.future.set(None);
+        count(*this.count, Outcome::Error);
         Poll::Ready(Ok(result))
     }
 }

@@ -111,6 +111,7 @@ mod gate;
 mod guard;
 pub mod headers;
 pub mod internal_error;
+pub mod metrics;
 mod path;
 pub mod plan;
 pub mod quota;

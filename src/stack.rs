@@ -100,6 +100,7 @@ pub struct NatLayer<K = MemoryKeyStore, R = MemoryRateStore, Q = MemoryQuotaStor
     scans: ScanCreationLayer<Q>,
     billing: BillingConfiguredLayer,
     envelope: bool,
+    shadow: bool,
     plans: Arc<Plans>,
     clock: SharedClock,
 }
@@ -118,6 +119,7 @@ impl<K> NatLayer<K> {
             },
             billing: BillingConfiguredLayer::new(false),
             envelope: true,
+            shadow: false,
             plans,
             clock: clock::system(),
         }
@@ -155,6 +157,7 @@ impl<K, R, Q> NatLayer<K, R, Q> {
             scans: self.scans,
             billing: self.billing,
             envelope: self.envelope,
+            shadow: self.shadow,
             plans: self.plans,
             clock: self.clock,
         }
@@ -173,6 +176,7 @@ impl<K, R, Q> NatLayer<K, R, Q> {
             },
             billing: self.billing,
             envelope: self.envelope,
+            shadow: self.shadow,
             plans: self.plans,
             clock: self.clock,
         }
@@ -235,14 +239,22 @@ impl<K, R, Q> NatLayer<K, R, Q> {
     /// [`BillingConfiguredLayer::from_env`] to read the Stripe variables.
     #[must_use]
     pub fn billing(mut self, billing: BillingConfiguredLayer) -> Self {
-        self.billing = billing;
+        self.billing = if self.shadow {
+            billing.shadow(true)
+        } else {
+            billing
+        };
         self
     }
 
     /// The scan validation to use (routes, body limit, default mode).
     #[must_use]
     pub fn scan_validation(mut self, validation: ValidateScanRequestLayer) -> Self {
-        self.scans.validation = validation;
+        self.scans.validation = if self.shadow {
+            validation.shadow(true)
+        } else {
+            validation
+        };
         self
     }
 
@@ -264,6 +276,24 @@ impl<K, R, Q> NatLayer<K, R, Q> {
     #[must_use]
     pub fn quota_on_store_error(mut self, choice: OnStoreError) -> Self {
         self.scans.quota = self.scans.quota.on_store_error(choice);
+        self
+    }
+
+    /// Runs the whole stack in shadow mode (or not): every layer decides as usual and reports
+    /// what it would have refused (`nat_rejections_total{shadow="true"}`, a `DEBUG` event
+    /// "would reject"), and every request reaches the server untouched: no refusal, no
+    /// rate-limit headers, no quota charge. A request whose key was refused reaches the server
+    /// without a `Tenant`. Layers given afterwards (`billing`, `scan_validation`) run in the
+    /// same mode.
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = on;
+        self.auth = self.auth.shadow(on);
+        self.rate = self.rate.shadow(on);
+        self.billing = self.billing.shadow(on);
+        self.scans.validation = self.scans.validation.shadow(on);
+        self.scans.features = self.scans.features.shadow(on);
+        self.scans.quota = self.scans.quota.shadow(on);
         self
     }
 
@@ -361,7 +391,7 @@ impl<S, K: Clone, R: Clone, Q: Clone> Layer<S> for NatLayer<K, R, Q> {
         let service = self.rate.layer(service);
         let service = self.auth.layer(service);
         let service = self.billing.layer(service);
-        let service = InternalErrorGuardLayer::new().layer(service);
+        let service = InternalErrorGuardLayer::new().counting().layer(service);
         ErrorEnvelopeLayer::new()
             .enabled(self.envelope)
             .layer(service)

@@ -42,6 +42,7 @@ struct Config {
     header: HeaderName,
     clock: SharedClock,
     throttle: Option<Throttle>,
+    shadow: bool,
 }
 
 impl<K> ApiKeyAuthLayer<K> {
@@ -57,6 +58,7 @@ impl<K> ApiKeyAuthLayer<K> {
                     header: X_API_KEY,
                     clock: clock::system(),
                     throttle: Some(Throttle::new(20, Duration::from_secs(60))),
+                    shadow: false,
                 }),
             },
         }
@@ -64,6 +66,15 @@ impl<K> ApiKeyAuthLayer<K> {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.policy.config)
+    }
+
+    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
+    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
+    /// lets every request through untouched. For rolling out new limits on live traffic.
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.config_mut().shadow = on;
+        self
     }
 
     /// Lets requests to `path` (as the client sent it, written as an axum route: `/healthz`,
@@ -223,6 +234,7 @@ impl Config {
             }
             Err(err) => {
                 report::failure("key store", &err);
+                crate::metrics::store_error("key", "lookup");
                 let error = NatError::Internal;
                 error.report(None, "key store failed");
                 error
@@ -271,6 +283,20 @@ impl Config {
 impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
     type Pass = ();
     type Later = K::Future;
+
+    const LAYER: &'static str = "auth";
+
+    #[inline]
+    fn shadow(&self) -> bool {
+        self.config.shadow
+    }
+
+    fn store_call(
+        &self,
+        answer: &Result<Option<KeyRecord>, StoreError>,
+    ) -> Option<(&'static str, &'static str, bool)> {
+        Some(("key", "lookup", answer.is_ok()))
+    }
 
     #[inline]
     fn decide(&self, req: &mut Request<B>) -> Step<(), K::Future> {

@@ -31,6 +31,7 @@ pub(super) struct Config {
     pub(super) plans: Arc<Plans>,
     pub(super) clock: SharedClock,
     on_store_error: OnStoreError,
+    shadow: bool,
 }
 
 /// Applies [`QuotaGuard`] to a service; also answers usage queries ([`QuotaGuardLayer::usage`]).
@@ -56,6 +57,7 @@ impl QuotaGuardLayer {
                     plans: plans.into(),
                     clock: clock::system(),
                     on_store_error: OnStoreError::Reject,
+                    shadow: false,
                 }),
             },
         }
@@ -76,6 +78,15 @@ impl<Q> QuotaGuardLayer<Q> {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.policy.config)
+    }
+
+    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
+    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
+    /// lets every request through untouched. For rolling out new limits on live traffic.
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.config_mut().shadow = on;
+        self
     }
 
     /// Reads each tenant's quotas from `plans`.
@@ -196,8 +207,12 @@ impl Config {
             }
             Err(err) => {
                 report::failure("quota store", &err);
+                crate::metrics::store_error("quota", "reserve");
                 match self.on_store_error {
-                    OnStoreError::Allow => Ok(Charge(None)),
+                    OnStoreError::Allow => {
+                        crate::metrics::fail_open("quota");
+                        Ok(Charge(None))
+                    }
                     OnStoreError::Reject => {
                         let error = NatError::Internal;
                         error.report(Some(tenant), "quota store failed");
@@ -214,8 +229,17 @@ fn mark<Q: QuotaStore, B>(
     req: &mut Request<B>,
     decided: Result<Charge<Q>, Rejection>,
 ) -> Result<Charge<Q>, Rejection> {
-    if let Ok(Charge(Some(_))) = &decided {
-        req.extensions_mut().insert(Charged);
+    match &decided {
+        Ok(Charge(Some(_))) => {
+            req.extensions_mut().insert(Charged);
+        }
+        Err(rejection) if matches!(rejection.error(), NatError::QuotaExceeded { .. }) => {
+            let extensions = req.extensions();
+            if let (Some(t), Some(kind)) = (Tenant::of(req), extensions.get::<ScanKind>()) {
+                crate::metrics::quota_exhausted(t.plan().name(), kind.as_str());
+            }
+        }
+        _ => {}
     }
     decided
 }
@@ -228,6 +252,20 @@ fn refuse<P, L>(tenant: Option<&TenantId>, error: NatError, reason: &'static str
 impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
     type Pass = Charge<Q>;
     type Later = With<Q::ReserveFuture, (TenantId, Period)>;
+
+    const LAYER: &'static str = "quota";
+
+    #[inline]
+    fn shadow(&self) -> bool {
+        self.config.shadow
+    }
+
+    fn store_call(
+        &self,
+        (answer, _): &(Result<Reserved, StoreError>, (TenantId, Period)),
+    ) -> Option<(&'static str, &'static str, bool)> {
+        Some(("quota", "reserve", answer.is_ok()))
+    }
 
     #[inline]
     fn decide(&self, req: &mut Request<B>) -> Step<Charge<Q>, Self::Later> {
@@ -281,6 +319,10 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
 impl<Q: QuotaStore> Finish for Charge<Q> {
     type Settle = Settling<Q>;
 
+    fn nothing() -> Self {
+        Charge(None)
+    }
+
     /// Charges the scan when the handler answered 2xx, releases it otherwise; the
     /// settlement is awaited, so the tenant's next request sees it.
     #[inline]
@@ -331,6 +373,7 @@ impl<Q: QuotaStore> Future for Settling<Q> {
 fn report_settle(settled: Result<(), StoreError>, reservation: Option<&Reservation>) {
     if let Err(error) = settled {
         report::failure("quota store (settlement)", &error);
+        crate::metrics::store_error("quota", "settle");
         tracing::debug!(
             target: "tower_nat",
             tenant = reservation.map(|r| r.tenant().as_str()),

@@ -89,6 +89,7 @@ struct Config {
     draft_headers: bool,
     on_store_error: OnStoreError,
     clock: SharedClock,
+    shadow: bool,
 }
 
 /// Applies [`PlanRateLimit`] to a service.
@@ -117,6 +118,7 @@ impl PlanRateLimitLayer {
                     draft_headers: false,
                     on_store_error: OnStoreError::Allow,
                     clock: clock::system(),
+                    shadow: false,
                 }),
             },
         }
@@ -159,6 +161,15 @@ impl<R, K> PlanRateLimitLayer<R, K> {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.policy.config)
+    }
+
+    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
+    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
+    /// lets every request through untouched. For rolling out new limits on live traffic.
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.config_mut().shadow = on;
+        self
     }
 
     /// Also sends the IETF draft `RateLimit-Policy: "default";q=L;w=60` and
@@ -240,6 +251,10 @@ impl Counts {
 impl Finish for Headers {
     type Settle = std::future::Ready<()>;
 
+    fn nothing() -> Self {
+        Headers(None)
+    }
+
     #[inline]
     fn finish<B>(self, response: &mut Response<B>) -> Option<Self::Settle> {
         if let Some(c) = self.0 {
@@ -294,8 +309,12 @@ impl Config {
             }
             Err(err) => {
                 report::failure("rate-limit store", &err);
+                crate::metrics::store_error("rate", "check");
                 match self.on_store_error {
-                    OnStoreError::Allow => Ok(Headers(None)),
+                    OnStoreError::Allow => {
+                        crate::metrics::fail_open("rate_limit");
+                        Ok(Headers(None))
+                    }
                     OnStoreError::Reject => {
                         let error = NatError::Internal;
                         error.report(Some(key), "rate-limit store failed");
@@ -307,9 +326,32 @@ impl Config {
     }
 }
 
+/// Counts a request let through near its limit.
+#[inline]
+fn counted<B>(req: &Request<B>, decided: Result<Headers, Rejection>) -> Result<Headers, Rejection> {
+    if let Ok(Headers(Some(c))) = &decided {
+        crate::metrics::rate_passed(req, c.remaining, c.limit);
+    }
+    decided
+}
+
 impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
     type Pass = Headers;
     type Later = With<R::Future, TenantId>;
+
+    const LAYER: &'static str = "rate_limit";
+
+    #[inline]
+    fn shadow(&self) -> bool {
+        self.config.shadow
+    }
+
+    fn store_call(
+        &self,
+        (answer, _): &(Result<RateDecision, StoreError>, TenantId),
+    ) -> Option<(&'static str, &'static str, bool)> {
+        Some(("rate", "check", answer.is_ok()))
+    }
 
     #[inline]
     fn decide(&self, req: &mut Request<B>) -> Step<Headers, Self::Later> {
@@ -320,7 +362,10 @@ impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
         };
         let now = self.config.clock.now();
         match self.store.check(&target.key, target.limit, now) {
-            Answer::Ready(answer) => Step::of(self.config.admit(&target.key, answer)),
+            Answer::Ready(answer) => {
+                let decided = self.config.admit(&target.key, answer);
+                Step::of(counted(req, decided))
+            }
             Answer::Pending(check) => Step::Later(With::new(check, target.key.into_owned())),
         }
     }
@@ -328,8 +373,8 @@ impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
     fn resume(
         &self,
         (answer, key): (Result<RateDecision, StoreError>, TenantId),
-        _: &mut Request<B>,
+        req: &mut Request<B>,
     ) -> Result<Headers, Rejection> {
-        self.config.admit(&key, answer)
+        counted(req, self.config.admit(&key, answer))
     }
 }

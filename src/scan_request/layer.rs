@@ -44,6 +44,7 @@ struct Config {
     routes: Routes,
     limit: usize,
     default_kind: ScanKind,
+    shadow: bool,
 }
 
 impl Config {
@@ -91,6 +92,7 @@ impl ValidateScanRequestLayer {
                     routes: Routes::Default,
                     limit: DEFAULT_BODY_LIMIT,
                     default_kind: ScanKind::Functional,
+                    shadow: false,
                 }),
             },
         }
@@ -98,6 +100,15 @@ impl ValidateScanRequestLayer {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.policy.config)
+    }
+
+    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
+    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
+    /// lets every request through untouched. For rolling out new limits on live traffic.
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.config_mut().shadow = on;
+        self
     }
 
     /// Treats `method path` as scan creation: the path the client sent, written as an axum
@@ -175,6 +186,13 @@ fn refuse(invalid: Invalid) -> Rejection {
 impl<B: Body + From<Bytes>> Policy<B> for ValidateScan {
     type Pass = ();
     type Later = ReadBody<B>;
+
+    const LAYER: &'static str = "scan_request";
+
+    #[inline]
+    fn shadow(&self) -> bool {
+        self.config.shadow
+    }
 
     #[inline]
     fn decide(&self, req: &mut Request<B>) -> Step<(), ReadBody<B>> {

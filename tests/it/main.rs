@@ -19,6 +19,7 @@ mod hostile;
 mod internal_error;
 mod key_cache;
 mod key_stores;
+mod metrics;
 #[cfg(feature = "axum")]
 mod placement;
 mod plans;
@@ -28,5 +29,6 @@ mod rate_limit;
 #[cfg(feature = "redis")]
 mod redis;
 mod scan_request;
+mod shadow;
 mod store_suite;
 mod throttle;

@@ -1,0 +1,117 @@
+//! Metrics, through the [`metrics`](https://docs.rs/metrics) facade: install any recorder
+//! (a Prometheus exporter, an OpenTelemetry bridge) and the layers report to it; with none
+//! installed, each report is a call into the facade's no-op recorder.
+//!
+//! Every series, with its labels. No label carries a tenant id, a key or anything else a
+//! client chooses, so the number of series stays bounded (plans are the server's own).
+//!
+//! | name | type | labels | counts |
+//! |---|---|---|---|
+//! | `nat_requests_total` | counter | `outcome`: `allowed`, `rejected`, `error` | requests through [`NatLayer`](crate::NatLayer): passed to the server (whatever it answered), refused by a layer, or answered 500 for a failure (a store, an inner error or panic) |
+//! | `nat_rejections_total` | counter | `code` (`UNAUTHORIZED`, ...), `plan` (`none` before authentication), `layer`, `shadow`: `true`, `false` | refusals by each layer; in shadow mode the refusals it would have made |
+//! | `nat_rate_limit_near_limit_total` | counter | `plan` | requests let through with 20 % or less of the tenant's limit left |
+//! | `nat_quota_exhausted_total` | counter | `plan`, `kind`: `functional`, `security` | scan creations refused with 402 |
+//! | `nat_store_duration_seconds` | histogram | `store`: `key`, `rate`, `quota`, `slots`; `op`; `outcome`: `ok`, `error` | store calls that went to a backend (a database, Redis); in-memory answers are not timed |
+//! | `nat_store_errors_total` | counter | `store`, `op` | failed store calls |
+//! | `nat_fail_open_total` | counter | `layer` | requests let through because a store failed ([`OnStoreError::Allow`](crate::store::OnStoreError::Allow)) |
+//!
+//! `layer` is one of `billing`, `auth`, `rate_limit`, `scan_request`, `feature_gate`,
+//! `concurrency`, `quota`.
+
+use std::time::Duration;
+
+use http::Request;
+
+use crate::{guard::Rejection, tenant::Tenant};
+
+/// `nat_requests_total`.
+pub const REQUESTS: &str = "nat_requests_total";
+/// `nat_rejections_total`.
+pub const REJECTIONS: &str = "nat_rejections_total";
+/// `nat_rate_limit_near_limit_total`.
+pub const NEAR_LIMIT: &str = "nat_rate_limit_near_limit_total";
+/// `nat_quota_exhausted_total`.
+pub const QUOTA_EXHAUSTED: &str = "nat_quota_exhausted_total";
+/// `nat_store_duration_seconds`.
+pub const STORE_DURATION: &str = "nat_store_duration_seconds";
+/// `nat_store_errors_total`.
+pub const STORE_ERRORS: &str = "nat_store_errors_total";
+/// `nat_fail_open_total`.
+pub const FAIL_OPEN: &str = "nat_fail_open_total";
+
+/// The plan label of a request: its tenant's plan, or `none`.
+fn plan_of<B>(req: &Request<B>) -> String {
+    Tenant::of(req).map_or_else(|| "none".to_owned(), |t| t.plan().name().to_owned())
+}
+
+/// A layer refused `req` (or would have, in shadow mode).
+#[cold]
+pub(crate) fn rejected<B>(
+    layer: &'static str,
+    rejection: &Rejection,
+    req: &Request<B>,
+    shadow: bool,
+) {
+    let labels = [
+        ("code", rejection.error().code().to_owned()),
+        ("plan", plan_of(req)),
+        ("layer", layer.to_owned()),
+        ("shadow", if shadow { "true" } else { "false" }.to_owned()),
+    ];
+    ::metrics::counter!(REJECTIONS, &labels).increment(1);
+}
+
+/// How a request left the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Allowed,
+    Rejected,
+    Error,
+}
+
+pub(crate) fn request(outcome: Outcome) {
+    let outcome = match outcome {
+        Outcome::Allowed => "allowed",
+        Outcome::Rejected => "rejected",
+        Outcome::Error => "error",
+    };
+    ::metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
+}
+
+/// A request let through with `remaining` of `limit` left.
+#[inline]
+pub(crate) fn rate_passed<B>(req: &Request<B>, remaining: u32, limit: u32) {
+    if u64::from(remaining) * 5 <= u64::from(limit) {
+        near_limit(req);
+    }
+}
+
+#[cold]
+fn near_limit<B>(req: &Request<B>) {
+    ::metrics::counter!(NEAR_LIMIT, "plan" => plan_of(req)).increment(1);
+}
+
+/// A scan creation refused with 402.
+#[cold]
+pub(crate) fn quota_exhausted(plan: &str, kind: &'static str) {
+    ::metrics::counter!(QUOTA_EXHAUSTED, "plan" => plan.to_owned(), "kind" => kind).increment(1);
+}
+
+/// A store call that went to a backend, timed.
+pub(crate) fn store_call(store: &'static str, op: &'static str, ok: bool, took: Duration) {
+    let outcome = if ok { "ok" } else { "error" };
+    ::metrics::histogram!(STORE_DURATION, "store" => store, "op" => op, "outcome" => outcome)
+        .record(took.as_secs_f64());
+}
+
+/// A failed store call (answered at once or later).
+#[cold]
+pub(crate) fn store_error(store: &'static str, op: &'static str) {
+    ::metrics::counter!(STORE_ERRORS, "store" => store, "op" => op).increment(1);
+}
+
+/// A request let through because a store failed.
+#[cold]
+pub(crate) fn fail_open(layer: &'static str) {
+    ::metrics::counter!(FAIL_OPEN, "layer" => layer).increment(1);
+}
