@@ -9,8 +9,8 @@
 //! |---|---|---|---|
 //! | `nat_requests_total` | counter | `outcome`: `allowed`, `rejected`, `error` | requests through [`NatLayer`](crate::NatLayer): passed to the server (whatever it answered), refused by a layer, or answered 500 for a failure (a store, an inner error or panic) |
 //! | `nat_rejections_total` | counter | `code` (`UNAUTHORIZED`, ...), `plan` (`none` before authentication), `layer`, `shadow`: `true`, `false` | refusals by each layer; in shadow mode the refusals it would have made |
-//! | `nat_rate_limit_near_limit_total` | counter | `plan` | requests let through with 20 % or less of the tenant's limit left |
-//! | `nat_quota_exhausted_total` | counter | `plan`, `kind`: `functional`, `security` | scan creations refused with 402 |
+//! | `nat_rate_limit_near_limit_total` | counter | `plan` | requests let through with 20 % or less of the tenant's limit left (not in shadow mode) |
+//! | `nat_quota_exhausted_total` | counter | `plan`, `kind`: the scan's mode (`functional`, `security`, `full`) | scan creations refused with 402 (not in shadow mode) |
 //! | `nat_store_duration_seconds` | histogram | `store`: `key`, `rate`, `quota`, `slots`; `op`; `outcome`: `ok`, `error` | store calls that went to a backend (a database, Redis); in-memory answers are not timed |
 //! | `nat_store_errors_total` | counter | `store`, `op` | failed store calls |
 //! | `nat_fail_open_total` | counter | `layer` | requests let through because a store failed ([`OnStoreError::Allow`](crate::store::OnStoreError::Allow)) |

@@ -228,12 +228,15 @@ impl Config {
 fn mark<Q: QuotaStore, B>(
     req: &mut Request<B>,
     decided: Result<Charge<Q>, Rejection>,
+    shadow: bool,
 ) -> Result<Charge<Q>, Rejection> {
     match &decided {
         Ok(Charge(Some(_))) => {
             req.extensions_mut().insert(Charged);
         }
-        Err(rejection) if matches!(rejection.error(), NatError::QuotaExceeded { .. }) => {
+        Err(rejection)
+            if !shadow && matches!(rejection.error(), NatError::QuotaExceeded { .. }) =>
+        {
             let extensions = req.extensions();
             if let (Some(t), Some(kind)) = (Tenant::of(req), extensions.get::<ScanKind>()) {
                 crate::metrics::quota_exhausted(t.plan().name(), kind.as_str());
@@ -300,7 +303,7 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
         match self.store.reserve(&id, kind, limits, period, now) {
             Answer::Ready(answer) => {
                 let decided = self.config.admit(&self.store, &id, period, answer);
-                Step::of(mark(req, decided))
+                Step::of(mark(req, decided, self.config.shadow))
             }
             Answer::Pending(reserve) => Step::Later(With::new(reserve, (id, period))),
         }
@@ -312,7 +315,7 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
         req: &mut Request<B>,
     ) -> Result<Charge<Q>, Rejection> {
         let decided = self.config.admit(&self.store, &tenant, period, answer);
-        mark(req, decided)
+        mark(req, decided, self.config.shadow)
     }
 }
 

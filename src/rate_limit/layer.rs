@@ -328,8 +328,12 @@ impl Config {
 
 /// Counts a request let through near its limit.
 #[inline]
-fn counted<B>(req: &Request<B>, decided: Result<Headers, Rejection>) -> Result<Headers, Rejection> {
-    if let Ok(Headers(Some(c))) = &decided {
+fn counted<B>(
+    req: &Request<B>,
+    decided: Result<Headers, Rejection>,
+    shadow: bool,
+) -> Result<Headers, Rejection> {
+    if let (Ok(Headers(Some(c))), false) = (&decided, shadow) {
         crate::metrics::rate_passed(req, c.remaining, c.limit);
     }
     decided
@@ -364,7 +368,7 @@ impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
         match self.store.check(&target.key, target.limit, now) {
             Answer::Ready(answer) => {
                 let decided = self.config.admit(&target.key, answer);
-                Step::of(counted(req, decided))
+                Step::of(counted(req, decided, self.config.shadow))
             }
             Answer::Pending(check) => Step::Later(With::new(check, target.key.into_owned())),
         }
@@ -375,6 +379,6 @@ impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
         (answer, key): (Result<RateDecision, StoreError>, TenantId),
         req: &mut Request<B>,
     ) -> Result<Headers, Rejection> {
-        counted(req, self.config.admit(&key, answer))
+        counted(req, self.config.admit(&key, answer), self.config.shadow)
     }
 }

@@ -248,8 +248,8 @@ fn shadow_mode_counts_what_would_have_been_refused() {
         series,
         expect(&[
             // Free has no security scans: behind the feature gate, the quota would refuse
-            // too (each layer decides as if the ones before had let the request through).
-            ("nat_quota_exhausted_total{kind=security,plan=free}", 1),
+            // too (each layer decides as if the ones before had let the request through);
+            // only real refusals count as exhausted quotas.
             (
                 "nat_rejections_total{code=FEATURE_NOT_AVAILABLE,layer=feature_gate,plan=free,shadow=true}",
                 1
