@@ -16,7 +16,7 @@ use crate::{
     internal_error::{InternalErrorGuard, InternalErrorGuardLayer},
     plan::{Plans, PlansError},
     quota::{MemoryQuotaStore, QuotaGuard, QuotaGuardLayer, QuotaStore, Usage, UsageReader},
-    rate_limit::{MemoryRateStore, PlanRateLimit, PlanRateLimitLayer},
+    rate_limit::{MemoryRateStore, PlanRateLimit, PlanRateLimitLayer, RateDecision, RateStore},
     scan_request::{ValidateScanRequest, ValidateScanRequestLayer},
     store::OnStoreError,
     tenant::Tenant,
@@ -367,6 +367,17 @@ impl<K, R, Q> NatLayer<K, R, Q> {
             .cloned()
             .ok_or_else(|| PlansError::unknown_feature(feature))?;
         Ok(FeatureGateLayer::require(feature, self.plans.clone()))
+    }
+}
+
+impl<K, R: RateStore, Q> NatLayer<K, R, Q> {
+    /// What `tenant`'s next request would get from the rate limit, without counting anything
+    /// (see [`PlanRateLimitLayer::peek`]).
+    pub async fn rate_limit_status(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Option<RateDecision>, StoreError> {
+        self.rate.peek(tenant).await
     }
 }
 

@@ -18,7 +18,7 @@ use crate::{
     plan::Plans,
     report,
     store::{Answer, OnStoreError},
-    tenant::{Caller, TenantId},
+    tenant::{Caller, Tenant, TenantId},
 };
 
 /// Whose budget a request spends, and how large it is. The key may borrow from the request
@@ -197,6 +197,27 @@ impl<R, K> PlanRateLimitLayer<R, K> {
     /// The store.
     pub fn store(&self) -> &R {
         &self.policy.store
+    }
+}
+
+impl<R: RateStore> PlanRateLimitLayer<R, PlanResolver> {
+    /// What `tenant`'s next request would get, without counting anything (for dashboards and
+    /// usage endpoints): whether it would pass, how many would pass after it, and when the
+    /// tenant is back to a full burst. `None` for a tenant whose plan the table lacks.
+    pub async fn peek(&self, tenant: &Tenant) -> Result<Option<RateDecision>, StoreError> {
+        let Some(limits) = self.policy.resolver.plans.limits(tenant) else {
+            return Ok(None);
+        };
+        let now = self.policy.config.clock.now();
+        let answer = match self
+            .policy
+            .store
+            .peek(tenant.id(), limits.requests_per_minute(), now)
+        {
+            Answer::Ready(answer) => answer,
+            Answer::Pending(peek) => peek.await,
+        };
+        answer.map(Some)
     }
 }
 

@@ -18,7 +18,8 @@ use crate::{
 /// One GCRA step in Redis: the same arithmetic as the in-memory store, in microseconds (Lua
 /// numbers are doubles; microseconds since 1970 stay exact, and `%d` writes them exactly).
 /// State is one string `"tat:limit"` with an expiry. ARGV: limit, interval_us, now_us (''
-/// for Redis `TIME`). Returns `{allowed, remaining, retry_after_us, reset_us}`.
+/// for Redis `TIME`), and `1` to only look (nothing is stored). Returns `{allowed, remaining,
+/// retry_after_us, reset_us}`.
 const GCRA: &str = r"
 local limit = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -47,7 +48,9 @@ local ahead = new_tat - now
 if ahead > tolerance then
   return {0, 0, ahead - tolerance, math.max(tat - now, 0)}
 end
-redis.call('SET', KEYS[1], string.format('%d:%d', new_tat, limit), 'PX', math.ceil(ahead / 1000) + 1000)
+if ARGV[4] ~= '1' then
+  redis.call('SET', KEYS[1], string.format('%d:%d', new_tat, limit), 'PX', math.ceil(ahead / 1000) + 1000)
+end
 return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
 ";
 
@@ -94,6 +97,26 @@ impl RedisRateStore {
         limit: u32,
         now: Duration,
     ) -> Result<RateDecision, StoreError> {
+        self.run(key, limit, now, false).await
+    }
+
+    /// [`RateStore::peek`], as an `async fn`: the decision the next request would get.
+    pub async fn peek_async(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+    ) -> Result<RateDecision, StoreError> {
+        self.run(key, limit, now, true).await
+    }
+
+    async fn run(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+        peek: bool,
+    ) -> Result<RateDecision, StoreError> {
         let redis_key = self.backend.key("rl", key.as_str(), &[]);
         let now = self.time.arg(now);
         let mut conn = self.backend.connection();
@@ -102,7 +125,8 @@ impl RedisRateStore {
         invocation
             .arg(limit_arg)
             .arg(60_000_000_u64.div_ceil(u64::from(limit_arg)))
-            .arg(now);
+            .arg(now)
+            .arg(if peek { "1" } else { "0" });
         let reply: Vec<i64> = self
             .backend
             .bounded(invocation.invoke_async(&mut conn))
@@ -135,6 +159,19 @@ impl RateStore for RedisRateStore {
         Answer::Pending(Box::pin(async move {
             store.check_async(&key, limit, now).await
         }))
+    }
+
+    fn peek(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future> {
+        let store = self.clone();
+        let key = key.clone();
+        Answer::Pending(Box::pin(
+            async move { store.peek_async(&key, limit, now).await },
+        ))
     }
 }
 

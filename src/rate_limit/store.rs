@@ -30,6 +30,11 @@ pub trait RateStore: Clone + Send + Sync + 'static {
         limit: u32,
         now: Duration,
     ) -> Answer<RateDecision, Self::Future>;
+
+    /// The decision the next request of `key` would get at `now`, without counting anything
+    /// (for dashboards and usage endpoints): `allowed`, and `remaining` after it.
+    fn peek(&self, key: &TenantId, limit: u32, now: Duration)
+    -> Answer<RateDecision, Self::Future>;
 }
 
 /// The in-memory rate-limit store: one atomic word per tenant in a [`DashMap`].
@@ -162,6 +167,17 @@ impl MemoryRateStore {
         }
     }
 
+    /// The decision the next request of `key` would get at `now`, counting nothing.
+    pub fn peek_now(&self, key: &TenantId, limit: u32, now: Duration) -> RateDecision {
+        let now = nanos(now);
+        let tat = match self.inner.slots.get(key.as_str()) {
+            Some(slot) if slot.limit == limit => slot.tat.load(Ordering::Acquire),
+            Some(slot) => gcra::convert(slot.tat.load(Ordering::Acquire), now, slot.limit, limit),
+            None => 0,
+        };
+        gcra::check(tat, now, limit).0
+    }
+
     fn maybe_sweep(&self, now: u64) {
         let next = self.inner.next_sweep.load(Ordering::Relaxed);
         if now < next {
@@ -210,6 +226,15 @@ impl RateStore for MemoryRateStore {
         now: Duration,
     ) -> Answer<RateDecision, Self::Future> {
         Answer::Ready(Ok(self.check_now(key, limit, now)))
+    }
+
+    fn peek(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future> {
+        Answer::Ready(Ok(self.peek_now(key, limit, now)))
     }
 }
 

@@ -231,6 +231,35 @@ async fn concurrent_creations_never_overdraw<R, Q: QuotaStore>(s: Stores<R, Q>) 
     assert_eq!(used, 50);
 }
 
+async fn peeking_spends_nothing<R: RateStore, Q>(s: Stores<R, Q>) {
+    let layer = PlanRateLimitLayer::new(Plans::default())
+        .with_store(s.rate.clone())
+        .clock(Arc::new(s.clock.clone()));
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(handler());
+    let free = tenant("t-peek", Plan::FREE);
+    for _ in 0..3 {
+        let next = layer.peek(&free).await.unwrap().unwrap();
+        assert_eq!((next.allowed, next.limit, next.remaining), (true, 30, 29));
+    }
+    for _ in 0..30 {
+        assert_eq!(send(&svc, plain(&free, "/")).await.0, 200);
+    }
+    let next = layer.peek(&free).await.unwrap().unwrap();
+    assert_eq!((next.allowed, next.remaining), (false, 0));
+    assert_eq!(next.retry_after_secs(), 2);
+    s.clock.advance(Duration::from_secs(2));
+    let next = layer.peek(&free).await.unwrap().unwrap();
+    assert_eq!((next.allowed, next.remaining), (true, 0));
+    // Peeking took nothing: the one request the two seconds earned still passes.
+    assert_eq!(send(&svc, plain(&free, "/")).await.0, 200);
+    assert_eq!(send(&svc, plain(&free, "/")).await.0, 429);
+    // A plan the table lacks has no answer.
+    let unknown = tenant("t-peek", Plan::named("gold", "Gold"));
+    assert_eq!(layer.peek(&unknown).await.unwrap(), None);
+}
+
 macro_rules! store_suite {
     ($backend:ident) => {
         mod $backend {
@@ -252,6 +281,13 @@ macro_rules! store_suite {
             async fn exact_quota_reset_date_and_release() {
                 if let Some(s) = super::$backend().await {
                     super::exact_quota_reset_date_and_release(s).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn peeking_spends_nothing() {
+                if let Some(s) = super::$backend().await {
+                    super::peeking_spends_nothing(s).await;
                 }
             }
 

@@ -59,6 +59,9 @@ impl RateStore for Broken {
     fn check(&self, _: &TenantId, _: u32, _: Duration) -> Answer<RateDecision, Self::Future> {
         self.fail()
     }
+    fn peek(&self, _: &TenantId, _: u32, _: Duration) -> Answer<RateDecision, Self::Future> {
+        self.fail()
+    }
 }
 
 impl QuotaStore for Broken {
@@ -200,6 +203,15 @@ impl RateStore for Later<MemoryRateStore> {
     ) -> Answer<RateDecision, Self::Future> {
         let (store, key) = (self.0.clone(), key.clone());
         later(move || store.check_now(&key, limit, now))
+    }
+    fn peek(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future> {
+        let (store, key) = (self.0.clone(), key.clone());
+        later(move || store.peek_now(&key, limit, now))
     }
 }
 
