@@ -86,6 +86,19 @@ pub enum NatError {
         /// What was not found.
         message: Cow<'static, str>,
     },
+    /// 429 `RATE_LIMITED` for a scan creation beyond the plan's concurrent scans:
+    /// `Concurrent scan limit reached: 1 scan may run at a time on the Free plan.`, with
+    /// `retry_after` in the body and a `Retry-After` header. It sets no `X-RateLimit-*`
+    /// headers: those describe the requests-per-minute limit, which the request passed (in
+    /// [`NatLayer`](crate::NatLayer) the limiter adds its own).
+    ScansRunning {
+        /// Scans that may run at once.
+        limit: u32,
+        /// The tenant's plan.
+        plan: Plan,
+        /// Whole seconds the client is told to wait (a hint: scans end when they end).
+        retry_after: u64,
+    },
     /// 429 `RATE_LIMITED`: the plan's requests per minute are used up.
     RateLimited {
         /// Whole seconds until a retry is admitted (at least 1).
@@ -140,7 +153,9 @@ impl NatError {
             NatError::QuotaExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             NatError::FeatureNotAvailable { .. } => StatusCode::FORBIDDEN,
             NatError::NotFound { .. } => StatusCode::NOT_FOUND,
-            NatError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            NatError::RateLimited { .. } | NatError::ScansRunning { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             NatError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             NatError::StripeNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -154,7 +169,7 @@ impl NatError {
             NatError::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             NatError::FeatureNotAvailable { .. } => "FEATURE_NOT_AVAILABLE",
             NatError::NotFound { .. } => "NOT_FOUND",
-            NatError::RateLimited { .. } => "RATE_LIMITED",
+            NatError::RateLimited { .. } | NatError::ScansRunning { .. } => "RATE_LIMITED",
             NatError::Internal => "INTERNAL_ERROR",
             NatError::StripeNotConfigured => "STRIPE_NOT_CONFIGURED",
         }
@@ -179,6 +194,12 @@ impl NatError {
             NatError::RateLimited { retry_after, .. } => {
                 format!("Rate limit exceeded. Retry after {retry_after} seconds.").into()
             }
+            NatError::ScansRunning { limit, plan, .. } => format!(
+                "Concurrent scan limit reached: {limit} {} may run at a time on the {} plan.",
+                if *limit == 1 { "scan" } else { "scans" },
+                plan.display_name()
+            )
+            .into(),
             NatError::Internal => "An unexpected error occurred. Retry after a short delay.".into(),
             NatError::StripeNotConfigured => "Billing is not configured on this server. Set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET.".into(),
         }
@@ -216,7 +237,8 @@ impl NatError {
                 out.push_str("\"}");
                 out.into()
             }
-            NatError::RateLimited { retry_after, .. } => {
+            NatError::RateLimited { retry_after, .. }
+            | NatError::ScansRunning { retry_after, .. } => {
                 let mut out = envelope_start(self.code(), &self.message());
                 out.push_str(",\"retry_after\":");
                 out.push_str(&retry_after.to_string());
@@ -245,6 +267,9 @@ impl NatError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let NatError::ScansRunning { retry_after, .. } = self {
+            headers.insert(header::RETRY_AFTER, number(*retry_after));
+        }
         if let NatError::RateLimited { retry_after, limit } = self {
             headers.insert(header::RETRY_AFTER, number(*retry_after));
             headers.insert(X_RATELIMIT_LIMIT, number(u64::from(*limit)));

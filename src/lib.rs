@@ -103,6 +103,7 @@ pub mod auth;
 pub mod billing;
 mod body;
 pub mod clock;
+pub mod concurrency;
 pub mod envelope;
 mod error;
 pub mod feature_gate;

@@ -10,6 +10,7 @@ use crate::{
     auth::{ApiKeyAuth, ApiKeyAuthLayer, IpNet, KeyFormat, MemoryKeyStore},
     billing::{BillingConfigured, BillingConfiguredLayer},
     clock::{self, SharedClock},
+    concurrency::{ConcurrentScans, ConcurrentScansLayer, MemorySlotStore},
     envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
     error::StoreError,
     feature_gate::{FeatureGate, FeatureGateLayer},
@@ -23,20 +24,26 @@ use crate::{
 };
 
 /// The service [`NatLayer`] wraps around `S`.
-pub type NatService<S, K = MemoryKeyStore, R = MemoryRateStore, Q = MemoryQuotaStore> =
-    ErrorEnvelope<
-        InternalErrorGuard<BillingConfigured<ApiKeyAuth<PlanRateLimit<ScanCreation<S, Q>, R>, K>>>,
-    >;
+pub type NatService<
+    S,
+    K = MemoryKeyStore,
+    R = MemoryRateStore,
+    Q = MemoryQuotaStore,
+    C = MemorySlotStore,
+> = ErrorEnvelope<
+    InternalErrorGuard<BillingConfigured<ApiKeyAuth<PlanRateLimit<ScanCreation<S, Q, C>, R>, K>>>,
+>;
 
 /// The service [`ScanCreationLayer`] wraps around `S`.
-pub type ScanCreation<S, Q = MemoryQuotaStore> = ValidateScanRequest<FeatureGate<QuotaGuard<S, Q>>>;
+pub type ScanCreation<S, Q = MemoryQuotaStore, C = MemorySlotStore> =
+    ValidateScanRequest<FeatureGate<ConcurrentScans<QuotaGuard<S, Q>, C>>>;
 
 /// The whole NAT stack in one layer: every middleware of this crate, composed in the
 /// contract's order from one configuration.
 ///
 /// Outermost first: [`ErrorEnvelope`] → [`InternalErrorGuard`] → [`BillingConfigured`] →
 /// [`ApiKeyAuth`] → [`PlanRateLimit`] → [`ValidateScanRequest`] → [`FeatureGate`] (scan kinds)
-/// → [`QuotaGuard`] → your service. So a Free tenant asking for a security scan with no quota
+/// → [`ConcurrentScans`] → [`QuotaGuard`] → your service. So a Free tenant asking for a security scan with no quota
 /// left gets 403, not 402; a rate-limited request never reaches the quota; the Stripe webhook
 /// (exempt from key auth) still gets 503 when billing is off; and every error, the
 /// framework's own included, is in the envelope.
@@ -94,10 +101,15 @@ pub type ScanCreation<S, Q = MemoryQuotaStore> = ValidateScanRequest<FeatureGate
 /// until you pass [`NatLayer::billing`], e.g. `BillingConfiguredLayer::from_env()`. Nothing is
 /// read from the environment unless you ask.
 #[derive(Clone, Debug)]
-pub struct NatLayer<K = MemoryKeyStore, R = MemoryRateStore, Q = MemoryQuotaStore> {
+pub struct NatLayer<
+    K = MemoryKeyStore,
+    R = MemoryRateStore,
+    Q = MemoryQuotaStore,
+    C = MemorySlotStore,
+> {
     auth: ApiKeyAuthLayer<K>,
     rate: PlanRateLimitLayer<R>,
-    scans: ScanCreationLayer<Q>,
+    scans: ScanCreationLayer<Q, C>,
     billing: BillingConfiguredLayer,
     envelope: bool,
     shadow: bool,
@@ -115,6 +127,7 @@ impl<K> NatLayer<K> {
             scans: ScanCreationLayer {
                 validation: ValidateScanRequestLayer::new(),
                 features: FeatureGateLayer::scans(plans.clone()),
+                concurrency: ConcurrentScansLayer::new(plans.clone()),
                 quota: QuotaGuardLayer::new(plans.clone()),
             },
             billing: BillingConfiguredLayer::new(false),
@@ -126,13 +139,14 @@ impl<K> NatLayer<K> {
     }
 }
 
-impl<K, R, Q> NatLayer<K, R, Q> {
+impl<K, R, Q, C> NatLayer<K, R, Q, C> {
     /// Uses this plan table everywhere.
     #[must_use]
     pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
         let plans = plans.into();
         self.rate = self.rate.plans(plans.clone());
-        self.scans.features = FeatureGateLayer::scans(plans.clone());
+        self.scans.features = FeatureGateLayer::scans(plans.clone()).shadow(self.shadow);
+        self.scans.concurrency = self.scans.concurrency.plans(plans.clone());
         self.scans.quota = self.scans.quota.plans(plans.clone());
         self.plans = plans;
         self
@@ -143,6 +157,7 @@ impl<K, R, Q> NatLayer<K, R, Q> {
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.auth = self.auth.clock(clock.clone());
         self.rate = self.rate.clock(clock.clone());
+        self.scans.concurrency = self.scans.concurrency.clock(clock.clone());
         self.scans.quota = self.scans.quota.clock(clock.clone());
         self.clock = clock;
         self
@@ -150,7 +165,7 @@ impl<K, R, Q> NatLayer<K, R, Q> {
 
     /// Keeps rate-limit state in `store` (e.g. Redis, shared by several instances).
     #[must_use]
-    pub fn with_rate_store<R2>(self, store: R2) -> NatLayer<K, R2, Q> {
+    pub fn with_rate_store<R2>(self, store: R2) -> NatLayer<K, R2, Q, C> {
         NatLayer {
             auth: self.auth,
             rate: self.rate.with_store(store),
@@ -165,13 +180,14 @@ impl<K, R, Q> NatLayer<K, R, Q> {
 
     /// Keeps scan usage in `store`.
     #[must_use]
-    pub fn with_quota_store<Q2>(self, store: Q2) -> NatLayer<K, R, Q2> {
+    pub fn with_quota_store<Q2>(self, store: Q2) -> NatLayer<K, R, Q2, C> {
         NatLayer {
             auth: self.auth,
             rate: self.rate,
             scans: ScanCreationLayer {
                 validation: self.scans.validation,
                 features: self.scans.features,
+                concurrency: self.scans.concurrency,
                 quota: self.scans.quota.with_store(store),
             },
             billing: self.billing,
@@ -180,6 +196,45 @@ impl<K, R, Q> NatLayer<K, R, Q> {
             plans: self.plans,
             clock: self.clock,
         }
+    }
+
+    /// Keeps running scans in `store` (e.g. `RedisSlotStore`, shared by several instances).
+    #[must_use]
+    pub fn with_slot_store<C2>(self, store: C2) -> NatLayer<K, R, Q, C2> {
+        NatLayer {
+            auth: self.auth,
+            rate: self.rate,
+            scans: ScanCreationLayer {
+                validation: self.scans.validation,
+                features: self.scans.features,
+                concurrency: self.scans.concurrency.with_store(store),
+                quota: self.scans.quota,
+            },
+            billing: self.billing,
+            envelope: self.envelope,
+            shadow: self.shadow,
+            plans: self.plans,
+            clock: self.clock,
+        }
+    }
+
+    /// The `Retry-After` hint of a scan creation refused for concurrency (10 s by default).
+    #[must_use]
+    pub fn scan_retry_after(mut self, hint: Duration) -> Self {
+        self.scans.concurrency = self.scans.concurrency.retry_after(hint);
+        self
+    }
+
+    /// How long a running scan holds its slot at most (1 hour by default).
+    #[must_use]
+    pub fn max_scan_duration(mut self, lapse: Duration) -> Self {
+        self.scans.concurrency = self.scans.concurrency.max_scan_duration(lapse);
+        self
+    }
+
+    /// The concurrent-scan limit: release slots by id, count running scans.
+    pub fn scan_slots(&self) -> &ConcurrentScansLayer<C> {
+        &self.scans.concurrency
     }
 
     /// Lets requests to exactly `path` (as the client sent it) through without a key, rate
@@ -293,6 +348,7 @@ impl<K, R, Q> NatLayer<K, R, Q> {
         self.billing = self.billing.shadow(on);
         self.scans.validation = self.scans.validation.shadow(on);
         self.scans.features = self.scans.features.shadow(on);
+        self.scans.concurrency = self.scans.concurrency.shadow(on);
         self.scans.quota = self.scans.quota.shadow(on);
         self
     }
@@ -326,7 +382,7 @@ impl<K, R, Q> NatLayer<K, R, Q> {
     }
 }
 
-impl<K, R, Q: Clone> NatLayer<K, R, Q> {
+impl<K, R, Q: Clone, C: Clone> NatLayer<K, R, Q, C> {
     /// Validation, feature gate and quota for a layer placed on the scan route itself: every
     /// request it sees is a scan creation, whatever its path. It shares this layer's quota
     /// store, plans and clock, and a scan this layer already validated and reserved (by path)
@@ -347,16 +403,17 @@ impl<K, R, Q: Clone> NatLayer<K, R, Q> {
     ///     )
     ///     .layer(nat);
     /// ```
-    pub fn scan_creation(&self) -> ScanCreationLayer<Q> {
+    pub fn scan_creation(&self) -> ScanCreationLayer<Q, C> {
         ScanCreationLayer {
             validation: self.scans.validation.clone().every_request(),
             features: self.scans.features.clone(),
+            concurrency: self.scans.concurrency.clone(),
             quota: self.scans.quota.clone(),
         }
     }
 }
 
-impl<K, R, Q> NatLayer<K, R, Q> {
+impl<K, R, Q, C> NatLayer<K, R, Q, C> {
     /// A feature gate for routes that need `feature` (built in, or defined by this layer's
     /// plan table), sharing the table: `.route_layer(nat.require_feature("exports")?)`. An
     /// unknown name is an error here, when the app is built, never a 403 later.
@@ -370,7 +427,7 @@ impl<K, R, Q> NatLayer<K, R, Q> {
     }
 }
 
-impl<K, R: RateStore, Q> NatLayer<K, R, Q> {
+impl<K, R: RateStore, Q, C> NatLayer<K, R, Q, C> {
     /// What `tenant`'s next request would get from the rate limit, without counting anything
     /// (see [`PlanRateLimitLayer::peek`]).
     pub async fn rate_limit_status(
@@ -381,7 +438,7 @@ impl<K, R: RateStore, Q> NatLayer<K, R, Q> {
     }
 }
 
-impl<K, R, Q: QuotaStore> NatLayer<K, R, Q> {
+impl<K, R, Q: QuotaStore, C> NatLayer<K, R, Q, C> {
     /// The usage snapshot of `tenant` now: everything `GET /api/v1/usage` answers.
     pub async fn usage(&self, tenant: &Tenant) -> Result<Usage, StoreError> {
         self.scans.quota.usage(tenant).await
@@ -394,8 +451,8 @@ impl<K, R, Q: QuotaStore> NatLayer<K, R, Q> {
     }
 }
 
-impl<S, K: Clone, R: Clone, Q: Clone> Layer<S> for NatLayer<K, R, Q> {
-    type Service = NatService<S, K, R, Q>;
+impl<S, K: Clone, R: Clone, Q: Clone, C: Clone> Layer<S> for NatLayer<K, R, Q, C> {
+    type Service = NatService<S, K, R, Q, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let service = self.scans.layer(inner);
@@ -409,21 +466,24 @@ impl<S, K: Clone, R: Clone, Q: Clone> Layer<S> for NatLayer<K, R, Q> {
     }
 }
 
-/// Scan validation, the feature gate for scan kinds, and the quota, in that order: the part of
+/// Scan validation, the feature gate for scan kinds, the concurrent-scan limit and the quota,
+/// in that order: the part of
 /// the stack that gives a scan creation its meaning. [`NatLayer`] runs it on the scan routes
 /// it finds by path; [`NatLayer::scan_creation`] makes one for the scan route itself.
 #[derive(Clone, Debug)]
-pub struct ScanCreationLayer<Q = MemoryQuotaStore> {
+pub struct ScanCreationLayer<Q = MemoryQuotaStore, C = MemorySlotStore> {
     validation: ValidateScanRequestLayer,
     features: FeatureGateLayer,
+    concurrency: ConcurrentScansLayer<C>,
     quota: QuotaGuardLayer<Q>,
 }
 
-impl<S, Q: Clone> Layer<S> for ScanCreationLayer<Q> {
-    type Service = ScanCreation<S, Q>;
+impl<S, Q: Clone, C: Clone> Layer<S> for ScanCreationLayer<Q, C> {
+    type Service = ScanCreation<S, Q, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let service = self.quota.layer(inner);
+        let service = self.concurrency.layer(service);
         let service = self.features.layer(service);
         self.validation.layer(service)
     }

@@ -16,7 +16,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -77,9 +76,13 @@ fn stack() -> Stack {
         )
         .route(
             "/api/v1/scan",
-            post(move |body: Bytes| async move {
+            post(move |req: axum::extract::Request| async move {
                 h2();
                 s.fetch_add(1, Ordering::SeqCst);
+                crate::common::end_scan(req.extensions());
+                let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
                 (StatusCode::ACCEPTED, body)
             }),
         )

@@ -9,6 +9,7 @@ mod common;
 mod auth;
 mod billing;
 mod compose;
+mod concurrency;
 mod config;
 mod envelope;
 mod feature_gate;

@@ -9,7 +9,7 @@ use axum::{
     Router,
     routing::{get, post},
 };
-use http::{Method, StatusCode};
+use http::Method;
 use tower::ServiceBuilder;
 use tower_nat::{
     NatLayer,
@@ -79,10 +79,7 @@ macro_rules! singles {
 /// The API's routes, under `prefix` (`/api/v1` at the top, empty inside a nested router).
 fn api(prefix: &str) -> Router {
     Router::new()
-        .route(
-            &format!("{prefix}/scan"),
-            post(|| async { (StatusCode::ACCEPTED, r#"{"scan_id":"s1"}"#) }),
-        )
+        .route(&format!("{prefix}/scan"), post(crate::common::instant_scan))
         .route(
             &format!("{prefix}/billing/checkout"),
             post(|| async { "checkout" }),
@@ -180,8 +177,7 @@ async fn routes_by_placement() {
     let nat = nat();
     let scans = Router::new().route(
         "/jobs",
-        post(|| async { (StatusCode::ACCEPTED, r#"{"scan_id":"s1"}"#) })
-            .route_layer(nat.scan_creation()),
+        post(crate::common::instant_scan).route_layer(nat.scan_creation()),
     );
     let billing = Router::new()
         .route("/checkout", post(|| async { "checkout" }))
@@ -221,7 +217,7 @@ async fn both_placements_charge_once() {
     let app = Router::new()
         .route(
             "/api/v1/scan",
-            post(|| async { (StatusCode::ACCEPTED, "{}") }).route_layer(nat.scan_creation()),
+            post(crate::common::instant_scan).route_layer(nat.scan_creation()),
         )
         .layer(nat.clone());
     let wire = Wire::start(app).await;
@@ -244,7 +240,7 @@ async fn scan_routes_by_path_take_axum_route_templates() {
     );
     let projects = Router::new().route(
         "/{id}/scans",
-        post(|| async { (StatusCode::ACCEPTED, "{}") }).get(|| async { "[]" }),
+        post(crate::common::instant_scan).get(|| async { "[]" }),
     );
     let app = Router::new().nest("/api/v1/projects", projects.layer(nat));
     let wire = Wire::start(app).await;

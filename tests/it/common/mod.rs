@@ -51,9 +51,13 @@ pub type Handler<E = std::convert::Infallible> =
 
 /// The handler of most tests. It answers `ok`, with 202 to a `POST` and 200 otherwise, unless
 /// the request's `x-outcome` header says otherwise: a status code, `error` (the service
-/// fails), `panic`, or `pending` (it never answers).
+/// fails), `panic`, or `pending` (it never answers). Its scans end at once: it frees the
+/// scan's concurrency slot before answering (a held slot stays held with `x-slot: keep`).
 pub fn handler() -> Handler<std::io::Error> {
     Handler::new(tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        if req.headers().get("x-slot").is_none_or(|v| v != "keep") {
+            end_scan(req.extensions());
+        }
         let outcome = req
             .headers()
             .get("x-outcome")
@@ -72,6 +76,24 @@ pub fn handler() -> Handler<std::io::Error> {
     }))
 }
 
+/// Ends the request's scan at once, if it holds a concurrency slot.
+pub fn end_scan(extensions: &http::Extensions) {
+    if let Some(slot) = extensions.get::<tower_nat::concurrency::ScanSlot>() {
+        slot.release();
+    }
+}
+
+/// An axum scan handler whose scans end at once: 202 `{"scan_id":"s1"}`, slot freed.
+#[cfg(feature = "axum")]
+pub async fn instant_scan(
+    slot: Option<axum::Extension<tower_nat::concurrency::ScanSlot>>,
+) -> (StatusCode, &'static str) {
+    if let Some(axum::Extension(slot)) = slot {
+        slot.release();
+    }
+    (StatusCode::ACCEPTED, r#"{"scan_id":"s1"}"#)
+}
+
 /// A handler that counts its calls and answers 200 `ok`.
 #[derive(Clone, Default)]
 pub struct Counted {
@@ -85,7 +107,8 @@ impl Counted {
 
     pub fn service(&self) -> Handler {
         let calls = self.calls.clone();
-        Handler::new(tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        Handler::new(tower::service_fn(move |req: Request<Full<Bytes>>| {
+            end_scan(req.extensions());
             calls.fetch_add(1, Ordering::SeqCst);
             async { Ok(Response::new(Full::new(Bytes::from_static(b"ok")))) }
         }))
