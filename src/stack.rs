@@ -10,7 +10,7 @@ use crate::{
     auth::{ApiKeyAuth, ApiKeyAuthLayer, IpNet, KeyFormat, MemoryKeyStore},
     billing::{BillingConfigured, BillingConfiguredLayer},
     clock::{self, SharedClock},
-    concurrency::{ConcurrentScans, ConcurrentScansLayer, MemorySlotStore},
+    concurrency::{ConcurrentScans, ConcurrentScansLayer, MemorySlotStore, SlotStore},
     envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
     error::StoreError,
     feature_gate::{FeatureGate, FeatureGateLayer},
@@ -438,16 +438,17 @@ impl<K, R: RateStore, Q, C> NatLayer<K, R, Q, C> {
     }
 }
 
-impl<K, R, Q: QuotaStore, C> NatLayer<K, R, Q, C> {
+impl<K, R, Q: QuotaStore, C: SlotStore> NatLayer<K, R, Q, C> {
     /// The usage snapshot of `tenant` now: everything `GET /api/v1/usage` answers.
     pub async fn usage(&self, tenant: &Tenant) -> Result<Usage, StoreError> {
-        self.scans.quota.usage(tenant).await
+        self.usage_reader().usage(tenant).await
     }
 
-    /// A cheap, cloneable handle that reads usage snapshots, for handlers; its type names no
-    /// store.
+    /// A cheap, cloneable handle that reads usage snapshots (running scans included), for
+    /// handlers; its type names no store.
     pub fn usage_reader(&self) -> UsageReader {
-        self.scans.quota.usage_reader()
+        let running = Arc::new(self.scans.concurrency.clone());
+        self.scans.quota.usage_reader().counting(running)
     }
 }
 

@@ -66,7 +66,7 @@ async fn no_log_line_response_or_debug_output_carries_a_key() {
     keys.revoke(&revoked_id);
     let unknown = ApiKey::generate();
     let plans = Plans::from_json(
-        r#"{"plans": {"free": {"requests_per_minute": 8, "functional_scans_per_month": 1}}}"#,
+        r#"{"plans": {"free": {"requests_per_minute": 8, "functional_scans_per_month": 1, "concurrent_scans": 2}}}"#,
     )
     .unwrap();
     let clock = FakeClock::new(Duration::from_secs(1_750_000_000));

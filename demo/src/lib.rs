@@ -27,7 +27,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, Path, State},
+    extract::{ConnectInfo, Extension, Path, State},
     http::StatusCode,
     routing::{get, post},
 };
@@ -46,6 +46,7 @@ use tower_nat::{
     auth::{ApiKey, CachedKeyStore, KeyStore, MemoryKeyStore, PgKeyStore},
     billing::BillingConfiguredLayer,
     clock::{SharedClock, SystemClock, UtcDate},
+    concurrency::ScanSlot,
     envelope::ErrorEnvelopeLayer,
     plan::{Plan, Plans},
     quota::{QuotaStore, Usage, UsageReader},
@@ -170,6 +171,7 @@ impl Demo {
             .billing(self.billing.clone())
             .exempt("/healthz")
             .exempt("/api/v1/billing/webhook")
+            .max_scan_duration(self.scan_duration)
     }
 
     /// The demo's tenants and keys in PostgreSQL at `url` (schema migrated, tenants and keys
@@ -410,6 +412,7 @@ fn scans(state: &AppState) -> std::sync::MutexGuard<'_, Scans> {
 async fn create_scan(
     State(state): State<AppState>,
     tenant: Tenant,
+    slot: Option<Extension<ScanSlot>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), NatError> {
     // ValidateScanRequest has checked the body: an object with a string `url` and a known
@@ -424,6 +427,15 @@ async fn create_scan(
     };
     let value = scan_json(&scan, scan.created, state.scan_duration);
     scans(&state).insert(scan);
+    // The scan ends after the demo's scan duration: its concurrency slot is freed then (and
+    // lapses at that time on the layer's clock anyway: `max_scan_duration`).
+    if let Some(Extension(slot)) = slot {
+        let duration = state.scan_duration;
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            slot.release();
+        });
+    }
     Ok((StatusCode::ACCEPTED, Json(value)))
 }
 

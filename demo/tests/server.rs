@@ -116,7 +116,7 @@ impl Running {
 
 async fn demo(billing: BillingConfiguredLayer) -> Running {
     let plans = Plans::from_json(
-        r#"{"plans": {"free": {"requests_per_minute": 8, "functional_scans_per_month": 2}}}"#,
+        r#"{"plans": {"free": {"requests_per_minute": 8, "functional_scans_per_month": 2, "concurrent_scans": 3}}}"#,
     )
     .unwrap();
     let clock = FakeClock::at_date(UtcDate::new(2025, 1, 20).unwrap());
@@ -146,7 +146,7 @@ async fn every_code_over_the_wire() {
         .await;
     a.assert_envelope(
         200,
-        r#"{"tenant_id":"demo-free","plan":"free","scans_used":0,"scans_limit":2,"security_scan_count":0,"monthly_security_scan_quota":0,"approaching_limit":false,"quota_reset_date":"2025-02-01T00:00:00Z","period_start":"2025-01-01T00:00:00Z","period_end":"2025-01-31T23:59:59Z"}"#,
+        r#"{"tenant_id":"demo-free","plan":"free","scans_used":0,"scans_limit":2,"security_scan_count":0,"monthly_security_scan_quota":0,"approaching_limit":false,"quota_reset_date":"2025-02-01T00:00:00Z","period_start":"2025-01-01T00:00:00Z","period_end":"2025-01-31T23:59:59Z","scans_running":0,"concurrent_scans_limit":3}"#,
     );
     assert_eq!(a.headers["x-ratelimit-limit"], "8");
     assert_eq!(a.headers["x-ratelimit-remaining"], "7");
@@ -487,5 +487,46 @@ async fn a_slow_body_gets_a_408_in_the_envelope() {
         waited >= nat_demo::REQUEST_TIMEOUT
             && waited < nat_demo::REQUEST_TIMEOUT + Duration::from_secs(1),
         "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn pro_runs_three_scans_at_once_and_a_finished_scan_frees_its_slot() {
+    let s = demo(BillingConfiguredLayer::new(false)).await;
+    let pro = s.key(Plan::PRO).to_owned();
+    let create = || {
+        s.call(
+            Method::POST,
+            "/api/v1/scan",
+            Some(&pro),
+            Some(r#"{"url":"https://e.example"}"#),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(create().await.status, 202);
+    }
+    let a = create().await;
+    a.assert_envelope(
+        429,
+        r#"{"error":"RATE_LIMITED","message":"Concurrent scan limit reached: 3 scans may run at a time on the Pro plan.","retry_after":10}"#,
+    );
+    assert_eq!(a.headers["retry-after"], "10");
+    let usage = s.call(Method::GET, "/api/v1/usage", Some(&pro), None).await;
+    assert!(usage.body.contains(r#""scans_used":3"#), "{}", usage.body);
+    assert!(
+        usage
+            .body
+            .ends_with(r#""scans_running":3,"concurrent_scans_limit":3}"#),
+        "{}",
+        usage.body
+    );
+    // The demo's scans take 3 s: then their slots are free.
+    s.clock.advance(Duration::from_secs(3));
+    assert_eq!(create().await.status, 202);
+    let usage = s.call(Method::GET, "/api/v1/usage", Some(&pro), None).await;
+    assert!(
+        usage
+            .body
+            .ends_with(r#""scans_running":1,"concurrent_scans_limit":3}"#)
     );
 }

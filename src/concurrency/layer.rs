@@ -162,6 +162,15 @@ impl<C: SlotStore> ConcurrentScansLayer<C> {
     }
 }
 
+impl<C: SlotStore> crate::quota::CountRunning for ConcurrentScansLayer<C> {
+    fn count<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> crate::quota::BoxFuture<'a, Result<u32, StoreError>> {
+        Box::pin(self.running(tenant))
+    }
+}
+
 impl<S, C: Clone> Layer<S> for ConcurrentScansLayer<C> {
     type Service = ConcurrentScans<S, C>;
 

@@ -92,4 +92,5 @@ pub use layer::{QuotaGuard, QuotaGuardLayer};
 pub use store::{
     MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts,
 };
+pub(crate) use usage::{BoxFuture, CountRunning};
 pub use usage::{Usage, UsageReader};

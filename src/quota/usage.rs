@@ -46,6 +46,11 @@ pub struct Usage {
     pub period_start: String,
     /// The last second of the period.
     pub period_end: String,
+    /// Scans holding a concurrency slot now (0 from a reader that does not count them:
+    /// [`QuotaGuardLayer::usage_reader`](super::QuotaGuardLayer::usage_reader)).
+    pub scans_running: u32,
+    /// Scans that may run at once.
+    pub concurrent_scans_limit: u32,
 }
 
 fn over_80_percent(used: u64, quota: Allowance) -> bool {
@@ -73,6 +78,8 @@ impl Usage {
             quota_reset_date: period.end.midnight_rfc3339(),
             period_start: period.start.midnight_rfc3339(),
             period_end: format!("{}T23:59:59Z", period.end.day_before()),
+            scans_running: 0,
+            concurrent_scans_limit: limits.concurrent_scans(),
         }
     }
 }
@@ -85,9 +92,15 @@ impl Usage {
 #[derive(Clone)]
 pub struct UsageReader {
     source: Arc<dyn ReadUsage>,
+    running: Option<Arc<dyn CountRunning>>,
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Counts a tenant's running scans (the concurrent-scan limit's store).
+pub(crate) trait CountRunning: Send + Sync {
+    fn count<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<u32, StoreError>>;
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 trait ReadUsage: Send + Sync {
     fn read<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<Usage, StoreError>>;
@@ -122,13 +135,24 @@ impl UsageReader {
     pub(super) fn new<Q: QuotaStore>(store: Q, config: Arc<Config>) -> Self {
         Self {
             source: Arc::new(Source { store, config }),
+            running: None,
         }
+    }
+
+    /// Also counts running scans with `running`.
+    pub(crate) fn counting(mut self, running: Arc<dyn CountRunning>) -> Self {
+        self.running = Some(running);
+        self
     }
 
     /// The usage snapshot of `tenant` now. A store error, or a tenant whose plan the table
     /// lacks, is an error (`?` in a handler returning `NatError` makes it the 500).
     pub async fn usage(&self, tenant: &Tenant) -> Result<Usage, StoreError> {
-        self.source.read(tenant).await
+        let mut usage = self.source.read(tenant).await?;
+        if let Some(running) = &self.running {
+            usage.scans_running = running.count(tenant.id()).await?;
+        }
+        Ok(usage)
     }
 }
 

@@ -176,7 +176,7 @@ async fn a_plan_of_the_servers_own_is_honoured_everywhere() {
         .unwrap();
     assert_eq!(
         serde_json::to_string(&usage).unwrap(),
-        r#"{"tenant_id":"young","plan":"startup","scans_used":3,"scans_limit":3,"security_scan_count":1,"monthly_security_scan_quota":100,"approaching_limit":true,"quota_reset_date":"2025-04-01T00:00:00Z","period_start":"2025-03-01T00:00:00Z","period_end":"2025-03-31T23:59:59Z"}"#
+        r#"{"tenant_id":"young","plan":"startup","scans_used":3,"scans_limit":3,"security_scan_count":1,"monthly_security_scan_quota":100,"approaching_limit":true,"quota_reset_date":"2025-04-01T00:00:00Z","period_start":"2025-03-01T00:00:00Z","period_end":"2025-03-31T23:59:59Z","scans_running":0,"concurrent_scans_limit":3}"#
     );
 }
 

@@ -292,7 +292,7 @@ async fn usage_snapshot_after_a_known_sequence() {
     let usage = s.quota.usage(&pro).await.unwrap();
     assert_eq!(
         serde_json::to_string(&usage).unwrap(),
-        r#"{"tenant_id":"tenant_42","plan":"pro","scans_used":401,"scans_limit":500,"security_scan_count":2,"monthly_security_scan_quota":100,"approaching_limit":true,"quota_reset_date":"2024-03-01T00:00:00Z","period_start":"2024-02-01T00:00:00Z","period_end":"2024-02-29T23:59:59Z"}"#
+        r#"{"tenant_id":"tenant_42","plan":"pro","scans_used":401,"scans_limit":500,"security_scan_count":2,"monthly_security_scan_quota":100,"approaching_limit":true,"quota_reset_date":"2024-03-01T00:00:00Z","period_start":"2024-02-01T00:00:00Z","period_end":"2024-02-29T23:59:59Z","scans_running":0,"concurrent_scans_limit":3}"#
     );
     // Exactly 80% is not "over 80%".
     let s = setup(UtcDate::new(2024, 2, 10).unwrap(), Plans::default());
