@@ -232,6 +232,14 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
         self
     }
 
+    /// Tells `events` when a tenant goes past 80 % or reaches 100 % of a quota, once per
+    /// tenant, quota and period (see [`QuotaEvents`](crate::quota::QuotaEvents)).
+    #[must_use]
+    pub fn quota_events(mut self, events: impl crate::quota::QuotaEvents) -> Self {
+        self.scans.quota = self.scans.quota.events(events);
+        self
+    }
+
     /// The concurrent-scan limit: release slots by id, count running scans.
     pub fn scan_slots(&self) -> &ConcurrentScansLayer<C> {
         &self.scans.concurrency

@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 
 use super::{
+    events::{Notify, QuotaEvents},
     store::{MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved},
     usage::{Usage, UsageReader},
 };
@@ -32,6 +33,17 @@ pub(super) struct Config {
     pub(super) clock: SharedClock,
     on_store_error: OnStoreError,
     shadow: bool,
+    events: Option<Listener>,
+}
+
+/// The server's [`QuotaEvents`].
+#[derive(Clone)]
+struct Listener(Arc<dyn QuotaEvents>);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuotaEvents")
+    }
 }
 
 /// Applies [`QuotaGuard`] to a service; also answers usage queries ([`QuotaGuardLayer::usage`]).
@@ -58,6 +70,7 @@ impl QuotaGuardLayer {
                     clock: clock::system(),
                     on_store_error: OnStoreError::Reject,
                     shadow: false,
+                    events: None,
                 }),
             },
         }
@@ -78,6 +91,14 @@ impl<Q> QuotaGuardLayer<Q> {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.policy.config)
+    }
+
+    /// Tells `events` when a tenant goes past 80 % or reaches 100 % of a quota, once per
+    /// tenant, quota and period (see [`QuotaEvents`]).
+    #[must_use]
+    pub fn events(mut self, events: impl QuotaEvents) -> Self {
+        self.config_mut().events = Some(Listener(Arc::new(events)));
+        self
     }
 
     /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
@@ -167,6 +188,19 @@ struct Held<Q: QuotaStore> {
     store: Q,
     reservation: Option<Reservation>,
     charge_on_drop: bool,
+    notify: Option<Notify>,
+}
+
+impl<Q: QuotaStore> Held<Q> {
+    /// The settlement is done: reported if it failed, events sent if it charged.
+    fn settled(&mut self, settled: Result<(), StoreError>) {
+        let reservation = self.reservation.take();
+        let charged = settled.is_ok() && self.charge_on_drop;
+        report_settle(settled, reservation.as_ref());
+        if let (true, Some(notify), Some(reservation)) = (charged, &self.notify, &reservation) {
+            notify.charged(&self.store, reservation);
+        }
+    }
 }
 
 impl<Q: QuotaStore> Drop for Held<Q> {
@@ -188,8 +222,7 @@ impl Config {
     fn admit<Q: QuotaStore>(
         &self,
         store: &Q,
-        tenant: &TenantId,
-        period: Period,
+        (tenant, period, notify): (&TenantId, Period, Option<Notify>),
         answer: Result<Reserved, StoreError>,
     ) -> Result<Charge<Q>, Rejection> {
         match answer {
@@ -197,6 +230,7 @@ impl Config {
                 store: store.clone(),
                 reservation: Some(reservation),
                 charge_on_drop: false,
+                notify,
             })))),
             Ok(Reserved::Exhausted) => {
                 let error = NatError::QuotaExceeded {
@@ -254,7 +288,7 @@ fn refuse<P, L>(tenant: Option<&TenantId>, error: NatError, reason: &'static str
 
 impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
     type Pass = Charge<Q>;
-    type Later = With<Q::ReserveFuture, (TenantId, Period)>;
+    type Later = With<Q::ReserveFuture, (TenantId, Period, Option<Notify>)>;
 
     const LAYER: &'static str = "quota";
 
@@ -265,7 +299,10 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
 
     fn store_call(
         &self,
-        (answer, _): &(Result<Reserved, StoreError>, (TenantId, Period)),
+        (answer, _): &(
+            Result<Reserved, StoreError>,
+            (TenantId, Period, Option<Notify>),
+        ),
     ) -> Option<(&'static str, &'static str, bool)> {
         Some(("quota", "reserve", answer.is_ok()))
     }
@@ -300,21 +337,34 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
         let id = tenant.id().clone();
         let now = self.config.clock.now();
         let period = self.store.period(&id, now);
+        let notify = self.config.events.as_ref().map(|events| Notify {
+            events: events.0.clone(),
+            limits,
+            plan: tenant.plan().clone(),
+            now,
+        });
         match self.store.reserve(&id, kind, limits, period, now) {
             Answer::Ready(answer) => {
-                let decided = self.config.admit(&self.store, &id, period, answer);
+                let decided = self
+                    .config
+                    .admit(&self.store, (&id, period, notify), answer);
                 Step::of(mark(req, decided, self.config.shadow))
             }
-            Answer::Pending(reserve) => Step::Later(With::new(reserve, (id, period))),
+            Answer::Pending(reserve) => Step::Later(With::new(reserve, (id, period, notify))),
         }
     }
 
     fn resume(
         &self,
-        (answer, (tenant, period)): (Result<Reserved, StoreError>, (TenantId, Period)),
+        (answer, (tenant, period, notify)): (
+            Result<Reserved, StoreError>,
+            (TenantId, Period, Option<Notify>),
+        ),
         req: &mut Request<B>,
     ) -> Result<Charge<Q>, Rejection> {
-        let decided = self.config.admit(&self.store, &tenant, period, answer);
+        let decided = self
+            .config
+            .admit(&self.store, (&tenant, period, notify), answer);
         mark(req, decided, self.config.shadow)
     }
 }
@@ -336,8 +386,7 @@ impl<Q: QuotaStore> Finish for Charge<Q> {
         let reservation = held.reservation.as_ref()?;
         match held.store.settle(reservation, charge) {
             Answer::Ready(settled) => {
-                let reservation = held.reservation.take();
-                report_settle(settled, reservation.as_ref());
+                held.settled(settled);
                 None
             }
             Answer::Pending(settle) => Some(Settling {
@@ -366,8 +415,7 @@ impl<Q: QuotaStore> Future for Settling<Q> {
         let settled = ready!(this.settle.poll(cx));
         if let Some(mut held) = this.held.take() {
             // Done (or failed and left to lapse): nothing more on drop.
-            let reservation = held.reservation.take();
-            report_settle(settled, reservation.as_ref());
+            held.settled(settled);
         }
         Poll::Ready(())
     }

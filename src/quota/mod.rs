@@ -79,6 +79,7 @@
 //! # }
 //! ```
 
+mod events;
 mod layer;
 #[cfg(feature = "redis")]
 mod redis;
@@ -88,6 +89,7 @@ mod usage;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{DEFAULT_RESERVATION_LIFETIME, RedisQuotaStore};
+pub use events::{Notify, QuotaEvent, QuotaEvents, QuotaKind, Threshold};
 pub use layer::{QuotaGuard, QuotaGuardLayer};
 pub use store::{
     MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts,

@@ -32,7 +32,8 @@ end
 /// KEYS: used (hash f, s), functional reservations (zset), security reservations (zset).
 /// ARGV: limit_f, limit_s (-1: unlimited), need_f, need_s, id, lifetime_us, expire_at_s,
 /// now_us ('' for Redis TIME). Expired reservations (an instance that died mid-request) are
-/// dropped first. Returns 1 when granted.
+/// dropped first. Returns `{1, functional ahead, security ahead}` when granted (used and
+/// reserved before this reservation), `{0}` otherwise.
 const RESERVE: &str = r"
 local now = now_us(ARGV[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -44,13 +45,15 @@ local lf = tonumber(ARGV[1])
 local ls = tonumber(ARGV[2])
 local nf = tonumber(ARGV[3])
 local ns = tonumber(ARGV[4])
-if nf > 0 and lf >= 0 and uf + redis.call('ZCARD', KEYS[2]) + nf > lf then return 0 end
-if ns > 0 and ls >= 0 and us + redis.call('ZCARD', KEYS[3]) + ns > ls then return 0 end
+local af = uf + redis.call('ZCARD', KEYS[2])
+local as = us + redis.call('ZCARD', KEYS[3])
+if nf > 0 and lf >= 0 and af + nf > lf then return {0} end
+if ns > 0 and ls >= 0 and as + ns > ls then return {0} end
 local expires = now + tonumber(ARGV[6])
 if nf > 0 then redis.call('ZADD', KEYS[2], expires, ARGV[5]) end
 if ns > 0 then redis.call('ZADD', KEYS[3], expires, ARGV[5]) end
 for i = 2, 3 do redis.call('EXPIRE', KEYS[i], ttl(ARGV[7], now)) end
-return 1
+return {1, af, as}
 ";
 
 /// KEYS as for RESERVE; ARGV: id, expire_at_s, charge (1 or 0), now_us. A reservation that
@@ -165,15 +168,48 @@ impl RedisQuotaStore {
             .arg(Self::expire_at(period))
             .arg(now);
         let mut conn = self.backend.connection();
-        let granted: i64 = self
+        let reply: Vec<i64> = self
             .backend
             .bounded(invocation.invoke_async(&mut conn))
             .await?;
-        Ok(if granted == 1 {
-            Reserved::Granted(Reservation::new(tenant.clone(), kind, period, id, at))
-        } else {
-            Reserved::Exhausted
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(match reply[..] {
+            [1, functional, security] => Reserved::Granted(
+                Reservation::new(tenant.clone(), kind, period, id, at).ahead_of(UsageCounts {
+                    functional: count(functional),
+                    security: count(security),
+                }),
+            ),
+            _ => Reserved::Exhausted,
         })
+    }
+
+    /// [`QuotaStore::once`], awaited: `true` if `mark` was not set (and now is, until
+    /// `until`), `false` if another call set it first.
+    pub async fn once_async(
+        &self,
+        mark: &str,
+        now: Duration,
+        until: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.backend.key("once", mark, &[]);
+        let millis = u64::try_from(until.saturating_sub(now).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut conn = self.backend.connection();
+        let set: Option<String> = self
+            .backend
+            .bounded(
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
     }
 
     /// Commits (`charge`) or releases a reservation, awaited.
@@ -293,6 +329,24 @@ impl QuotaStore for RedisQuotaStore {
         Answer::Pending(Box::pin(
             async move { store.usage_async(&tenant, period).await },
         ))
+    }
+
+    /// `SET mark NX` with an expiry at `until`, in the background; `then` runs if it was set.
+    fn once(&self, mark: &str, now: Duration, until: Duration, then: Box<dyn FnOnce() + Send>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, mark) = (self.clone(), mark.to_owned());
+        runtime.spawn(async move {
+            match store.once_async(&mark, now, until).await {
+                Ok(true) => then(),
+                Ok(false) => {}
+                Err(error) => {
+                    crate::report::failure("quota store (once)", &error);
+                    crate::metrics::store_error("quota", "once");
+                }
+            }
+        });
     }
 }
 

@@ -66,6 +66,7 @@ pub struct Reservation {
     period: Period,
     id: u64,
     at: Duration,
+    ahead: UsageCounts,
 }
 
 impl Reservation {
@@ -78,7 +79,21 @@ impl Reservation {
             period,
             id,
             at,
+            ahead: UsageCounts::default(),
         }
+    }
+
+    /// The same reservation, with the scans used and reserved before it when it was made
+    /// (for quota events: where it stands in the quota).
+    #[must_use]
+    pub fn ahead_of(mut self, ahead: UsageCounts) -> Self {
+        self.ahead = ahead;
+        self
+    }
+
+    /// The scans used and reserved before this one when it was made.
+    pub fn ahead(&self) -> UsageCounts {
+        self.ahead
     }
 
     /// When it was made (the layer's clock, time since the Unix epoch).
@@ -158,6 +173,12 @@ pub trait QuotaStore: Clone + Send + Sync + 'static {
 
     /// The scans `tenant` was charged in `period`.
     fn usage(&self, tenant: &TenantId, period: Period) -> Answer<UsageCounts, Self::UsageFuture>;
+
+    /// Runs `then` if no call with the same `mark` ran before `until` (time since the Unix
+    /// epoch), across every instance sharing the store: how quota events are sent once per
+    /// tenant, threshold and period. It must not block; a remote store decides in the
+    /// background.
+    fn once(&self, mark: &str, now: Duration, until: Duration, then: Box<dyn FnOnce() + Send>);
 }
 
 /// The in-memory quota store: one small mutex-guarded record per tenant that has scanned.
@@ -166,6 +187,8 @@ pub trait QuotaStore: Clone + Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct MemoryQuotaStore {
     tenants: Arc<DashMap<TenantId, Mutex<Record>>>,
+    // Marks of `once`, until when each holds.
+    marks: Arc<DashMap<String, Duration>>,
 }
 
 #[derive(Debug)]
@@ -252,9 +275,13 @@ impl MemoryQuotaStore {
         {
             return Reserved::Exhausted;
         }
+        let ahead = UsageCounts {
+            functional: r.used.functional + r.reserved.functional,
+            security: r.used.security + r.reserved.security,
+        };
         r.reserved.functional += f;
         r.reserved.security += s;
-        Reserved::Granted(Reservation::new(tenant.clone(), kind, period, 0, now))
+        Reserved::Granted(Reservation::new(tenant.clone(), kind, period, 0, now).ahead_of(ahead))
     }
 
     /// Charges (`charge`) or drops a reservation, synchronously.
@@ -326,6 +353,26 @@ impl QuotaStore for MemoryQuotaStore {
 
     fn usage(&self, tenant: &TenantId, period: Period) -> Answer<UsageCounts, Self::UsageFuture> {
         Answer::Ready(Ok(self.usage_now(tenant.as_str(), period)))
+    }
+
+    fn once(&self, mark: &str, now: Duration, until: Duration, then: Box<dyn FnOnce() + Send>) {
+        if self.marks.len() >= 1024 {
+            self.marks.retain(|_, until| *until > now);
+        }
+        let fresh = match self.marks.entry(mark.to_owned()) {
+            dashmap::Entry::Occupied(mut seen) if *seen.get() <= now => {
+                seen.insert(until);
+                true
+            }
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(until);
+                true
+            }
+        };
+        if fresh {
+            then();
+        }
     }
 }
 

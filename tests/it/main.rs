@@ -26,6 +26,7 @@ mod placement;
 mod plans;
 mod properties;
 mod quota;
+mod quota_events;
 mod rate_limit;
 #[cfg(feature = "redis")]
 mod redis;

@@ -85,6 +85,8 @@ impl QuotaStore for Broken {
     fn usage(&self, _: &TenantId, _: Period) -> Answer<UsageCounts, Self::UsageFuture> {
         self.fail()
     }
+    /// A broken store marks nothing: no event is sent.
+    fn once(&self, _: &str, _: Duration, _: Duration, _: Box<dyn FnOnce() + Send>) {}
 }
 
 /// Answers as the in-memory store does, after yielding once: like a remote store.
@@ -240,5 +242,8 @@ impl QuotaStore for Later<MemoryQuotaStore> {
     fn usage(&self, t: &TenantId, p: Period) -> Answer<UsageCounts, Self::UsageFuture> {
         let (store, t) = (self.0.clone(), t.clone());
         later(move || store.usage_now(t.as_str(), p))
+    }
+    fn once(&self, mark: &str, now: Duration, until: Duration, then: Box<dyn FnOnce() + Send>) {
+        self.0.once(mark, now, until, then);
     }
 }
