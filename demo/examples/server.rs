@@ -16,6 +16,7 @@
 //! - `NAT_SCAN_SECONDS`: how long a demo scan runs (default 3).
 //! - `NAT_REDIS_URL`: keep rate limits and quotas in Redis (`redis://127.0.0.1:6379/`), shared
 //!   by every instance; needs `--features redis`.
+//! - `NAT_METRICS`: Prometheus metrics at `/metrics` (no key needed), on unless `0`.
 //! - `NAT_DATABASE_URL`: keep tenants and keys in PostgreSQL
 //!   (`postgres://user:password@127.0.0.1/nat`), behind a cache; the schema is created on
 //!   start and the demo tenants and keys are added.
@@ -82,7 +83,13 @@ async fn main() {
         .with_target(false)
         .init();
     let settings = Settings::from_env().unwrap_or_else(|message| exit(2, &message));
-    let demo = settings.demo();
+    let mut demo = settings.demo();
+    if settings.metrics {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap_or_else(|e| exit(1, &format!("cannot install the metrics recorder: {e}")));
+        demo = demo.with_metrics(handle);
+    }
     let redis_url = settings.redis_url.as_deref();
     let app = match settings.database_url.as_deref() {
         Some(url) => {
@@ -110,6 +117,9 @@ async fn main() {
     );
     if settings.database_url.is_some() {
         println!("keys: PostgreSQL (NAT_DATABASE_URL), cached");
+    }
+    if settings.metrics {
+        println!("metrics: http://{addr}/metrics (NAT_METRICS=0 turns them off)");
     }
     if settings.redis_url.is_some() {
         println!("stores: Redis (NAT_REDIS_URL)");

@@ -38,6 +38,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
@@ -121,6 +122,8 @@ pub struct Demo {
     pub scan_duration: Duration,
     /// The billing check.
     pub billing: BillingConfiguredLayer,
+    /// Where `/metrics` reads the Prometheus text from (none: no `/metrics` route).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl Demo {
@@ -149,7 +152,14 @@ impl Demo {
             clock,
             scan_duration,
             billing,
+            metrics: None,
         }
+    }
+
+    /// Serves the metrics `handle` renders at `/metrics` (Prometheus text, no key needed).
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// The key of `plan`'s demo tenant.
@@ -170,6 +180,7 @@ impl Demo {
             .clock(self.clock.clone())
             .billing(self.billing.clone())
             .exempt("/healthz")
+            .exempt("/metrics")
             .exempt("/api/v1/billing/webhook")
             .max_scan_duration(self.scan_duration)
     }
@@ -212,9 +223,24 @@ impl Demo {
             .route("/scans", get(list_scans))
             .route("/billing/checkout", post(checkout))
             .route("/billing/webhook", post(webhook));
-        Router::new()
+        let mut app = Router::new()
             .nest("/api/v1", api)
-            .route("/healthz", get(healthz))
+            .route("/healthz", get(healthz));
+        if let Some(handle) = self.metrics.clone() {
+            app = app.route(
+                "/metrics",
+                get(move || {
+                    let text = handle.render();
+                    async move {
+                        (
+                            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            text,
+                        )
+                    }
+                }),
+            );
+        }
+        app
             .with_state(state)
             .layer(nat)
             .layer(TimeoutLayer::with_status_code(
@@ -242,6 +268,8 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// `NAT_DATABASE_URL`: keep tenants and keys in PostgreSQL.
     pub database_url: Option<String>,
+    /// `NAT_METRICS`: serve Prometheus metrics at `/metrics` (on unless `0`).
+    pub metrics: bool,
 }
 
 impl Settings {
@@ -289,6 +317,7 @@ impl Settings {
             billing: BillingConfiguredLayer::from_env(),
             redis_url: var("NAT_REDIS_URL"),
             database_url: var("NAT_DATABASE_URL"),
+            metrics: var("NAT_METRICS").is_none_or(|v| v != "0"),
         })
     }
 
