@@ -20,15 +20,16 @@ use http::Request;
 use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_nat::{
-    auth::ApiKeyAuthLayer, billing::BillingConfiguredLayer, envelope::ErrorEnvelopeLayer,
-    feature_gate::FeatureGateLayer, internal_error::InternalErrorGuardLayer,
-    quota::QuotaGuardLayer, rate_limit::PlanRateLimitLayer, scan_request::ValidateScanRequestLayer,
+    auth::ApiKeyAuthLayer, billing::BillingConfiguredLayer, concurrency::ConcurrentScansLayer,
+    envelope::ErrorEnvelopeLayer, feature_gate::FeatureGateLayer,
+    internal_error::InternalErrorGuardLayer, quota::QuotaGuardLayer,
+    rate_limit::PlanRateLimitLayer, scan_request::ValidateScanRequestLayer,
 };
 
 const REQUESTS: usize = 20_000;
 
 /// Each measured layer: its name, and whether it gets fresh requests.
-const LAYERS: [(&str, bool); 15] = [
+const LAYERS: [(&str, bool); 17] = [
     ("bare handler", false),
     ("bare handler, fresh", true),
     ("InternalErrorGuard", false),
@@ -40,10 +41,12 @@ const LAYERS: [(&str, bool); 15] = [
     ("PlanRateLimit", false),
     ("ValidateScanRequest (not a scan)", false),
     ("FeatureGate (not a scan)", false),
+    ("ConcurrentScans (not a scan)", false),
     ("QuotaGuard (not a scan)", false),
     ("NatLayer", true),
     ("NatLayer, envelope off", true),
     ("NatLayer, CachedKeyStore hit", true),
+    ("NatLayer, Prometheus recorder installed", true),
 ];
 
 /// The measured loop: the only function callgrind counts.
@@ -96,6 +99,10 @@ fn measure(name: &str, n: usize) {
             f,
             n,
         ),
+        "ConcurrentScans (not a scan)" => {
+            let slots = ConcurrentScansLayer::new(f.plans.clone()).clock(clock());
+            run(&mut slots.layer(handler()), f, n)
+        }
         "QuotaGuard (not a scan)" => {
             let quota = QuotaGuardLayer::new(f.plans.clone()).clock(clock());
             run(&mut quota.layer(handler()), f, n)
@@ -108,6 +115,12 @@ fn measure(name: &str, n: usize) {
         "NatLayer, CachedKeyStore hit" => {
             let nat = fresh.nat_with(fresh.cached_keys());
             run(&mut nat.layer(handler()), &fresh, n)
+        }
+        "NatLayer, Prometheus recorder installed" => {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no recorder yet in this process");
+            run(&mut fresh.nat().layer(handler()), &fresh, n)
         }
         other => panic!("unknown layer {other}"),
     }

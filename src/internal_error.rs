@@ -42,6 +42,7 @@ use std::{
     future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -54,7 +55,7 @@ use crate::{
     body::{NatBody, wrap},
     error::NatError,
     guard::Refused,
-    metrics::Outcome,
+    metrics::{Outcome, Requests},
     report,
 };
 
@@ -87,7 +88,7 @@ impl<S> Layer<S> for InternalErrorGuardLayer {
         InternalErrorGuard {
             inner,
             not_ready: false,
-            count: self.count,
+            count: self.count.then(|| Arc::new(Requests::register())),
         }
     }
 }
@@ -99,16 +100,16 @@ pub struct InternalErrorGuard<S> {
     inner: S,
     // The inner service failed to become ready: the next call answers 500 without it.
     not_ready: bool,
-    count: bool,
+    count: Option<Arc<Requests>>,
 }
 
 impl<S> InternalErrorGuard<S> {
     crate::inner_accessors!();
 }
 
-fn count(on: bool, outcome: Outcome) {
-    if on {
-        crate::metrics::request(outcome);
+fn count(requests: &Option<Arc<Requests>>, outcome: Outcome) {
+    if let Some(requests) = requests {
+        requests.count(outcome);
     }
 }
 
@@ -162,7 +163,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let count = self.count;
+        let count = self.count.clone();
         if std::mem::take(&mut self.not_ready) {
             return ResponseFuture {
                 future: None,
@@ -190,7 +191,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: Option<F>,
-        count: bool,
+        count: Option<Arc<Requests>>,
     }
 }
 
@@ -204,19 +205,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(future) = this.future.as_mut().as_pin_mut() else {
-            count(*this.count, Outcome::Error);
+            count(this.count, Outcome::Error);
             return Poll::Ready(Ok(NatError::Internal.to_response()));
         };
         let result = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(Ok(response))) => {
-                if *this.count {
+                if let Some(requests) = this.count {
                     let outcome = match response.extensions().get::<Refused>() {
                         None => Outcome::Allowed,
                         Some(Refused("INTERNAL_ERROR")) => Outcome::Error,
                         Some(_) => Outcome::Rejected,
                     };
-                    crate::metrics::request(outcome);
+                    requests.count(outcome);
                 }
                 return Poll::Ready(Ok(wrap(response)));
             }
@@ -231,7 +232,7 @@ where
         };
         // A future that panicked must not be polled again.
         this.future.set(None);
-        count(*this.count, Outcome::Error);
+        count(this.count, Outcome::Error);
         Poll::Ready(Ok(result))
     }
 }

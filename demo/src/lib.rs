@@ -240,8 +240,7 @@ impl Demo {
                 }),
             );
         }
-        app
-            .with_state(state)
+        app.with_state(state)
             .layer(nat)
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,

@@ -45,7 +45,10 @@ async fn metrics_are_served_in_prometheus_text_without_a_key() {
         app.clone().oneshot(req.unwrap())
     };
     let statuses = [
-        call("/api/v1/usage", Some(&free), None).await.unwrap().status(),
+        call("/api/v1/usage", Some(&free), None)
+            .await
+            .unwrap()
+            .status(),
         call("/api/v1/usage", None, None).await.unwrap().status(),
         call(
             "/api/v1/scan",
@@ -65,7 +68,13 @@ async fn metrics_are_served_in_prometheus_text_without_a_key() {
         "text/plain; version=0.0.4"
     );
     let text = String::from_utf8(
-        response.into_body().collect().await.unwrap().to_bytes().to_vec(),
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
     )
     .unwrap();
     let mut samples: Vec<&str> = text

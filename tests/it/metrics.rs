@@ -91,11 +91,13 @@ fn the_tour_of_every_error_counts_every_series_exactly() {
     let limited = keys.issue_key("limited", None).unwrap().key;
     let clock = FakeClock::at_date(UtcDate::new(2026, 3, 1).unwrap());
     let nat = NatLayer::new(keys).clock(Arc::new(clock));
-    let service = nat.layer(handler());
     let f = free.expose();
     let l = limited.expose();
 
+    // The stack registers its request counters when it wraps the handler: inside the
+    // recorder's scope.
     let (statuses, series) = recorded(|| async {
+        let service = nat.layer(handler());
         let get_with = |key: Option<&str>, outcome: Option<&str>| {
             let mut b = get("/api/v1/usage");
             if let Some(key) = key {
@@ -175,8 +177,8 @@ fn store_calls_failures_and_fail_open_are_counted() {
     let key = keys.issue_key("acme", None).unwrap().key;
     // Keys answer later (timed); the rate store fails later (timed, an error, fail open).
     let nat = NatLayer::new(Later(keys)).with_rate_store(Broken::Later);
-    let service = nat.layer(handler());
     let (status, series) = recorded(|| async {
+        let service = nat.layer(handler());
         send(
             &service,
             empty(get("/api/v1/usage").header("x-api-key", key.expose())),
@@ -206,9 +208,9 @@ fn store_calls_failures_and_fail_open_are_counted() {
 #[test]
 fn a_failing_key_store_is_an_error_outcome() {
     let nat = NatLayer::new(Broken::Now);
-    let service = nat.layer(handler());
     let key = tower_nat::auth::ApiKey::generate();
     let (status, series) = recorded(|| async {
+        let service = nat.layer(handler());
         send(&service, empty(get("/").header("x-api-key", key.expose())))
             .await
             .0
@@ -232,8 +234,9 @@ fn shadow_mode_counts_what_would_have_been_refused() {
     let keys = MemoryKeyStore::new();
     keys.insert_tenant("free", Plan::FREE);
     let free = keys.issue_key("free", None).unwrap().key;
-    let service = NatLayer::new(keys).shadow(true).layer(handler());
+    let nat = NatLayer::new(keys).shadow(true);
     let (statuses, series) = recorded(|| async {
+        let service = nat.layer(handler());
         let security = scan(
             free.expose(),
             r#"{"url":"https://a.example","mode":"security"}"#,
