@@ -73,7 +73,7 @@ async fn eighty_and_a_hundred_percent_once_a_period_across_a_month_boundary() {
         10,
         jan.clone(),
     );
-    assert_eq!(events(), [approaching.clone()]);
+    assert_eq!(events(), std::slice::from_ref(&approaching));
     // The 10th: exhausted. Then 402s, and nothing more.
     assert_eq!(send(&service, scan(&t, "functional", None)).await.0, 202);
     let exhausted = (

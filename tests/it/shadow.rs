@@ -124,3 +124,44 @@ async fn the_whole_stack_in_shadow_mode_reaches_the_server_every_time() {
     }
     assert_eq!(handler.calls(), 4);
 }
+
+#[tokio::test]
+async fn auth_the_feature_gate_and_the_concurrency_limit_in_shadow_mode() {
+    use tower_nat::{
+        auth::{ApiKeyAuthLayer, MemoryKeyStore},
+        concurrency::ConcurrentScansLayer,
+        feature_gate::FeatureGateLayer,
+    };
+    let handler = Counted::default();
+
+    // Auth: no key reaches the server, without a tenant.
+    let auth = ApiKeyAuthLayer::new(MemoryKeyStore::new()).shadow(true);
+    let service = auth.layer(handler.service());
+    let reply = send(&service, empty(get("/api/v1/usage"))).await;
+    assert_eq!((reply.0.as_u16(), &reply.2[..]), (200, &b"ok"[..]));
+
+    // The feature gate: a security scan on Free reaches the server.
+    let gate = FeatureGateLayer::scans(Plans::default()).shadow(true);
+    let service = ServiceBuilder::new()
+        .layer(ValidateScanRequestLayer::new())
+        .layer(gate)
+        .service(handler.service());
+    let free = tenant("acme", Plan::FREE);
+    assert_eq!(send(&service, scan(&free, "security", None)).await.0, 200);
+
+    // Concurrency: Free runs one scan at a time; in shadow mode every creation passes and
+    // none holds a slot.
+    let slots = ConcurrentScansLayer::new(Plans::default()).shadow(true);
+    let service = ServiceBuilder::new()
+        .layer(ValidateScanRequestLayer::new())
+        .layer(slots.clone())
+        .service(crate::common::handler());
+    for _ in 0..3 {
+        let mut req = scan(&free, "functional", None);
+        req.headers_mut()
+            .insert("x-slot", http::HeaderValue::from_static("keep"));
+        assert_eq!(send(&service, req).await.0, 202);
+    }
+    assert_eq!(slots.running(free.id()).await.unwrap(), 0);
+    assert_eq!(handler.calls(), 2);
+}
