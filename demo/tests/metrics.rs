@@ -88,6 +88,8 @@ async fn metrics_are_served_in_prometheus_text_without_a_key() {
             r#"nat_rejections_total{code="FEATURE_NOT_AVAILABLE",plan="free",layer="feature_gate",shadow="false"} 1"#,
             r#"nat_rejections_total{code="UNAUTHORIZED",plan="none",layer="auth",shadow="false"} 1"#,
             r#"nat_requests_total{outcome="allowed"} 1"#,
+            // Registered when the stack was built: present from the start, at 0.
+            r#"nat_requests_total{outcome="error"} 0"#,
             r#"nat_requests_total{outcome="rejected"} 2"#,
         ],
         "{text}"
