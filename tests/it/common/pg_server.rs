@@ -163,28 +163,17 @@ impl PgServer {
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         self.child = Some(cmd.spawn().expect("postgres starts"));
         let deadline = Instant::now() + Duration::from_secs(30);
-        // Accepting TCP is not enough (it may still be starting up): ask pg_isready if there,
-        // else wait for the port and a little more.
+        // Ready when the postmaster says so in its pid file (its status line reads `ready`):
+        // accepting TCP is not enough, it may still be starting up.
+        let pid_file = self.dir.join("postmaster.pid");
         loop {
             assert!(Instant::now() < deadline, "postgres did not come up");
-            let ready = Command::new(self.bin.join("pg_isready"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "nat",
-                    "-q",
-                ])
-                .status();
-            match ready {
-                Ok(s) if s.success() => break,
-                Ok(_) => {}
-                Err(_) if TcpStream::connect(("127.0.0.1", self.port)).is_ok() => break,
-                Err(_) => {}
+            let ready = std::fs::read_to_string(&pid_file)
+                .is_ok_and(|pid| pid.lines().any(|line| line.trim() == "ready"));
+            if ready && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
