@@ -10,7 +10,7 @@ use tower_nat::{
     NatLayer,
     auth::MemoryKeyStore,
     clock::{FakeClock, UtcDate},
-    concurrency::{ConcurrentScansLayer, ScanSlot, SlotStore},
+    concurrency::{ConcurrentScansLayer, ScanSlot},
     plan::{Plan, Plans},
     scan_request::ValidateScanRequestLayer,
     tenant::Tenant,
@@ -26,6 +26,7 @@ fn limit_body(n: u32, plan: &str) -> String {
 }
 
 /// A scan creation whose scan keeps running (the handler keeps its slot).
+#[cfg(feature = "redis")]
 fn running_scan(t: &Tenant) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     let mut req = scan(t, "functional", None);
     req.headers_mut()
@@ -201,7 +202,7 @@ async fn a_concurrency_refusal_comes_before_the_quota_and_after_the_feature_gate
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_on_one_redis_run_exactly_ten_in_total() {
     use tower_nat::{
-        concurrency::RedisSlotStore,
+        concurrency::{RedisSlotStore, SlotStore},
         store::redis::{RedisBackend, TimeSource},
     };
     let Some(server) = crate::common::redis_server::RedisServer::start() else {
