@@ -162,6 +162,12 @@ pub trait Finish: Sized {
 
     /// The decision that does nothing to the response (shadow mode: no headers, no charge).
     fn nothing() -> Self;
+
+    /// What a passing decision becomes in shadow mode: by default nothing; the concurrency
+    /// limit keeps its slot, so that it keeps counting running scans.
+    fn shadowed(self) -> Self {
+        Self::nothing()
+    }
 }
 
 impl Finish for () {
@@ -220,8 +226,7 @@ where
 #[inline(always)]
 fn shadowed<B, P: Policy<B>>(policy: &P, pass: P::Pass) -> P::Pass {
     if policy.shadow() {
-        drop(pass);
-        P::Pass::nothing()
+        pass.shadowed()
     } else {
         pass
     }

@@ -18,6 +18,10 @@
 //! `layer` is one of `billing`, `auth`, `rate_limit`, `scan_request`, `feature_gate`,
 //! `concurrency`, `quota`.
 //!
+//! **Shadow mode** counts what each layer would have refused as if the layers before it had
+//! let the request through, so one request may be counted by several layers (a bad key:
+//! `auth`, then `rate_limit`, which finds no tenant); enforced, each request is refused once.
+//!
 //! **Install the recorder before building the service.** [`NatLayer`](crate::NatLayer)
 //! registers its `nat_requests_total` counters when it wraps a service (counting through a
 //! registered handle is a few instructions; looking the counter up on every request would be

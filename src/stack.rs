@@ -436,8 +436,7 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
 }
 
 impl<K, R: RateStore, Q, C> NatLayer<K, R, Q, C> {
-    /// What `tenant`'s next request would get from the rate limit, without counting anything
-    /// (see [`PlanRateLimitLayer::peek`]).
+    /// `tenant`'s rate-limit state now, counting nothing (see [`PlanRateLimitLayer::peek`]).
     pub async fn rate_limit_status(
         &self,
         tenant: &Tenant,

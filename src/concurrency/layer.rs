@@ -124,7 +124,8 @@ impl<C> ConcurrentScansLayer<C> {
 
     /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
     /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
-    /// lets every request through untouched and holds no slot. For rolling out new limits on
+    /// lets every request through. Scans within the limit still hold their slot (so running
+    /// scans are counted); those beyond it run without one. For rolling out new limits on
     /// live traffic.
     #[must_use]
     pub fn shadow(mut self, on: bool) -> Self {
@@ -279,6 +280,12 @@ impl<C: SlotStore> Finish for Hold<C> {
 
     fn nothing() -> Self {
         Hold(None)
+    }
+
+    /// In shadow mode a scan still holds its slot (running scans are counted, so refusals
+    /// that would happen are seen); only would-be refusals pass without one.
+    fn shadowed(self) -> Self {
+        self
     }
 }
 

@@ -28,10 +28,12 @@ impl QuotaKind {
     }
 }
 
-/// What the tenant crossed.
+/// What the tenant crossed. One scan may cross both (with a quota under 6, 80 % and 100 % are
+/// crossed by the same scan: both events come, in this order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Threshold {
-    /// Usage went past 80 % of the quota (the usage snapshot's `approaching_limit`).
+    /// Usage went past 80 % of the quota: strictly more, as the usage snapshot's
+    /// `approaching_limit` (9 of 10, not 8 of 10).
     Approaching,
     /// Usage reached the quota: the next scan of this kind gets 402.
     Exhausted,

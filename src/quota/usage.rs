@@ -19,7 +19,8 @@ use crate::{
 ///
 /// Serialized members, in order: `tenant_id`, `plan`, `scans_used`, `scans_limit`,
 /// `security_scan_count`, `monthly_security_scan_quota`, `approaching_limit`,
-/// `quota_reset_date`, `period_start`, `period_end`. `scans_*` count functional scans (a `full`
+/// `quota_reset_date`, `period_start`, `period_end`, `scans_running`,
+/// `concurrent_scans_limit`. `scans_used` and `scans_limit` count functional scans (a `full`
 /// scan counts one functional and one security scan); limits are the tenant's (its plan's,
 /// or its own overrides); an unlimited quota is `null`; `approaching_limit` is true when usage
 /// is over 80% of either limited quota; dates are `YYYY-MM-DDT00:00:00Z`, `period_end` being

@@ -73,6 +73,28 @@ pub(crate) fn check_with(tat: u64, now: u64, limit: u32, t: u64) -> (RateDecisio
     }
 }
 
+/// The state at `now` without counting anything, as the headers of the last request said it:
+/// whether a request would pass, how many would pass at once (`remaining`), how long until
+/// one passes when none would (`retry_after`), and until the tenant is back to a full burst
+/// (`reset`).
+pub(crate) fn peek(tat: u64, now: u64, limit: u32) -> RateDecision {
+    let t = interval(limit);
+    let tolerance = t * u64::from(limit.max(1));
+    let backlog = tat.saturating_sub(now);
+    let remaining = tolerance.saturating_sub(backlog) / t;
+    RateDecision {
+        allowed: remaining > 0,
+        limit,
+        remaining: remaining as u32,
+        retry_after: if remaining > 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(backlog + t - tolerance)
+        },
+        reset: Duration::from_nanos(backlog),
+    }
+}
+
 /// Re-expresses a stored `tat` made with `from` requests a minute for `to` requests a minute,
 /// keeping the number of requests the tenant has used (rounded up: a plan change never admits
 /// extra), but never more than a full bucket of the new plan (a downgrade is never worse than

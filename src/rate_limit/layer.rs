@@ -201,9 +201,11 @@ impl<R, K> PlanRateLimitLayer<R, K> {
 }
 
 impl<R: RateStore> PlanRateLimitLayer<R, PlanResolver> {
-    /// What `tenant`'s next request would get, without counting anything (for dashboards and
-    /// usage endpoints): whether it would pass, how many would pass after it, and when the
-    /// tenant is back to a full burst. `None` for a tenant whose plan the table lacks.
+    /// `tenant`'s rate-limit state now, counting nothing (for dashboards and usage
+    /// endpoints), as `X-RateLimit-*` would say it: whether a request would pass, how many
+    /// would pass at once, how long until one passes when none would, and until a full burst
+    /// ([`RateStore::peek`]). `None` for a tenant whose plan the table lacks. (An endpoint
+    /// behind the limiter that serves this is itself one request.)
     pub async fn peek(&self, tenant: &Tenant) -> Result<Option<RateDecision>, StoreError> {
         let Some(limits) = self.policy.resolver.plans.limits(tenant) else {
             return Ok(None);

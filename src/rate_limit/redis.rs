@@ -43,14 +43,18 @@ if state then
     tat = now + level
   end
 end
+if ARGV[4] == '1' then
+  local backlog = math.max(tat - now, 0)
+  local k = math.floor((tolerance - backlog) / interval)
+  if k >= 1 then return {1, k, 0, backlog} end
+  return {0, 0, backlog + interval - tolerance, backlog}
+end
 local new_tat = math.max(tat, now) + interval
 local ahead = new_tat - now
 if ahead > tolerance then
   return {0, 0, ahead - tolerance, math.max(tat - now, 0)}
 end
-if ARGV[4] ~= '1' then
-  redis.call('SET', KEYS[1], string.format('%d:%d', new_tat, limit), 'PX', math.ceil(ahead / 1000) + 1000)
-end
+redis.call('SET', KEYS[1], string.format('%d:%d', new_tat, limit), 'PX', math.ceil(ahead / 1000) + 1000)
 return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
 ";
 
@@ -100,7 +104,7 @@ impl RedisRateStore {
         self.run(key, limit, now, false).await
     }
 
-    /// [`RateStore::peek`], as an `async fn`: the decision the next request would get.
+    /// [`RateStore::peek`], as an `async fn`: the state now, counting nothing.
     pub async fn peek_async(
         &self,
         key: &TenantId,

@@ -31,8 +31,10 @@ pub trait RateStore: Clone + Send + Sync + 'static {
         now: Duration,
     ) -> Answer<RateDecision, Self::Future>;
 
-    /// The decision the next request of `key` would get at `now`, without counting anything
-    /// (for dashboards and usage endpoints): `allowed`, and `remaining` after it.
+    /// The state of `key` at `now`, counting nothing (for dashboards and usage endpoints), as
+    /// the headers of its last request said it: whether a request would pass (`allowed`), how
+    /// many would pass at once (`remaining`, as `X-RateLimit-Remaining`), how long until one
+    /// passes when none would (`retry_after`), and until a full burst (`reset`).
     fn peek(&self, key: &TenantId, limit: u32, now: Duration)
     -> Answer<RateDecision, Self::Future>;
 }
@@ -167,7 +169,7 @@ impl MemoryRateStore {
         }
     }
 
-    /// The decision the next request of `key` would get at `now`, counting nothing.
+    /// [`RateStore::peek`], at once.
     pub fn peek_now(&self, key: &TenantId, limit: u32, now: Duration) -> RateDecision {
         let now = nanos(now);
         let tat = match self.inner.slots.get(key.as_str()) {
@@ -175,7 +177,7 @@ impl MemoryRateStore {
             Some(slot) => gcra::convert(slot.tat.load(Ordering::Acquire), now, slot.limit, limit),
             None => 0,
         };
-        gcra::check(tat, now, limit).0
+        gcra::peek(tat, now, limit)
     }
 
     fn maybe_sweep(&self, now: u64) {

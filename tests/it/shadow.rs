@@ -149,8 +149,8 @@ async fn auth_the_feature_gate_and_the_concurrency_limit_in_shadow_mode() {
     let free = tenant("acme", Plan::FREE);
     assert_eq!(send(&service, scan(&free, "security", None)).await.0, 200);
 
-    // Concurrency: Free runs one scan at a time; in shadow mode every creation passes and
-    // none holds a slot.
+    // Concurrency: Free runs one scan at a time; in shadow mode every creation passes, the
+    // first holds the slot (running scans are still counted) and the others run without.
     let slots = ConcurrentScansLayer::new(Plans::default()).shadow(true);
     let service = ServiceBuilder::new()
         .layer(ValidateScanRequestLayer::new())
@@ -162,6 +162,6 @@ async fn auth_the_feature_gate_and_the_concurrency_limit_in_shadow_mode() {
             .insert("x-slot", http::HeaderValue::from_static("keep"));
         assert_eq!(send(&service, req).await.0, 202);
     }
-    assert_eq!(slots.running(free.id()).await.unwrap(), 0);
+    assert_eq!(slots.running(free.id()).await.unwrap(), 1);
     assert_eq!(handler.calls(), 2);
 }

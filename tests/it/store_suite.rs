@@ -240,18 +240,28 @@ async fn peeking_spends_nothing<R: RateStore, Q>(s: Stores<R, Q>) {
         .service(handler());
     let free = tenant("t-peek", Plan::FREE);
     for _ in 0..3 {
-        let next = layer.peek(&free).await.unwrap().unwrap();
-        assert_eq!((next.allowed, next.limit, next.remaining), (true, 30, 29));
+        let now = layer.peek(&free).await.unwrap().unwrap();
+        assert_eq!((now.allowed, now.limit, now.remaining), (true, 30, 30));
+        assert_eq!(now.reset, Duration::ZERO);
     }
-    for _ in 0..30 {
+    // After one request the status says what its headers said.
+    let got = send(&svc, plain(&free, "/")).await;
+    let now = layer.peek(&free).await.unwrap().unwrap();
+    assert_eq!(
+        u64::from(now.remaining),
+        header(&got.1, "x-ratelimit-remaining")
+    );
+    assert_eq!(now.reset, Duration::from_secs(2));
+    for _ in 0..29 {
         assert_eq!(send(&svc, plain(&free, "/")).await.0, 200);
     }
-    let next = layer.peek(&free).await.unwrap().unwrap();
-    assert_eq!((next.allowed, next.remaining), (false, 0));
-    assert_eq!(next.retry_after_secs(), 2);
+    let now = layer.peek(&free).await.unwrap().unwrap();
+    assert_eq!((now.allowed, now.remaining), (false, 0));
+    assert_eq!(now.retry_after, Duration::from_secs(2));
+    assert_eq!(now.reset, Duration::from_secs(60));
     s.clock.advance(Duration::from_secs(2));
-    let next = layer.peek(&free).await.unwrap().unwrap();
-    assert_eq!((next.allowed, next.remaining), (true, 0));
+    let now = layer.peek(&free).await.unwrap().unwrap();
+    assert_eq!((now.allowed, now.remaining), (true, 1));
     // Peeking took nothing: the one request the two seconds earned still passes.
     assert_eq!(send(&svc, plain(&free, "/")).await.0, 200);
     assert_eq!(send(&svc, plain(&free, "/")).await.0, 429);
