@@ -76,6 +76,17 @@ pub enum Step<P, L> {
 }
 
 impl<P, L> Step<P, L> {
+    /// Refuses with `error`, reported with an internal `reason` (never sent).
+    #[cold]
+    pub(crate) fn refused(
+        tenant: Option<&crate::tenant::TenantId>,
+        error: NatError,
+        reason: &'static str,
+    ) -> Self {
+        error.report(tenant, reason);
+        Step::Reject(error.into())
+    }
+
     /// Passes with `P`, or refuses.
     pub(crate) fn of(decided: Result<P, Rejection>) -> Self {
         match decided {

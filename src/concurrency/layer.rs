@@ -367,11 +367,6 @@ impl<C: SlotStore> Occupy<C> {
     }
 }
 
-fn refuse<P, L>(tenant: Option<&TenantId>, error: NatError, reason: &'static str) -> Step<P, L> {
-    error.report(tenant, reason);
-    Step::Reject(error.into())
-}
-
 impl<C: SlotStore, B> Policy<B> for Occupy<C> {
     type Pass = Hold<C>;
     type Later = With<C::AcquireFuture, u32>;
@@ -402,12 +397,12 @@ impl<C: SlotStore, B> Policy<B> for Occupy<C> {
             Caller::Exempt => return Step::Pass(Hold(None)),
             Caller::Unknown => {
                 let reason = "no tenant in the request (concurrency fails closed)";
-                return refuse(None, NatError::Unauthorized, reason);
+                return Step::refused(None, NatError::Unauthorized, reason);
             }
         };
         let Some(limits) = self.config.plans.limits(tenant) else {
             let reason = "the tenant's plan is not in the plan table";
-            return refuse(Some(tenant.id()), NatError::Internal, reason);
+            return Step::refused(Some(tenant.id()), NatError::Internal, reason);
         };
         let limit = limits.concurrent_scans();
         let now = self.config.clock.now();

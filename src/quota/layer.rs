@@ -281,11 +281,6 @@ fn mark<Q: QuotaStore, B>(
     decided
 }
 
-fn refuse<P, L>(tenant: Option<&TenantId>, error: NatError, reason: &'static str) -> Step<P, L> {
-    error.report(tenant, reason);
-    Step::Reject(error.into())
-}
-
 impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
     type Pass = Charge<Q>;
     type Later = With<Q::ReserveFuture, (TenantId, Period, Option<Notify>)>;
@@ -323,12 +318,12 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
             Caller::Exempt => return Step::Pass(Charge(None)),
             Caller::Unknown => {
                 let reason = "no tenant in the request (quota fails closed)";
-                return refuse(None, NatError::Unauthorized, reason);
+                return Step::refused(None, NatError::Unauthorized, reason);
             }
         };
         let Some(limits) = self.config.plans.limits(tenant) else {
             let reason = "the tenant's plan is not in the plan table";
-            return refuse(Some(tenant.id()), NatError::Internal, reason);
+            return Step::refused(Some(tenant.id()), NatError::Internal, reason);
         };
         let limits = QuotaLimits {
             functional: limits.functional_scans(),
