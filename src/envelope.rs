@@ -140,10 +140,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // A gRPC server answers its own errors as gRPC statuses; a JSON body would be lost.
+        let enabled = self.enabled && !crate::grpc::wants_grpc(&req);
         ResponseFuture {
             state: State::Inner {
                 future: self.inner.call(req),
-                enabled: self.enabled,
+                enabled,
             },
         }
     }

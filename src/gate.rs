@@ -47,7 +47,8 @@ where
                 );
                 ResponseFuture::inner(inner.call(req))
             } else {
-                ResponseFuture::response(rejection.into_response())
+                let grpc = crate::grpc::wants_grpc(&req);
+                ResponseFuture::response(rejection.into_response(grpc))
             }
         }
     }

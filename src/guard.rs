@@ -36,10 +36,15 @@ impl Rejection {
         Self(Box::new((error, headers)))
     }
 
-    pub(crate) fn into_response<B>(self) -> Response<NatBody<B>> {
+    /// The response: the JSON envelope, or a gRPC status (`grpc`).
+    pub(crate) fn into_response<B>(self, grpc: bool) -> Response<NatBody<B>> {
         let (error, headers) = *self.0;
         let refused = Refused(error.code());
-        let mut response = error.to_response();
+        let mut response = if grpc {
+            error.to_grpc_response()
+        } else {
+            error.to_response()
+        };
         if !headers.is_empty() {
             response.headers_mut().extend(headers);
         }
@@ -214,6 +219,7 @@ where
                 pass: Some(pass),
             },
             Err(rejection) => State::Reject {
+                grpc: crate::grpc::wants_grpc(&req),
                 rejection: Some(rejection),
             },
         },
@@ -302,7 +308,7 @@ pin_project! {
             settle: <P::Pass as Finish>::Settle,
             response: Option<S::Response>,
         },
-        Reject { rejection: Option<Rejection> },
+        Reject { rejection: Option<Rejection>, grpc: bool },
     }
 }
 
@@ -334,6 +340,7 @@ where
                             pass: Some(pass),
                         },
                         Err(rejection) => State::Reject {
+                            grpc: crate::grpc::wants_grpc(&req),
                             rejection: Some(rejection),
                         },
                     }
@@ -354,9 +361,9 @@ where
                     let response = response.take().expect("polled after completion");
                     return Poll::Ready(Ok(response.map(NatBody::new)));
                 }
-                StateProj::Reject { rejection } => {
+                StateProj::Reject { rejection, grpc } => {
                     let rejection = rejection.take().expect("polled after completion");
-                    return Poll::Ready(Ok(rejection.into_response()));
+                    return Poll::Ready(Ok(rejection.into_response(*grpc)));
                 }
             };
             self.as_mut().project().state.set(next);

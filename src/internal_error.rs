@@ -107,6 +107,15 @@ impl<S> InternalErrorGuard<S> {
     crate::inner_accessors!();
 }
 
+/// The 500: in the envelope, or as gRPC `INTERNAL`.
+fn internal<B>(grpc: bool) -> Response<NatBody<B>> {
+    if grpc {
+        NatError::Internal.to_grpc_response()
+    } else {
+        NatError::Internal.to_response()
+    }
+}
+
 fn count(requests: &Option<Arc<Requests>>, outcome: Outcome) {
     if let Some(requests) = requests {
         requests.count(outcome);
@@ -164,22 +173,26 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let count = self.count.clone();
+        let grpc = crate::grpc::wants_grpc(&req);
         if std::mem::take(&mut self.not_ready) {
             return ResponseFuture {
                 future: None,
                 count,
+                grpc,
             };
         }
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => ResponseFuture {
                 future: Some(future),
                 count,
+                grpc,
             },
             Err(payload) => {
                 report_panic(&*payload);
                 ResponseFuture {
                     future: None,
                     count,
+                    grpc,
                 }
             }
         }
@@ -192,6 +205,8 @@ pin_project! {
         #[pin]
         future: Option<F>,
         count: Option<Arc<Requests>>,
+        // The request wants gRPC answers.
+        grpc: bool,
     }
 }
 
@@ -206,7 +221,7 @@ where
         let mut this = self.project();
         let Some(future) = this.future.as_mut().as_pin_mut() else {
             count(this.count, Outcome::Error);
-            return Poll::Ready(Ok(NatError::Internal.to_response()));
+            return Poll::Ready(Ok(internal(*this.grpc)));
         };
         let result = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
@@ -223,11 +238,11 @@ where
             }
             Ok(Poll::Ready(Err(error))) => {
                 report_error(&*error.into());
-                NatError::Internal.to_response()
+                internal(*this.grpc)
             }
             Err(payload) => {
                 report_panic(&*payload);
-                NatError::Internal.to_response()
+                internal(*this.grpc)
             }
         };
         // A future that panicked must not be polled again.

@@ -109,6 +109,7 @@ mod error;
 pub mod feature_gate;
 pub mod future;
 mod gate;
+pub mod grpc;
 mod guard;
 pub mod headers;
 pub mod internal_error;

@@ -200,6 +200,11 @@ impl<B: Body + From<Bytes>> Policy<B> for ValidateScan {
         if !self.config.is_scan(req) || req.extensions().get::<ScanKind>().is_some() {
             return Step::Pass(());
         }
+        // A gRPC call's body is protobuf, never read: its kind is the default one.
+        if crate::grpc::is_grpc(req) {
+            req.extensions_mut().insert(self.config.default_kind);
+            return Step::Pass(());
+        }
         if !content_type_ok(req.headers()) {
             return Step::Reject(refuse(Invalid::ContentType));
         }

@@ -16,6 +16,8 @@ mod feature_gate;
 #[cfg(feature = "axum")]
 mod framework_errors;
 #[cfg(feature = "axum")]
+mod grpc;
+#[cfg(feature = "axum")]
 mod hostile;
 mod internal_error;
 mod key_cache;
