@@ -18,6 +18,8 @@ mod framework_errors;
 #[cfg(feature = "axum")]
 mod grpc;
 #[cfg(feature = "axum")]
+mod grpc_tonic;
+#[cfg(feature = "axum")]
 mod hostile;
 mod internal_error;
 mod key_cache;
