@@ -140,12 +140,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // A gRPC server answers its own errors as gRPC statuses; a JSON body would be lost.
-        let enabled = self.enabled && !crate::grpc::wants_grpc(&req);
+        // gRPC needs no exception here: refusals and gRPC servers' own statuses are HTTP 200,
+        // which pass; a gRPC client maps any other HTTP status by itself.
         ResponseFuture {
             state: State::Inner {
                 future: self.inner.call(req),
-                enabled,
+                enabled: self.enabled,
             },
         }
     }
