@@ -83,12 +83,19 @@ struct Inner {
     /// while the others wait for it.
     slots: Box<[tokio::sync::Mutex<Option<Arc<Conn>>>]>,
     next: AtomicUsize,
-    timeout: Duration,
-    format: KeyFormat,
-    clock: SharedClock,
+    settings: Settings,
     changes: KeyChanges,
     used: DashMap<KeyId, Duration>,
     flushing: AtomicBool,
+}
+
+/// What the builder methods set.
+#[derive(Clone)]
+struct Settings {
+    pool: usize,
+    timeout: Duration,
+    format: KeyFormat,
+    clock: SharedClock,
 }
 
 /// One connection and its prepared lookup.
@@ -124,32 +131,24 @@ impl PgKeyStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(2));
         }
-        Ok(Self::with(
-            config,
-            4,
-            Duration::from_secs(2),
-            KeyFormat::default(),
-            clock::system(),
-        ))
+        let settings = Settings {
+            pool: 4,
+            timeout: Duration::from_secs(2),
+            format: KeyFormat::default(),
+            clock: clock::system(),
+        };
+        Ok(Self::with(config, settings))
     }
 
-    fn with(
-        config: tokio_postgres::Config,
-        pool: usize,
-        timeout: Duration,
-        format: KeyFormat,
-        clock: SharedClock,
-    ) -> Self {
+    fn with(config: tokio_postgres::Config, settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
-                slots: (0..pool.max(1))
+                slots: (0..settings.pool.max(1))
                     .map(|_| tokio::sync::Mutex::new(None))
                     .collect(),
                 next: AtomicUsize::new(0),
-                timeout,
-                format,
-                clock,
+                settings,
                 changes: KeyChanges::new(),
                 used: DashMap::new(),
                 flushing: AtomicBool::new(false),
@@ -157,41 +156,37 @@ impl PgKeyStore {
         }
     }
 
-    fn rebuild(
-        self,
-        change: impl FnOnce(&mut usize, &mut Duration, &mut KeyFormat, &mut SharedClock),
-    ) -> Self {
-        let i = &self.inner;
-        let (mut pool, mut timeout, mut format, mut clock) =
-            (i.slots.len(), i.timeout, i.format.clone(), i.clock.clone());
-        change(&mut pool, &mut timeout, &mut format, &mut clock);
-        let mut config = i.config.clone();
-        config.connect_timeout(timeout);
-        Self::with(config, pool, timeout, format, clock)
+    /// A new store with a changed setting (configure before use: nothing is shared).
+    fn rebuild(self, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.inner.settings.clone();
+        change(&mut settings);
+        let mut config = self.inner.config.clone();
+        config.connect_timeout(settings.timeout);
+        Self::with(config, settings)
     }
 
     /// Keeps up to `connections` connections (4 by default). Configure before use.
     #[must_use]
     pub fn pool_size(self, connections: usize) -> Self {
-        self.rebuild(|pool, _, _, _| *pool = connections)
+        self.rebuild(|s| s.pool = connections)
     }
 
     /// Bounds every call, connecting included (2 s by default). Configure before use.
     #[must_use]
     pub fn timeout(self, timeout: Duration) -> Self {
-        self.rebuild(|_, t, _, _| *t = timeout)
+        self.rebuild(|s| s.timeout = timeout)
     }
 
     /// Issues keys of `format`. Configure before use.
     #[must_use]
     pub fn format(self, format: KeyFormat) -> Self {
-        self.rebuild(|_, _, f, _| *f = format)
+        self.rebuild(|s| s.format = format)
     }
 
     /// Reads `clock` for issue, revocation and rotation times. Configure before use.
     #[must_use]
     pub fn clock(self, clock: SharedClock) -> Self {
-        self.rebuild(|_, _, _, c| *c = clock)
+        self.rebuild(|s| s.clock = clock)
     }
 
     /// Runs `work` within the timeout.
@@ -200,7 +195,7 @@ impl PgKeyStore {
         what: &str,
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.timeout, work).await {
+        match tokio::time::timeout(self.inner.settings.timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::new(format!("postgres {what}: timed out"))),
         }
@@ -375,7 +370,7 @@ impl PgKeyStore {
     ) -> Result<Option<KeyId>, StoreError> {
         let hash = key.hash();
         let id = KeyId::from(format!("key_{}", &hash.to_hex()[..16]));
-        let now = at(self.inner.clock.now());
+        let now = at(self.inner.settings.clock.now());
         let bytes = hash.as_bytes().as_slice();
         let rows = self
             .query(
@@ -402,14 +397,14 @@ impl PgKeyStore {
         tenant: &str,
         expires_at: Option<Duration>,
     ) -> Result<Option<IssuedKey>, StoreError> {
-        let key = self.inner.format.generate();
+        let key = self.inner.settings.format.generate();
         let id = self.add_key(tenant, &key, expires_at).await?;
         Ok(id.map(|id| IssuedKey { id, key }))
     }
 
     /// Revokes key `key_id`; `false` if there is no such live key. Revoked keys stay listed.
     pub async fn revoke(&self, key_id: &KeyId) -> Result<bool, StoreError> {
-        let now = at(self.inner.clock.now());
+        let now = at(self.inner.settings.clock.now());
         let rows = self
             .query(
                 "revoke",
@@ -456,10 +451,10 @@ impl PgKeyStore {
         key_id: &KeyId,
         grace: Duration,
     ) -> Result<Option<IssuedKey>, StoreError> {
-        let key = self.inner.format.generate();
+        let key = self.inner.settings.format.generate();
         let hash = key.hash();
         let id = KeyId::from(format!("key_{}", &hash.to_hex()[..16]));
-        let now = self.inner.clock.now();
+        let now = self.inner.settings.clock.now();
         let until = at(now.saturating_add(grace));
         // One statement: the new key and the old key's shortened expiry, or neither.
         let rows = self
@@ -624,7 +619,7 @@ impl fmt::Debug for PgKeyStore {
             .field("ports", &c.get_ports())
             .field("dbname", &c.get_dbname())
             .field("pool", &self.inner.slots.len())
-            .field("timeout", &self.inner.timeout)
+            .field("timeout", &self.inner.settings.timeout)
             .finish()
     }
 }
