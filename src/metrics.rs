@@ -13,6 +13,8 @@
 //! | `nat_quota_exhausted_total` | counter | `plan`, `kind`: the scan's mode (`functional`, `security`, `full`) | scan creations refused with 402 (not in shadow mode) |
 //! | `nat_store_duration_seconds` | histogram | `store`: `key`, `rate`, `quota`, `slots`; `op`; `outcome`: `ok`, `error` | store calls that went to a backend (a database, Redis); in-memory answers are not timed |
 //! | `nat_store_errors_total` | counter | `store`, `op` | failed store calls |
+//! | `nat_store_abandoned_total` | counter | `store`, `op` | Redis settlements and releases retried in the background until their time ran out (a charge or a release lost) |
+//! | `nat_store_local_answers_total` | counter | `store`: `rate`, `quota`; `why`: `refused` (a 429 known locally), `exhausted` (a 402 known locally), `fallback` (the local limit while Redis fails) | answers a Redis store gave without asking Redis |
 //! | `nat_fail_open_total` | counter | `layer` | requests let through because a store failed ([`OnStoreError::Allow`](crate::store::OnStoreError::Allow)) |
 //!
 //! `layer` is one of `billing`, `auth`, `rate_limit`, `scan_request`, `feature_gate`,
@@ -45,6 +47,10 @@ pub const QUOTA_EXHAUSTED: &str = "nat_quota_exhausted_total";
 pub const STORE_DURATION: &str = "nat_store_duration_seconds";
 /// `nat_store_errors_total`.
 pub const STORE_ERRORS: &str = "nat_store_errors_total";
+/// `nat_store_abandoned_total`.
+pub const STORE_ABANDONED: &str = "nat_store_abandoned_total";
+/// `nat_store_local_answers_total`.
+pub const LOCAL_ANSWERS: &str = "nat_store_local_answers_total";
 /// `nat_fail_open_total`.
 pub const FAIL_OPEN: &str = "nat_fail_open_total";
 
@@ -138,6 +144,18 @@ pub(crate) fn store_call(store: &'static str, op: &'static str, ok: bool, took: 
 #[cold]
 pub(crate) fn store_error(store: &'static str, op: &'static str) {
     ::metrics::counter!(STORE_ERRORS, "store" => store, "op" => op).increment(1);
+}
+
+/// A call retried in the background whose time ran out before the store answered.
+#[cfg(feature = "redis")]
+#[cold]
+pub(crate) fn store_abandoned(store: &'static str, op: &'static str) {
+    ::metrics::counter!(STORE_ABANDONED, "store" => store, "op" => op).increment(1);
+}
+
+/// A store answered without asking its backend.
+pub(crate) fn local_answer(store: &'static str, why: &'static str) {
+    ::metrics::counter!(LOCAL_ANSWERS, "store" => store, "why" => why).increment(1);
 }
 
 /// A request let through because a store failed.

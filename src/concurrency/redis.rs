@@ -14,9 +14,11 @@ use crate::{
     tenant::TenantId,
 };
 
-/// KEYS: the tenant's slots (a sorted set: slot id → lapse time in µs). ARGV: limit, id,
-/// lapse_us, now_us ('' for Redis `TIME`). Lapsed slots are dropped first. 1 when taken.
+/// KEYS: the tenant's slots (a sorted set: slot id → lapse time in µs), its void slot ids
+/// (id → until when it is remembered). ARGV: limit, id, lapse_us, now_us ('' for Redis
+/// `TIME`). A voided id takes nothing (2). Lapsed slots are dropped first. 1 when taken.
 const ACQUIRE: &str = r"
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 2 end
 local now
 if ARGV[4] ~= '' then now = tonumber(ARGV[4]) else
   local t = redis.call('TIME'); now = tonumber(t[1]) * 1000000 + tonumber(t[2]) end
@@ -26,6 +28,20 @@ local lapse = tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], now + lapse, ARGV[2])
 local longest = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
 redis.call('PEXPIRE', KEYS[1], math.ceil((longest - now) / 1000) + 1000)
+return 1
+";
+
+/// KEYS as for ACQUIRE; ARGV: id, keep_us, now_us. Frees the slot `id` and stops it from
+/// being taken if its acquisition is still on its way.
+const VOID: &str = r"
+local now
+if ARGV[3] ~= '' then now = tonumber(ARGV[3]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000000 + tonumber(t[2]) end
+local keep = tonumber(ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + keep, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], math.ceil(keep / 1000) + 1000)
 return 1
 ";
 
@@ -42,13 +58,25 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 /// Running scans in Redis: one sorted set per tenant (slot id → when it lapses), one script
 /// per acquisition, so two instances on one Redis never hold more slots than the limit
 /// together. Time is Redis's own by default, as for the other Redis stores.
+///
+/// **When Redis fails.** A release that fails is retried in the background with backoff
+/// (50 ms doubling to 2 s) for up to [`retry_for`](RedisSlotStore::retry_for) (default one
+/// hour); giving up is reported through `tracing` and `nat_store_abandoned_total`, and the
+/// slot then lapses by itself. An acquisition whose answer never arrived (Redis timed out, or
+/// the request future was dropped while waiting) is voided in the background the same way: a
+/// voided id can no longer take a slot, whichever reaches Redis first.
 #[derive(Clone)]
 pub struct RedisSlotStore {
     backend: RedisBackend,
     acquire: Script,
+    void: Script,
     running: Script,
     time: TimeSource,
+    retry_for: Duration,
 }
+
+/// How long failed releases are retried by default.
+const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(3600);
 
 impl RedisSlotStore {
     /// Slots in `backend`'s Redis, on Redis's clock.
@@ -56,9 +84,19 @@ impl RedisSlotStore {
         Self {
             backend,
             acquire: Script::new(ACQUIRE),
+            void: Script::new(VOID),
             running: Script::new(RUNNING),
             time: TimeSource::default(),
+            retry_for: DEFAULT_RETRY_FOR,
         }
+    }
+
+    /// How long a failed release (or void) is retried in the background (default one hour:
+    /// the default `max_scan_duration`, after which the slot lapses anyway).
+    #[must_use]
+    pub fn retry_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
     }
 
     /// Whose clock lapses are measured with.
@@ -72,6 +110,36 @@ impl RedisSlotStore {
         self.backend.key("slots", tenant.as_str(), &[])
     }
 
+    fn void_key(&self, tenant: &TenantId) -> String {
+        self.backend.key("slots", tenant.as_str(), &["void"])
+    }
+
+    /// Frees `slot` and stops it from being taken later, keeping its id `keep` long.
+    async fn void_async(
+        &self,
+        slot: &Slot,
+        keep: Duration,
+        now: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.backend.connection();
+        let mut call = self.void.key(self.key(&slot.tenant));
+        call.key(self.void_key(&slot.tenant))
+            .arg(&slot.id)
+            .arg(u64::try_from(keep.as_micros()).unwrap_or(u64::MAX))
+            .arg(self.time.arg(now));
+        let _: i64 = self.backend.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    fn release_in_background(&self, slot: Slot) {
+        let store = self.clone();
+        self.backend
+            .retry_in_background(("slots", "release"), self.retry_for, move || {
+                let (store, slot) = (store.clone(), slot.clone());
+                async move { store.release_async(&slot).await }
+            });
+    }
+
     /// [`SlotStore::acquire`], as an `async fn`.
     pub async fn acquire_async(
         &self,
@@ -81,18 +149,29 @@ impl RedisSlotStore {
         lapse: Duration,
     ) -> Result<Acquired, StoreError> {
         let slot = Slot::random(tenant)?;
+        self.acquire_slot(slot, limit, now, lapse).await
+    }
+
+    async fn acquire_slot(
+        &self,
+        slot: Slot,
+        limit: u32,
+        now: Duration,
+        lapse: Duration,
+    ) -> Result<Acquired, StoreError> {
         let mut conn = self.backend.connection();
-        let mut call = self.acquire.key(self.key(tenant));
-        call.arg(limit)
+        let mut call = self.acquire.key(self.key(&slot.tenant));
+        call.key(self.void_key(&slot.tenant))
+            .arg(limit)
             .arg(&slot.id)
             .arg(u64::try_from(lapse.as_micros()).unwrap_or(u64::MAX))
             .arg(self.time.arg(now));
         let taken: i64 = self.backend.bounded(call.invoke_async(&mut conn)).await?;
-        Ok(if taken == 1 {
-            Acquired::Granted(slot)
-        } else {
-            Acquired::Full
-        })
+        match taken {
+            1 => Ok(Acquired::Granted(slot)),
+            0 => Ok(Acquired::Full),
+            _ => Err(StoreError::new("the slot id was voided")),
+        }
     }
 
     /// [`SlotStore::release`], as an `async fn`.
@@ -133,27 +212,39 @@ impl SlotStore for RedisSlotStore {
         now: Duration,
         lapse: Duration,
     ) -> Answer<Acquired, Self::AcquireFuture> {
-        let (store, tenant) = (self.clone(), tenant.clone());
+        let slot = match Slot::random(tenant) {
+            Ok(slot) => slot,
+            Err(error) => return Answer::Ready(Err(error)),
+        };
+        let mut guard = VoidUnlessAnswered {
+            store: self.clone(),
+            slot: Some(slot.clone()),
+            keep: lapse,
+            now,
+        };
         Answer::Pending(Box::pin(async move {
-            store.acquire_async(&tenant, limit, now, lapse).await
+            let answer = guard.store.acquire_slot(slot, limit, now, lapse).await;
+            if answer.is_ok() {
+                guard.answered();
+            }
+            answer
         }))
     }
 
     fn release(&self, slot: &Slot) -> Answer<(), Self::ReleaseFuture> {
         let (store, slot) = (self.clone(), slot.clone());
-        Answer::Pending(Box::pin(async move { store.release_async(&slot).await }))
+        Answer::Pending(Box::pin(async move {
+            if let Err(error) = store.release_async(&slot).await {
+                crate::report::failure("slot store (release; retrying)", &error);
+                crate::metrics::store_error("slots", "release");
+                store.release_in_background(slot);
+            }
+            Ok(())
+        }))
     }
 
     fn release_detached(&self, slot: &Slot) {
-        let (store, slot) = (self.clone(), slot.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(error) = store.release_async(&slot).await {
-                    crate::report::failure("slot store (release)", &error);
-                    crate::metrics::store_error("slots", "release");
-                }
-            });
-        }
+        self.release_in_background(slot.clone());
     }
 
     fn running(&self, tenant: &TenantId, now: Duration) -> Answer<u32, Self::CountFuture> {
@@ -161,6 +252,38 @@ impl SlotStore for RedisSlotStore {
         Answer::Pending(Box::pin(
             async move { store.running_async(&tenant, now).await },
         ))
+    }
+}
+
+/// Voids a slot whose acquisition was never answered: the slot while the call is on its way,
+/// `None` once Redis answered.
+struct VoidUnlessAnswered {
+    store: RedisSlotStore,
+    slot: Option<Slot>,
+    keep: Duration,
+    now: Duration,
+}
+
+impl VoidUnlessAnswered {
+    /// Redis answered: nothing is on its way any more.
+    fn answered(&mut self) {
+        self.slot = None;
+    }
+}
+
+impl Drop for VoidUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let (store, keep, now) = (self.store.clone(), self.keep, self.now);
+            self.store.backend.retry_in_background(
+                ("slots", "release"),
+                self.store.retry_for,
+                move || {
+                    let (store, slot) = (store.clone(), slot.clone());
+                    async move { store.void_async(&slot, keep, now).await }
+                },
+            );
+        }
     }
 }
 

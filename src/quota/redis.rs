@@ -11,6 +11,7 @@ use crate::{
     plan::{Allowance, ScanKind},
     store::{
         Answer,
+        known::{DEFAULT_CAPACITY, Known},
         redis::{RedisBackend, TimeSource},
     },
     tenant::TenantId,
@@ -29,12 +30,15 @@ local function ttl(expire_at_s, now)
 end
 ";
 
-/// KEYS: used (hash f, s), functional reservations (zset), security reservations (zset).
-/// ARGV: limit_f, limit_s (-1: unlimited), need_f, need_s, id, lifetime_us, expire_at_s,
-/// now_us ('' for Redis TIME). Expired reservations (an instance that died mid-request) are
-/// dropped first. Returns `{1, functional ahead, security ahead}` when granted (used and
-/// reserved before this reservation), `{0}` otherwise.
+/// KEYS: used (hash f, s), functional reservations (zset), security reservations (zset),
+/// void reservation ids (zset: id → until when it is remembered). ARGV: limit_f, limit_s
+/// (-1: unlimited), need_f, need_s, id, lifetime_us, expire_at_s, now_us ('' for Redis TIME).
+/// A voided id (its request was answered with an error before this script ran) reserves
+/// nothing: `{2}`. Expired reservations (an instance that died mid-request) are dropped
+/// first. Returns `{1, functional ahead, security ahead}` when granted (used and reserved
+/// before this reservation), `{0, functional used, security used}` otherwise.
 const RESERVE: &str = r"
+if redis.call('ZSCORE', KEYS[4], ARGV[5]) then return {2} end
 local now = now_us(ARGV[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -47,8 +51,9 @@ local nf = tonumber(ARGV[3])
 local ns = tonumber(ARGV[4])
 local af = uf + redis.call('ZCARD', KEYS[2])
 local as = us + redis.call('ZCARD', KEYS[3])
-if nf > 0 and lf >= 0 and af + nf > lf then return {0} end
-if ns > 0 and ls >= 0 and as + ns > ls then return {0} end
+if (nf > 0 and lf >= 0 and af + nf > lf) or (ns > 0 and ls >= 0 and as + ns > ls) then
+  return {0, uf, us}
+end
 local expires = now + tonumber(ARGV[6])
 if nf > 0 then redis.call('ZADD', KEYS[2], expires, ARGV[5]) end
 if ns > 0 then redis.call('ZADD', KEYS[3], expires, ARGV[5]) end
@@ -56,8 +61,10 @@ for i = 2, 3 do redis.call('EXPIRE', KEYS[i], ttl(ARGV[7], now)) end
 return {1, af, as}
 ";
 
-/// KEYS as for RESERVE; ARGV: id, expire_at_s, charge (1 or 0), now_us. A reservation that
-/// already lapsed is not charged.
+/// KEYS as for RESERVE; ARGV: id, expire_at_s, what (`1`: charge, `0`: release, `v`: void,
+/// a release that also stops a reservation still on its way from being made), now_us,
+/// lifetime_us. A reservation that already lapsed is not charged; settling twice changes
+/// nothing.
 const SETTLE: &str = r"
 local now = now_us(ARGV[4])
 local f = redis.call('ZREM', KEYS[2], ARGV[1])
@@ -66,6 +73,11 @@ if ARGV[3] == '1' then
   if f > 0 then redis.call('HINCRBY', KEYS[1], 'f', 1) end
   if s > 0 then redis.call('HINCRBY', KEYS[1], 's', 1) end
   redis.call('EXPIRE', KEYS[1], ttl(ARGV[2], now))
+elseif ARGV[3] == 'v' then
+  local lifetime = tonumber(ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('ZADD', KEYS[4], now + lifetime, ARGV[1])
+  redis.call('PEXPIRE', KEYS[4], math.ceil(lifetime / 1000) + 1000)
 end
 return f + s
 ";
@@ -82,9 +94,21 @@ pub const DEFAULT_RESERVATION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Per tenant and period it keeps a hash of used scans and two sorted sets of reservations
 /// in flight, scored by when they lapse, so a reservation held by an instance that died is
 /// dropped after [`reservation_lifetime`](RedisQuotaStore::reservation_lifetime). Every key
-/// expires 40 days after its period ends. Settling is idempotent (a reservation is charged at
-/// most once); when a request future is dropped it runs in the background, and failures are
-/// reported through `tracing`.
+/// expires 40 days after its period ends.
+///
+/// **When Redis fails.** Settling is idempotent (a reservation is charged at most once), so a
+/// settlement that fails is retried in the background with backoff (50 ms doubling to 2 s)
+/// for as long as the reservation can still be charged; what cannot be settled in time is
+/// reported through `tracing` and `nat_store_abandoned_total`. A reservation whose request
+/// failed (Redis timed out, or the request future was dropped while waiting) may still be
+/// made once Redis answers: its id is voided in the background, retried the same way, and a
+/// voided id can no longer reserve, whichever of the two reaches Redis first.
+///
+/// **Exhausted quotas are answered locally.** Charged scans never decrease within a period,
+/// so once Redis reports a tenant's charged scans at its limit, the store refuses that kind
+/// of scan for the rest of the period without asking Redis again, for the same limits; a plan
+/// change (other limits) or a new period asks Redis. It remembers this for at most
+/// [`local_refusals`](RedisQuotaStore::local_refusals) tenants (default 10,000).
 /// Requires the `redis` feature and a Tokio runtime.
 #[derive(Clone)]
 pub struct RedisQuotaStore {
@@ -92,12 +116,58 @@ pub struct RedisQuotaStore {
     scripts: Arc<(Script, Script)>,
     lifetime: Duration,
     time: TimeSource,
+    exhausted: Arc<Known<Exhausted>>,
+}
+
+/// A tenant whose charged scans reached a limit in a period.
+#[derive(Clone, Copy, Debug)]
+struct Exhausted {
+    period: Period,
+    limits: QuotaLimits,
+    functional: bool,
+    security: bool,
+}
+
+impl Exhausted {
+    /// Whether a scan of `kind` is refused, for these limits in this period.
+    fn refuses(&self, kind: ScanKind, limits: QuotaLimits, period: Period) -> bool {
+        self.period == period
+            && self.limits == limits
+            && ((self.functional && kind.functional_cost() > 0)
+                || (self.security && kind.security_cost() > 0))
+    }
 }
 
 fn limit_arg(q: Allowance) -> i64 {
     match q {
         Allowance::Limited(n) => i64::try_from(n).unwrap_or(i64::MAX),
         Allowance::Unlimited => -1,
+    }
+}
+
+fn reached(used: i64, limit: Allowance) -> bool {
+    match limit {
+        Allowance::Limited(n) => u64::try_from(used).unwrap_or(0) >= n,
+        Allowance::Unlimited => false,
+    }
+}
+
+/// What a settlement does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    Charge,
+    Release,
+    /// Release, and stop the id from reserving if its reservation is still on its way.
+    Void,
+}
+
+impl Settle {
+    fn arg(self) -> &'static str {
+        match self {
+            Settle::Charge => "1",
+            Settle::Release => "0",
+            Settle::Void => "v",
+        }
     }
 }
 
@@ -112,10 +182,12 @@ impl RedisQuotaStore {
             )),
             lifetime: DEFAULT_RESERVATION_LIFETIME,
             time: TimeSource::Redis,
+            exhausted: Arc::new(Known::new(DEFAULT_CAPACITY)),
         }
     }
 
-    /// How long a reservation counts as in flight (default 15 minutes).
+    /// How long a reservation counts as in flight (default 15 minutes). Failed settlements
+    /// are retried for as long.
     #[must_use]
     pub fn reservation_lifetime(mut self, lifetime: Duration) -> Self {
         self.lifetime = lifetime;
@@ -129,12 +201,31 @@ impl RedisQuotaStore {
         self
     }
 
-    fn keys(&self, tenant: &str, period: Period) -> [String; 3] {
+    /// For how many tenants an exhausted quota is remembered and answered without asking
+    /// Redis (default 10,000; 0 asks Redis every time).
+    #[must_use]
+    pub fn local_refusals(mut self, tenants: usize) -> Self {
+        self.exhausted = Arc::new(Known::new(tenants));
+        self
+    }
+
+    /// How many tenants' exhausted quotas are remembered now.
+    pub fn known_exhausted(&self) -> usize {
+        self.exhausted.len()
+    }
+
+    /// The backend this store runs on.
+    pub fn backend(&self) -> &RedisBackend {
+        &self.backend
+    }
+
+    fn keys(&self, tenant: &str, period: Period) -> [String; 4] {
         let p = period.start.to_string();
         [
             self.backend.key("q", tenant, &[&p, "used"]),
             self.backend.key("q", tenant, &[&p, "rf"]),
             self.backend.key("q", tenant, &[&p, "rs"]),
+            self.backend.key("q", tenant, &[&p, "void"]),
         ]
     }
 
@@ -142,8 +233,12 @@ impl RedisQuotaStore {
         period.end.unix_seconds() + KEEP_AFTER_PERIOD
     }
 
+    fn lifetime_us(&self) -> u64 {
+        u64::try_from(self.lifetime.as_micros()).unwrap_or(u64::MAX)
+    }
+
     /// Reserves one scan of `kind` with the handle `id` at `at`, as [`QuotaStore::reserve`]
-    /// but awaited.
+    /// but awaited (and without the local answers: this always asks Redis).
     pub async fn reserve_async(
         &self,
         tenant: &TenantId,
@@ -164,7 +259,7 @@ impl RedisQuotaStore {
             .arg(kind.functional_cost())
             .arg(kind.security_cost())
             .arg(id)
-            .arg(u64::try_from(self.lifetime.as_micros()).unwrap_or(u64::MAX))
+            .arg(self.lifetime_us())
             .arg(Self::expire_at(period))
             .arg(now);
         let mut conn = self.backend.connection();
@@ -180,7 +275,23 @@ impl RedisQuotaStore {
                     security: count(security),
                 }),
             ),
-            _ => Reserved::Exhausted,
+            [0, functional, security] => {
+                let functional = reached(functional, limits.functional);
+                let security = reached(security, limits.security);
+                if functional || security {
+                    let known = Exhausted {
+                        period,
+                        limits,
+                        functional,
+                        security,
+                    };
+                    self.exhausted
+                        .remember(tenant, known, |e| e.period.end > period.start);
+                }
+                Reserved::Exhausted
+            }
+            [2] => return Err(StoreError::new("the reservation id was voided")),
+            _ => return Err(StoreError::new("unexpected reply from the quota script")),
         })
     }
 
@@ -212,21 +323,45 @@ impl RedisQuotaStore {
         Ok(set.is_some())
     }
 
-    /// Commits (`charge`) or releases a reservation, awaited.
+    /// Commits (`charge`) or releases a reservation, awaited: one attempt, no retry.
     pub async fn settle_async(
         &self,
         reservation: &Reservation,
         charge: bool,
     ) -> Result<(), StoreError> {
+        let what = if charge {
+            Settle::Charge
+        } else {
+            Settle::Release
+        };
+        self.settle_id(
+            reservation.tenant(),
+            reservation.period(),
+            reservation.id(),
+            reservation.made_at(),
+            what,
+        )
+        .await
+    }
+
+    async fn settle_id(
+        &self,
+        tenant: &TenantId,
+        period: Period,
+        id: u64,
+        at: Duration,
+        what: Settle,
+    ) -> Result<(), StoreError> {
         let mut invocation = self.scripts.1.prepare_invoke();
-        for key in self.keys(reservation.tenant().as_str(), reservation.period()) {
+        for key in self.keys(tenant.as_str(), period) {
             invocation.key(key);
         }
         invocation
-            .arg(reservation.id())
-            .arg(Self::expire_at(reservation.period()))
-            .arg(if charge { "1" } else { "0" })
-            .arg(self.time.arg(reservation.made_at()));
+            .arg(id)
+            .arg(Self::expire_at(period))
+            .arg(what.arg())
+            .arg(self.time.arg(at))
+            .arg(self.lifetime_us());
         let mut conn = self.backend.connection();
         let _: i64 = self
             .backend
@@ -241,7 +376,7 @@ impl RedisQuotaStore {
         tenant: &TenantId,
         period: Period,
     ) -> Result<UsageCounts, StoreError> {
-        let [used, _, _] = self.keys(tenant.as_str(), period);
+        let [used, ..] = self.keys(tenant.as_str(), period);
         let mut conn = self.backend.connection();
         let (f, s): (Option<u64>, Option<u64>) = self
             .backend
@@ -259,28 +394,77 @@ impl RedisQuotaStore {
         })
     }
 
-    fn settle_in_background(&self, reservation: &Reservation, charge: bool) {
+    /// The reservations in flight for `tenant` in `period` (functional, security), counting
+    /// lapsed ones not yet dropped: for operators and tests.
+    pub async fn in_flight_async(
+        &self,
+        tenant: &TenantId,
+        period: Period,
+    ) -> Result<(u64, u64), StoreError> {
+        let [_, rf, rs, _] = self.keys(tenant.as_str(), period);
+        let mut conn = self.backend.connection();
+        let f: u64 = self
+            .backend
+            .bounded(::redis::cmd("ZCARD").arg(rf).query_async(&mut conn))
+            .await?;
+        let s: u64 = self
+            .backend
+            .bounded(::redis::cmd("ZCARD").arg(rs).query_async(&mut conn))
+            .await?;
+        Ok((f, s))
+    }
+
+    /// Settles in the background, retrying until Redis answers or the reservation has lapsed.
+    fn settle_in_background(
+        &self,
+        tenant: TenantId,
+        period: Period,
+        id: u64,
+        at: Duration,
+        what: Settle,
+    ) {
         let store = self.clone();
-        let reservation = reservation.clone();
-        let run = async move {
-            if let Err(error) = store.settle_async(&reservation, charge).await {
-                tracing::error!(
-                    target: "tower_nat",
-                    tenant = reservation.tenant().as_str(),
-                    charge,
-                    error = %error,
-                    "quota store could not settle a reservation; it lapses by itself"
-                );
-            }
+        let op = match what {
+            Settle::Charge => "settle",
+            Settle::Release | Settle::Void => "release",
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(run);
-            }
-            Err(_) => tracing::error!(
-                target: "tower_nat",
-                "RedisQuotaStore used outside a Tokio runtime; the reservation lapses by itself"
-            ),
+        self.backend
+            .retry_in_background(("quota", op), self.lifetime, move || {
+                let (store, tenant) = (store.clone(), tenant.clone());
+                async move { store.settle_id(&tenant, period, id, at, what).await }
+            });
+    }
+}
+
+/// Voids a reservation whose answer never arrived: armed while the reserve call is on its
+/// way, disarmed when Redis answered. Dropped armed (an error, a timeout, a dropped request
+/// future), it voids the id in the background.
+struct VoidUnlessAnswered {
+    store: RedisQuotaStore,
+    tenant: TenantId,
+    period: Period,
+    id: u64,
+    at: Duration,
+    armed: bool,
+}
+
+impl VoidUnlessAnswered {
+    /// Redis answered (even with a refusal): nothing is on its way any more.
+    fn answered(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for VoidUnlessAnswered {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.settle_in_background(
+                self.tenant.clone(),
+                self.period,
+                self.id,
+                self.at,
+                Settle::Void,
+            );
         }
     }
 }
@@ -300,28 +484,75 @@ impl QuotaStore for RedisQuotaStore {
         period: Period,
         now: Duration,
     ) -> Answer<Reserved, Self::ReserveFuture> {
+        if let Some(known) = self.exhausted.get(tenant) {
+            if known.refuses(kind, limits, period) {
+                crate::metrics::local_answer("quota", "exhausted");
+                return Answer::Ready(Ok(Reserved::Exhausted));
+            }
+            if known.period != period || known.limits != limits {
+                self.exhausted.forget(tenant);
+            }
+        }
         let mut id = [0u8; 8];
         if let Err(e) = getrandom::fill(&mut id) {
             return Answer::Ready(Err(StoreError::new(e.to_string())));
         }
-        let (store, tenant) = (self.clone(), tenant.clone());
         let id = u64::from_le_bytes(id);
+        let mut guard = VoidUnlessAnswered {
+            store: self.clone(),
+            tenant: tenant.clone(),
+            period,
+            id,
+            at: now,
+            armed: true,
+        };
         Answer::Pending(Box::pin(async move {
-            store
-                .reserve_async(&tenant, kind, limits, period, id, now)
-                .await
+            let answer = guard
+                .store
+                .reserve_async(&guard.tenant, kind, limits, period, id, now)
+                .await;
+            if answer.is_ok() {
+                guard.answered();
+            }
+            answer
         }))
     }
 
     fn settle(&self, reservation: &Reservation, charge: bool) -> Answer<(), Self::SettleFuture> {
         let (store, reservation) = (self.clone(), reservation.clone());
         Answer::Pending(Box::pin(async move {
-            store.settle_async(&reservation, charge).await
+            if let Err(error) = store.settle_async(&reservation, charge).await {
+                // Settling is idempotent: try again in the background, and answer now.
+                crate::report::failure("quota store (settlement; retrying)", &error);
+                crate::metrics::store_error("quota", if charge { "settle" } else { "release" });
+                store.settle_in_background(
+                    reservation.tenant().clone(),
+                    reservation.period(),
+                    reservation.id(),
+                    reservation.made_at(),
+                    if charge {
+                        Settle::Charge
+                    } else {
+                        Settle::Release
+                    },
+                );
+            }
+            Ok(())
         }))
     }
 
     fn settle_detached(&self, reservation: &Reservation, charge: bool) {
-        self.settle_in_background(reservation, charge);
+        self.settle_in_background(
+            reservation.tenant().clone(),
+            reservation.period(),
+            reservation.id(),
+            reservation.made_at(),
+            if charge {
+                Settle::Charge
+            } else {
+                Settle::Release
+            },
+        );
     }
 
     fn usage(&self, tenant: &TenantId, period: Period) -> Answer<UsageCounts, Self::UsageFuture> {

@@ -70,6 +70,7 @@
 //! # }
 //! ```
 
+mod fallback;
 mod gcra;
 mod layer;
 #[cfg(feature = "redis")]
@@ -79,6 +80,7 @@ mod store;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisRateStore;
+pub use fallback::{DEFAULT_RETRY_EVERY, FallbackFuture, LocalFallback};
 pub use gcra::RateDecision;
 pub use layer::{PlanRateLimit, PlanRateLimitLayer, PlanResolver, RateKeyResolver, RateTarget};
 pub use store::{MemoryRateStore, RateStore};

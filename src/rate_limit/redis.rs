@@ -10,6 +10,7 @@ use crate::{
     error::StoreError,
     store::{
         Answer,
+        known::{DEFAULT_CAPACITY, Known},
         redis::{RedisBackend, TimeSource},
     },
     tenant::TenantId,
@@ -69,11 +70,45 @@ return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
 ///
 /// Each tenant is one small string (`"tat:limit"`) that expires once its state has drained,
 /// so idle tenants cost nothing. Requires the `redis` feature and a Tokio runtime.
+///
+/// **Refusals are answered locally.** When Redis refuses a tenant with a wait `w`, no request
+/// of that tenant can pass anywhere before `w` has passed (GCRA's theoretical arrival time
+/// only grows, and only admitted requests move it). Until then this store refuses the tenant
+/// itself, with the same `Retry-After` and `X-RateLimit-*` numbers counted down on the
+/// layer's clock, without asking Redis; a different limit (a plan change) asks Redis. The
+/// wait is measured from when the request was sent, so the local refusal ends no later than
+/// Redis's would: the status is always the one Redis would give, and the wait it reports is
+/// at most one round trip shorter. At most
+/// [`local_refusals`](RedisRateStore::local_refusals) tenants are remembered (default
+/// 10,000).
 #[derive(Clone)]
 pub struct RedisRateStore {
     backend: RedisBackend,
     script: Arc<Script>,
     time: TimeSource,
+    refused: Arc<Known<Refused>>,
+}
+
+/// A tenant refused by Redis: no request passes before `until`; `tat` is its theoretical
+/// arrival time. Both on the layer's clock.
+#[derive(Clone, Copy, Debug)]
+struct Refused {
+    limit: u32,
+    until: Duration,
+    tat: Duration,
+}
+
+impl Refused {
+    /// The decision Redis would give at `now`, while it is known.
+    fn at(&self, limit: u32, now: Duration) -> Option<RateDecision> {
+        (self.limit == limit && now < self.until).then(|| RateDecision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            retry_after: self.until - now,
+            reset: self.tat.saturating_sub(now),
+        })
+    }
 }
 
 impl RedisRateStore {
@@ -83,7 +118,26 @@ impl RedisRateStore {
             backend,
             script: Arc::new(Script::new(GCRA)),
             time: TimeSource::Redis,
+            refused: Arc::new(Known::new(DEFAULT_CAPACITY)),
         }
+    }
+
+    /// For how many tenants a refusal is remembered and answered without asking Redis
+    /// (default 10,000; 0 asks Redis every time).
+    #[must_use]
+    pub fn local_refusals(mut self, tenants: usize) -> Self {
+        self.refused = Arc::new(Known::new(tenants));
+        self
+    }
+
+    /// How many tenants' refusals are remembered now (expired ones included until replaced).
+    pub fn known_refusals(&self) -> usize {
+        self.refused.len()
+    }
+
+    /// The backend this store runs on.
+    pub fn backend(&self) -> &RedisBackend {
+        &self.backend
     }
 
     /// Whose clock the limiter runs on (default: Redis's).
@@ -122,6 +176,7 @@ impl RedisRateStore {
         peek: bool,
     ) -> Result<RateDecision, StoreError> {
         let redis_key = self.backend.key("rl", key.as_str(), &[]);
+        let now_sent = now;
         let now = self.time.arg(now);
         let mut conn = self.backend.connection();
         let mut invocation = self.script.key(redis_key);
@@ -139,13 +194,22 @@ impl RedisRateStore {
             return Err(StoreError::new(UnexpectedReply));
         };
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        Ok(RateDecision {
+        let decision = RateDecision {
             allowed: allowed == 1,
             limit,
             remaining: u32::try_from(remaining).unwrap_or(0),
             retry_after: micros(retry_us),
             reset: micros(reset_us),
-        })
+        };
+        if !decision.allowed && !peek {
+            let refused = Refused {
+                limit,
+                until: now_sent + decision.retry_after,
+                tat: now_sent + decision.reset,
+            };
+            self.refused.remember(key, refused, |r| r.until > now_sent);
+        }
+        Ok(decision)
     }
 }
 
@@ -158,6 +222,12 @@ impl RateStore for RedisRateStore {
         limit: u32,
         now: Duration,
     ) -> Answer<RateDecision, Self::Future> {
+        if let Some(refused) = self.refused.get(key) {
+            if let Some(decision) = refused.at(limit, now) {
+                crate::metrics::local_answer("rate", "refused");
+                return Answer::Ready(Ok(decision));
+            }
+        }
         let store = self.clone();
         let key = key.clone();
         Answer::Pending(Box::pin(async move {

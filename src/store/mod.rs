@@ -35,5 +35,7 @@ pub enum OnStoreError {
 }
 
 #[cfg(feature = "redis")]
+pub(crate) mod known;
+#[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

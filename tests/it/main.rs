@@ -34,6 +34,7 @@ mod quota_events;
 mod rate_limit;
 #[cfg(feature = "redis")]
 mod redis;
+mod redis_faults;
 mod scan_request;
 mod shadow;
 mod store_suite;

@@ -64,6 +64,28 @@ async fn redis()
     })
 }
 
+/// The same stores on a three-master Redis Cluster.
+#[cfg(feature = "redis")]
+async fn redis_cluster()
+-> Option<Stores<tower_nat::rate_limit::RedisRateStore, tower_nat::quota::RedisQuotaStore>> {
+    use tower_nat::{
+        quota::RedisQuotaStore,
+        rate_limit::RedisRateStore,
+        store::redis::{RedisBackend, TimeSource},
+    };
+    let cluster = crate::common::redis_cluster::RedisCluster::start()?;
+    let backend = RedisBackend::open_cluster_with_timeout(&cluster.urls(), Duration::from_secs(2))
+        .unwrap()
+        .prefix("suite:");
+    assert!(backend.is_cluster());
+    Some(Stores {
+        rate: RedisRateStore::new(backend.clone()).time_source(TimeSource::Caller),
+        quota: RedisQuotaStore::new(backend).time_source(TimeSource::Caller),
+        clock: clock(),
+        guard: Some(Box::new(cluster)),
+    })
+}
+
 async fn burst_remaining_and_retry_after<R: RateStore, Q>(s: Stores<R, Q>) {
     let svc = ServiceBuilder::new()
         .layer(
@@ -314,3 +336,5 @@ macro_rules! store_suite {
 store_suite!(memory);
 #[cfg(feature = "redis")]
 store_suite!(redis);
+#[cfg(feature = "redis")]
+store_suite!(redis_cluster);

@@ -4,6 +4,8 @@
 #[cfg(feature = "postgres")]
 pub mod pg_server;
 #[cfg(feature = "redis")]
+pub mod redis_cluster;
+#[cfg(feature = "redis")]
 pub mod redis_server;
 pub mod stores;
 #[cfg(feature = "axum")]

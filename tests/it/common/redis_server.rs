@@ -9,9 +9,12 @@ use std::{
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// With an append-only file fsynced on every write, in this directory (kept across
+    /// restarts, removed on drop).
+    aof: Option<std::path::PathBuf>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -23,21 +26,25 @@ impl RedisServer {
     /// A new server, or `None` (printing that the test is skipped) when `redis-server` is not
     /// installed. Under `CI=true` a missing server fails the test instead.
     pub fn start() -> Option<Self> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("redis-server is not installed, and CI=true requires the Redis tests");
-            }
-            eprintln!("skipped: redis-server not found (install it to run the Redis tests)");
+        Self::start_with(None)
+    }
+
+    /// A server that keeps its data across kills and restarts: an append-only file with
+    /// `appendfsync always`, as a production Redis that must not lose charges.
+    pub fn start_durable() -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!("nat-redis-aof-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::start_with(Some(dir))
+    }
+
+    fn start_with(aof: Option<std::path::PathBuf>) -> Option<Self> {
+        if !installed("redis-server") {
             return None;
         }
         let mut server = Self {
             port: free_port(),
             child: None,
+            aof,
         };
         server.restart();
         Some(server)
@@ -50,16 +57,17 @@ impl RedisServer {
     /// Starts (again) on the same port and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
+            .args(["--save", "", "--protected-mode", "yes"]);
+        match &self.aof {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -106,5 +114,25 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.resume();
         self.stop();
+        if let Some(dir) = &self.aof {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// Whether `program` runs; when not, prints that the test is skipped, or fails under
+/// `CI=true`.
+pub fn installed(program: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{program} is not installed, and CI=true requires the Redis tests");
+        }
+        eprintln!("skipped: {program} not found (install it to run the Redis tests)");
+    }
+    found
 }
