@@ -14,8 +14,11 @@
 //! - `STRIPE_SECRET_KEY` and `STRIPE_WEBHOOK_SECRET`: both set, billing routes answer (as a
 //!   demo); otherwise they answer 503 `STRIPE_NOT_CONFIGURED`.
 //! - `NAT_SCAN_SECONDS`: how long a demo scan runs (default 3).
-//! - `NAT_REDIS_URL`: keep rate limits and quotas in Redis (`redis://127.0.0.1:6379/`), shared
-//!   by every instance; needs `--features redis`.
+//! - `NAT_REDIS_URL`: keep rate limits, quotas and running scans in Redis
+//!   (`redis://127.0.0.1:6379/`), shared by every instance; for a Redis Cluster, several
+//!   comma-separated URLs or `redis+cluster://host:port,host:port`; needs `--features redis`.
+//! - `NAT_INSTANCES`: with Redis, the number of instances; while Redis fails, each enforces
+//!   its share of every rate limit locally (unset: requests pass while Redis is down).
 //! - `NAT_METRICS`: Prometheus metrics at `/metrics` (no key needed), on unless `0`.
 //! - `NAT_DATABASE_URL`: keep tenants and keys in PostgreSQL
 //!   (`postgres://user:password@127.0.0.1/nat`), behind a cache; the schema is created on
@@ -38,35 +41,35 @@ fn exit(code: i32, message: &str) -> ! {
     std::process::exit(code)
 }
 
-/// The demo app with keys from `nat`'s key store, and rate limits and quotas in Redis if
-/// `redis_url` is given.
+/// The demo app with keys from `nat`'s key store, and rate limits, quotas and running scans
+/// in Redis if `settings` name one.
 #[cfg(feature = "redis")]
-fn app<K: KeyStore>(
-    demo: &Demo,
-    nat: NatLayer<K>,
-    redis_url: Option<&str>,
-) -> Result<Router, String> {
+fn app<K: KeyStore>(demo: &Demo, nat: NatLayer<K>, settings: &Settings) -> Result<Router, String> {
     use tower_nat::{
-        quota::RedisQuotaStore, rate_limit::RedisRateStore, store::redis::RedisBackend,
+        concurrency::RedisSlotStore,
+        quota::RedisQuotaStore,
+        rate_limit::{LocalFallback, RedisRateStore},
+        store::redis::RedisBackend,
     };
-    let Some(url) = redis_url else {
+    let Some(url) = settings.redis_url.as_deref() else {
         return Ok(demo.router(nat));
     };
     // The URL may carry a password: it is not echoed.
-    let backend = RedisBackend::open(url).map_err(|_| "NAT_REDIS_URL is not a Redis URL")?;
+    let backend = RedisBackend::from_config(url)
+        .map_err(|_| "NAT_REDIS_URL is not a Redis URL or a list of cluster nodes")?;
     let nat = nat
-        .with_rate_store(RedisRateStore::new(backend.clone()))
-        .with_quota_store(RedisQuotaStore::new(backend));
-    Ok(demo.router(nat))
+        .with_quota_store(RedisQuotaStore::new(backend.clone()))
+        .with_slot_store(RedisSlotStore::new(backend.clone()));
+    let rate = RedisRateStore::new(backend);
+    Ok(match settings.instances {
+        Some(instances) => demo.router(nat.with_rate_store(LocalFallback::new(rate, instances))),
+        None => demo.router(nat.with_rate_store(rate)),
+    })
 }
 
 #[cfg(not(feature = "redis"))]
-fn app<K: KeyStore>(
-    demo: &Demo,
-    nat: NatLayer<K>,
-    redis_url: Option<&str>,
-) -> Result<Router, String> {
-    match redis_url {
+fn app<K: KeyStore>(demo: &Demo, nat: NatLayer<K>, settings: &Settings) -> Result<Router, String> {
+    match settings.redis_url.as_deref() {
         None => Ok(demo.router(nat)),
         Some(_) => Err(
             "NAT_REDIS_URL is set, but the example was built without the redis \
@@ -90,13 +93,12 @@ async fn main() {
             .unwrap_or_else(|e| exit(1, &format!("cannot install the metrics recorder: {e}")));
         demo = demo.with_metrics(handle);
     }
-    let redis_url = settings.redis_url.as_deref();
     let app = match settings.database_url.as_deref() {
         Some(url) => {
             let keys = demo.postgres(url).await.unwrap_or_else(|m| exit(2, &m));
-            app(&demo, demo.nat_with(keys), redis_url)
+            app(&demo, demo.nat_with(keys), &settings)
         }
-        None => app(&demo, demo.nat(), redis_url),
+        None => app(&demo, demo.nat(), &settings),
     }
     .unwrap_or_else(|m| exit(2, &m));
     let listener = tokio::net::TcpListener::bind(settings.addr)

@@ -47,7 +47,7 @@ use tower_nat::{
     auth::{ApiKey, CachedKeyStore, KeyStore, MemoryKeyStore, PgKeyStore},
     billing::BillingConfiguredLayer,
     clock::{SharedClock, SystemClock, UtcDate},
-    concurrency::ScanSlot,
+    concurrency::{ScanSlot, SlotStore},
     envelope::ErrorEnvelopeLayer,
     plan::{Plan, Plans},
     quota::{QuotaStore, Usage, UsageReader},
@@ -204,11 +204,12 @@ impl Demo {
 
     /// The demo app behind `nat` (whatever its stores), with a request timeout outside it
     /// whose 408 is put in the envelope too.
-    pub fn router<K, R, Q>(&self, nat: NatLayer<K, R, Q>) -> Router
+    pub fn router<K, R, Q, C>(&self, nat: NatLayer<K, R, Q, C>) -> Router
     where
         K: KeyStore,
         R: RateStore,
         Q: QuotaStore,
+        C: SlotStore,
     {
         let state = AppState {
             usage: nat.usage_reader(),
@@ -263,8 +264,13 @@ pub struct Settings {
     pub scan_duration: Duration,
     /// `STRIPE_SECRET_KEY` and `STRIPE_WEBHOOK_SECRET`: both set, billing routes answer.
     pub billing: BillingConfiguredLayer,
-    /// `NAT_REDIS_URL`: keep rate limits and quotas in Redis.
+    /// `NAT_REDIS_URL`: keep rate limits, quotas and running scans in Redis (one URL), or in
+    /// a Redis Cluster (several comma-separated URLs, or `redis+cluster://host:port,...`).
     pub redis_url: Option<String>,
+    /// `NAT_INSTANCES`: with Redis, how many instances share it; while Redis fails, each
+    /// enforces its share of every rate limit locally (unset: requests pass while Redis is
+    /// down).
+    pub instances: Option<std::num::NonZeroU32>,
     /// `NAT_DATABASE_URL`: keep tenants and keys in PostgreSQL.
     pub database_url: Option<String>,
     /// `NAT_METRICS`: serve Prometheus metrics at `/metrics` (on unless `0`).
@@ -308,9 +314,17 @@ impl Settings {
                 .map_err(|_| "NAT_SCAN_SECONDS must be a whole number".to_owned())?,
             None => 3,
         };
+        let instances = match var("NAT_INSTANCES") {
+            Some(n) => Some(
+                n.parse::<std::num::NonZeroU32>()
+                    .map_err(|_| "NAT_INSTANCES must be a whole number of at least 1".to_owned())?,
+            ),
+            None => None,
+        };
         Ok(Self {
             addr,
             plans,
+            instances,
             fixed_keys,
             scan_duration: Duration::from_secs(seconds),
             billing: BillingConfiguredLayer::from_env(),

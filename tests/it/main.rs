@@ -35,6 +35,7 @@ mod rate_limit;
 #[cfg(feature = "redis")]
 mod redis;
 mod redis_faults;
+mod redis_scale;
 mod scan_request;
 mod shadow;
 mod store_suite;
