@@ -1,6 +1,7 @@
 //! The Redis rate check against a plain `INCR` round trip through the same client, one at a
-//! time and with 64 in flight. Starts its own `redis-server` on a free loopback port; prints
-//! that it skipped when none is installed.
+//! time and with 64 in flight; and a flood of refused requests from over-limit tenants, with
+//! the store's local answers and without them. Starts its own `redis-server` on a free
+//! loopback port; prints that it skipped when none is installed.
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
 
@@ -12,7 +13,46 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tower_nat::{rate_limit::RedisRateStore, store::redis::RedisBackend, tenant::TenantId};
+use tower_nat::{
+    rate_limit::{RateDecision, RateStore, RedisRateStore},
+    store::{Answer, redis::RedisBackend},
+    tenant::TenantId,
+};
+
+/// Now, on the system clock, as the layer would pass it.
+fn now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// One check through the store's trait, as the layer makes it.
+async fn check(store: &RedisRateStore, key: &TenantId, limit: u32) -> RateDecision {
+    match store.check(key, limit, now()) {
+        Answer::Ready(decision) => decision.unwrap(),
+        Answer::Pending(decision) => decision.await.unwrap(),
+    }
+}
+
+/// 64 checks at once, of `keys[start..]` (wrapping), each at `limit`; how many were admitted.
+async fn flood(
+    store: &RedisRateStore,
+    keys: &Arc<Vec<TenantId>>,
+    start: usize,
+    limit: u32,
+) -> usize {
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|k| {
+            let (store, key) = (store.clone(), keys[(start + k) % keys.len()].clone());
+            tokio::spawn(async move { check(&store, &key, limit).await.allowed })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    admitted
+}
 
 struct Server(Child);
 
@@ -157,6 +197,43 @@ fn redis_round_trips(c: &mut Criterion) {
                     assert!(t.await.unwrap().allowed);
                 }
             }
+        })
+    });
+    // Over-limit tenants: 1,000 tenants at one request a minute, each refused once by Redis
+    // before the measurement (a refusal then lasts a minute, longer than the run).
+    let refused: Arc<Vec<TenantId>> = Arc::new(
+        (0..1_000)
+            .map(|i| TenantId::from(format!("over{i}")))
+            .collect(),
+    );
+    let backend = rt.block_on(async {
+        RedisBackend::open_with_timeout(&url, Duration::from_secs(5))
+            .unwrap()
+            .prefix("bench:")
+    });
+    let remembering = RedisRateStore::new(backend.clone());
+    let asking = RedisRateStore::new(backend).local_refusals(0);
+    rt.block_on(async {
+        for key in refused.iter() {
+            check(&remembering, key, 1).await;
+            assert!(!check(&remembering, key, 1).await.allowed);
+        }
+    });
+    assert_eq!(remembering.known_refusals(), refused.len());
+    let mut k = 0usize;
+    group.bench_function("refused flood, 64 in flight, local answers", |b| {
+        b.to_async(&rt).iter(|| {
+            k = (k + IN_FLIGHT) % refused.len();
+            let (store, keys, start) = (remembering.clone(), refused.clone(), k);
+            async move { assert_eq!(flood(&store, &keys, start, 1).await, 0) }
+        })
+    });
+    let mut m = 0usize;
+    group.bench_function("refused flood, 64 in flight, asking Redis", |b| {
+        b.to_async(&rt).iter(|| {
+            m = (m + IN_FLIGHT) % refused.len();
+            let (store, keys, start) = (asking.clone(), refused.clone(), m);
+            async move { assert_eq!(flood(&store, &keys, start, 1).await, 0) }
         })
     });
     group.finish();

@@ -14,7 +14,7 @@
 //! | `nat_store_duration_seconds` | histogram | `store`: `key`, `rate`, `quota`, `slots`; `op`; `outcome`: `ok`, `error` | store calls that went to a backend (a database, Redis); in-memory answers are not timed |
 //! | `nat_store_errors_total` | counter | `store`, `op` | failed store calls |
 //! | `nat_store_abandoned_total` | counter | `store`, `op` | Redis settlements and releases retried in the background until their time ran out (a charge or a release lost) |
-//! | `nat_store_local_answers_total` | counter | `store`: `rate`, `quota`; `why`: `refused` (a 429 known locally), `exhausted` (a 402 known locally), `fallback` (the local limit while Redis fails) | answers a Redis store gave without asking Redis |
+//! | `nat_store_local_answers_total` | counter | `store`: `rate`, `quota`; `why`: `refused` (a 429 known locally), `exhausted` (a 402 known locally), `fallback` (the local limit while Redis fails) | answers a store gave without asking its backend (the Redis stores, `LocalFallback`) |
 //! | `nat_fail_open_total` | counter | `layer` | requests let through because a store failed ([`OnStoreError::Allow`](crate::store::OnStoreError::Allow)) |
 //!
 //! `layer` is one of `billing`, `auth`, `rate_limit`, `scan_request`, `feature_gate`,

@@ -47,7 +47,7 @@ pub const DEFAULT_RETRY_EVERY: Duration = Duration::from_secs(1);
 ///
 /// ```
 /// # #[cfg(feature = "redis")]
-/// # async fn f() -> Result<(), tower_nat::error::StoreError> {
+/// # async fn f() -> Result<(), tower_nat::StoreError> {
 /// use std::num::NonZeroU32;
 /// use tower_nat::{
 ///     plan::Plans,

@@ -12,7 +12,7 @@
 //! one cluster slot, and the stores run unchanged on a cluster.
 //!
 //! ```no_run
-//! # async fn f() -> Result<(), tower_nat::error::StoreError> {
+//! # async fn f() -> Result<(), tower_nat::StoreError> {
 //! use tower_nat::store::redis::RedisBackend;
 //!
 //! // One server.

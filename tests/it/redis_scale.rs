@@ -416,3 +416,41 @@ async fn a_killed_master_fails_as_configured_without_hanging() {
     assert_eq!(header(&got.1, "x-ratelimit-limit"), 15);
     assert!(fallback.is_local());
 }
+
+#[tokio::test]
+async fn one_configuration_string_names_a_server_or_a_cluster() {
+    let single = RedisBackend::from_config("redis://127.0.0.1:6379/").unwrap();
+    assert!(!single.is_cluster());
+    for cluster in [
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        "redis://127.0.0.1:7000/, redis://127.0.0.1:7001/",
+        "redis+cluster://127.0.0.1:7000",
+    ] {
+        assert!(
+            RedisBackend::from_config(cluster).unwrap().is_cluster(),
+            "{cluster}"
+        );
+    }
+    for bad in [
+        "",
+        "redis+cluster://",
+        "not a url",
+        "redis://127.0.0.1:7000/,nonsense",
+    ] {
+        let error = RedisBackend::from_config(bad).unwrap_err();
+        assert!(!error.to_string().is_empty(), "{bad}");
+    }
+    // A password in the URL is never shown.
+    let debug = format!(
+        "{:?}",
+        RedisBackend::from_config("redis://:s3cret@127.0.0.1:6379/").unwrap()
+    );
+    assert!(!debug.contains("s3cret"), "{debug}");
+    for bad in [
+        "redis://:s3cret@127.0.0.1:port/",
+        "redis+cluster://:s3cret@[::1",
+    ] {
+        let error = RedisBackend::from_config(bad).unwrap_err().to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+}
