@@ -15,7 +15,7 @@ mod common;
 use std::{hint::black_box, process::Command, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use common::{Fixture, fixture, handler, now};
+use common::{Fixture, HeaderResolver, fixture, governor_plain, handler, now};
 use http::Request;
 use http_body_util::Full;
 use tower::{Layer, Service};
@@ -29,7 +29,7 @@ use tower_nat::{
 const REQUESTS: usize = 20_000;
 
 /// Each measured layer: its name, and whether it gets fresh requests.
-const LAYERS: [(&str, bool); 17] = [
+const LAYERS: [(&str, bool); 21] = [
     ("bare handler", false),
     ("bare handler, fresh", true),
     ("InternalErrorGuard", false),
@@ -47,6 +47,10 @@ const LAYERS: [(&str, bool); 17] = [
     ("NatLayer, envelope off", true),
     ("NatLayer, CachedKeyStore hit", true),
     ("NatLayer, Prometheus recorder installed", true),
+    ("bare handler, as received", true),
+    ("tower_governor, as received", true),
+    ("PlanRateLimit (header key), as received", true),
+    ("NatLayer, as received", true),
 ];
 
 /// The measured loop: the only function callgrind counts.
@@ -56,6 +60,16 @@ fn run<S: Service<Request<Full<Bytes>>>>(service: &mut S, f: &Fixture, n: usize)
         let req = f.requests[i % f.requests.len()].clone();
         f.clock.advance(Duration::from_micros(15));
         black_box(now(service.call(req)).is_ok());
+    }
+}
+
+/// The measured loop for requests as a server receives them: each built anew (counted, as a
+/// server pays for it), the tenants in a scattered order.
+#[inline(never)]
+fn run_received<S: Service<Request<Full<Bytes>>>>(service: &mut S, f: &Fixture, n: usize) {
+    let mut next = f.scattered();
+    for _ in 0..n {
+        black_box(now(service.call(next())).is_ok());
     }
 }
 
@@ -122,6 +136,15 @@ fn measure(name: &str, n: usize) {
                 .expect("no recorder yet in this process");
             run(&mut fresh.nat().layer(handler()), &fresh, n)
         }
+        "bare handler, as received" => run_received(&mut handler(), f, n),
+        "tower_governor, as received" => run_received(&mut governor_plain(handler()), f, n),
+        "PlanRateLimit (header key), as received" => {
+            let rate = PlanRateLimitLayer::new(f.plans.clone())
+                .clock(clock())
+                .with_resolver(HeaderResolver(4_000));
+            run_received(&mut rate.layer(handler()), f, n)
+        }
+        "NatLayer, as received" => run_received(&mut f.nat().layer(handler()), f, n),
         other => panic!("unknown layer {other}"),
     }
 }
@@ -157,7 +180,7 @@ fn main() {
     }
     println!("| layer | instructions per request | own cost |");
     println!("|---|---|---|");
-    let (mut bare, mut bare_fresh) = (0, 0);
+    let (mut bare, mut bare_fresh, mut bare_received) = (0, 0, 0);
     for (name, fresh) in LAYERS {
         let Some(total) = count(name) else {
             println!("| {name} | (callgrind failed) | |");
@@ -167,9 +190,16 @@ fn main() {
         match name {
             "bare handler" => bare = per,
             "bare handler, fresh" => bare_fresh = per,
+            "bare handler, as received" => bare_received = per,
             _ => {}
         }
-        let base = if fresh { bare_fresh } else { bare };
+        let base = if name.ends_with("as received") {
+            bare_received
+        } else if fresh {
+            bare_fresh
+        } else {
+            bare
+        };
         let own = if name.starts_with("bare handler") {
             "—".to_owned()
         } else {

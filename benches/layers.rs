@@ -10,99 +10,21 @@
 mod common;
 
 use std::{
-    convert::Infallible,
     sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use common::{Body, Fixture, fixture, handler, now};
+use common::{Fixture, HeaderResolver, fixture, governor_headers, governor_plain, handler, now};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
+use http::Request;
 use http_body_util::Full;
 use tower::{Layer, Service};
-use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder};
 use tower_nat::{
-    NatError,
-    auth::ApiKeyAuthLayer,
-    billing::BillingConfiguredLayer,
-    feature_gate::FeatureGateLayer,
-    internal_error::InternalErrorGuardLayer,
-    quota::QuotaGuardLayer,
-    rate_limit::{PlanRateLimitLayer, RateKeyResolver, RateTarget},
-    scan_request::ValidateScanRequestLayer,
-    tenant::TenantId,
+    auth::ApiKeyAuthLayer, billing::BillingConfiguredLayer, feature_gate::FeatureGateLayer,
+    internal_error::InternalErrorGuardLayer, quota::QuotaGuardLayer,
+    rate_limit::PlanRateLimitLayer, scan_request::ValidateScanRequestLayer,
 };
-
-/// tower_governor keyed by the `X-API-Key` header, as a server without tenant-aware
-/// middleware would key it.
-#[derive(Clone)]
-struct HeaderKey;
-
-impl tower_governor::key_extractor::KeyExtractor for HeaderKey {
-    type Key = String;
-
-    fn extract<T>(&self, req: &Request<T>) -> Result<String, tower_governor::GovernorError> {
-        req.headers()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
-    }
-}
-
-/// Defines a function that puts tower_governor in front of `inner`, with a burst no request
-/// reaches (every request is admitted, as in our benches); `$finish` turns the builder into
-/// the configuration.
-macro_rules! governor_fn {
-    ($name:ident, |$builder:ident| $finish:expr) => {
-        fn $name<S>(
-            inner: S,
-        ) -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static
-        where
-            S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
-                + Clone
-                + Send
-                + Sync
-                + 'static,
-        {
-            let mut $builder = GovernorConfigBuilder::default().key_extractor(HeaderKey);
-            $builder.per_nanosecond(1).burst_size(1_000_000_000);
-            GovernorLayer {
-                config: Arc::new($finish),
-            }
-            .layer(inner)
-        }
-    };
-}
-
-governor_fn!(governor_plain, |builder| builder.finish().unwrap());
-governor_fn!(governor_headers, |builder| builder
-    .use_headers()
-    .finish()
-    .unwrap());
-
-/// Our resolver keyed by the same header, for a like-for-like comparison.
-#[derive(Clone)]
-struct HeaderResolver(u32);
-
-impl RateKeyResolver for HeaderResolver {
-    fn resolve<'r, B>(&self, req: &'r Request<B>) -> Result<Option<RateTarget<'r>>, NatError> {
-        let key = req
-            .headers()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .ok_or(NatError::Unauthorized)?;
-        Ok(Some(RateTarget {
-            key: std::borrow::Cow::Owned(TenantId::from(key)),
-            limit: self.0,
-        }))
-    }
-}
 
 fn bench<S>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -240,6 +162,59 @@ fn stack(c: &mut Criterion) {
     }
 }
 
+/// `service` over requests from `next`, built outside the timed routine.
+fn bench_with<S, N>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut next: N,
+    mut service: S,
+) where
+    S: Service<Request<Full<Bytes>>>,
+    N: FnMut() -> Request<Full<Bytes>>,
+{
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            &mut next,
+            |req| now(service.call(req)),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+/// Requests as a server receives them (each built anew, no `Tenant`, no extensions map, the
+/// tenants in a scattered order), at 1,000 and 100,000 tenants: the bare handler, one
+/// tower_governor layer keyed by the header, our limiter keyed by the same header, and the
+/// whole stack. Own cost = time − the bare handler's.
+fn as_received(c: &mut Criterion) {
+    for tenants in [1_000usize, 100_000] {
+        let f = fixture(tenants);
+        let mut group = c.benchmark_group(format!("as received/{tenants} tenants"));
+        bench_with(&mut group, "bare handler", f.scattered(), handler());
+        bench_with(
+            &mut group,
+            "tower_governor (header key)",
+            f.scattered(),
+            governor_plain(handler()),
+        );
+        let limiter = PlanRateLimitLayer::new(f.plans.clone())
+            .clock(Arc::new(f.clock.clone()))
+            .with_resolver(HeaderResolver(4_000));
+        bench_with(
+            &mut group,
+            "PlanRateLimit (header key)",
+            f.scattered(),
+            limiter.layer(handler()),
+        );
+        bench_with(
+            &mut group,
+            "NatLayer (whole stack, not a scan)",
+            f.scattered(),
+            f.nat().layer(handler()),
+        );
+        group.finish();
+    }
+}
+
 /// Wall time for `iters` requests split over `threads` threads sharing the same state.
 fn run<S, F>(f: &Fixture, threads: usize, make: &F, iters: u64) -> Duration
 where
@@ -353,6 +328,6 @@ fn key_lookup(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = layers, rate_limit, stack, threads, key_lookup
+    targets = layers, rate_limit, stack, as_received, threads, key_lookup
 }
 criterion_main!(benches);

@@ -328,7 +328,8 @@ impl From<StoreError> for NatError {
 /// Layers answer it with 500 `INTERNAL_ERROR` (or, where configured, let the request through)
 /// and report it through `tracing`; its text never reaches a client. It displays as
 /// `store error` and keeps the backend's error as its [`source`](std::error::Error::source),
-/// so reporters that walk the chain print each cause once.
+/// so reporters that walk the chain print each cause once; `{:#}` prints the causes too
+/// (`store error: invalid Redis URL: ...`), for a server's own start-up messages.
 #[derive(Debug)]
 pub struct StoreError {
     source: Box<dyn std::error::Error + Send + Sync>,
@@ -345,7 +346,11 @@ impl StoreError {
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("store error")
+        if f.alternate() {
+            f.write_str(&crate::report::chain(self))
+        } else {
+            f.write_str("store error")
+        }
     }
 }
 

@@ -12,13 +12,18 @@
 //! | `nat_rate_limit_near_limit_total` | counter | `plan` | requests let through with 20 % or less of the tenant's limit left (not in shadow mode) |
 //! | `nat_quota_exhausted_total` | counter | `plan`, `kind`: the scan's mode (`functional`, `security`, `full`) | scan creations refused with 402 (not in shadow mode) |
 //! | `nat_store_duration_seconds` | histogram | `store`: `key`, `rate`, `quota`, `slots`; `op`; `outcome`: `ok`, `error` | store calls that went to a backend (a database, Redis); in-memory answers are not timed |
-//! | `nat_store_errors_total` | counter | `store`, `op` | failed store calls |
+//! | `nat_store_errors_total` | counter | `store`, `op` | failed store calls, each attempt of a background retry included |
 //! | `nat_store_abandoned_total` | counter | `store`, `op` | Redis settlements and releases retried in the background until their time ran out (a charge or a release lost) |
 //! | `nat_store_local_answers_total` | counter | `store`: `rate`, `quota`; `why`: `refused` (a 429 known locally), `exhausted` (a 402 known locally), `fallback` (the local limit while Redis fails) | answers a store gave without asking its backend (the Redis stores, `LocalFallback`) |
 //! | `nat_fail_open_total` | counter | `layer` | requests let through because a store failed ([`OnStoreError::Allow`](crate::store::OnStoreError::Allow)) |
 //!
 //! `layer` is one of `billing`, `auth`, `rate_limit`, `scan_request`, `feature_gate`,
-//! `concurrency`, `quota`.
+//! `concurrency`, `quota`. `store`/`op` is one of `key`/`lookup`; `rate`/`check`,
+//! `rate`/`peek`; `quota`/`reserve`, `quota`/`settle`, `quota`/`release`, `quota`/`usage`,
+//! `quota`/`once`; `slots`/`acquire`, `slots`/`release`, `slots`/`running`.
+//!
+//! A layer that answers 500 because its store failed counts it as a rejection with
+//! `code="INTERNAL_ERROR"` (and the request as `outcome="error"`), beside the store error.
 //!
 //! **Shadow mode** counts what each layer would have refused as if the layers before it had
 //! let the request through, so one request may be counted by several layers (a bad key:

@@ -93,12 +93,16 @@ pub(crate) fn failure(what: &'static str, error: &(dyn Error + 'static)) {
     }
 }
 
-/// `error` and its causes, `: `-separated.
+/// `error` and its causes, `: `-separated; a cause whose text the chain already ends with
+/// (an error that prints its source and also returns it) is written once.
 pub(crate) fn chain(error: &(dyn Error + 'static)) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        let _ = write!(out, ": {cause}");
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            let _ = write!(out, ": {text}");
+        }
         source = cause.source();
     }
     out
@@ -121,5 +125,30 @@ mod tests {
         let io = std::io::Error::other("connection refused");
         let store = crate::error::StoreError::new(io);
         assert_eq!(chain(&store), "store error: connection refused");
+        assert_eq!(format!("{store:#}"), "store error: connection refused");
+        assert_eq!(format!("{store}"), "store error");
+    }
+
+    /// An error that prints its source and also returns it (as the `redis` crate's do).
+    #[derive(Debug)]
+    struct Echoing(std::io::Error);
+
+    impl std::fmt::Display for Echoing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "io: {}", self.0)
+        }
+    }
+
+    impl Error for Echoing {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_printed_is_not_repeated() {
+        let echoing = Echoing(std::io::Error::other("connection refused"));
+        let store = crate::error::StoreError::new(echoing);
+        assert_eq!(chain(&store), "store error: io: connection refused");
     }
 }

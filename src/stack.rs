@@ -342,6 +342,16 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
         self
     }
 
+    /// What the concurrent-scan limit does when its slot store fails (default: 500). It
+    /// runs before the quota, so with both stores in Redis a scan creation while Redis is
+    /// down is answered by this choice first: letting scans through during an outage needs
+    /// both this and [`quota_on_store_error`](Self::quota_on_store_error).
+    #[must_use]
+    pub fn slots_on_store_error(mut self, choice: OnStoreError) -> Self {
+        self.scans.concurrency = self.scans.concurrency.on_store_error(choice);
+        self
+    }
+
     /// Runs the whole stack in shadow mode (or not): every layer decides as usual and reports
     /// what it would have refused (`nat_rejections_total{shadow="true"}`, a `DEBUG` event
     /// "would reject"), and every request reaches the server untouched: no refusal, no

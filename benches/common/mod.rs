@@ -7,18 +7,93 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
+use tower::Layer;
 use tower::Service;
+use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder};
 use tower_nat::{
-    NatLayer,
+    NatError, NatLayer,
     auth::{CachedKeyStore, KeyHash, KeyStore, MemoryKeyStore},
     billing::BillingConfiguredLayer,
     clock::FakeClock,
     plan::{Plan, PlanLimits, Plans},
+    rate_limit::{RateKeyResolver, RateTarget},
     store::Answer,
     tenant::Tenant,
+    tenant::TenantId,
 };
 
 pub type Body = axum::body::Body;
+
+/// tower_governor keyed by the `X-API-Key` header, as a server without tenant-aware
+/// middleware would key it.
+#[derive(Clone)]
+pub struct HeaderKey;
+
+impl tower_governor::key_extractor::KeyExtractor for HeaderKey {
+    type Key = String;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<String, tower_governor::GovernorError> {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+/// Defines a function that puts tower_governor in front of `inner`, with a burst no request
+/// reaches (every request is admitted, as in our benches); `$finish` turns the builder into
+/// the configuration.
+macro_rules! governor_fn {
+    ($name:ident, |$builder:ident| $finish:expr) => {
+        pub fn $name<S>(
+            inner: S,
+        ) -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+        where
+            S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
+                + Clone
+                + Send
+                + Sync
+                + 'static,
+        {
+            let mut $builder = GovernorConfigBuilder::default().key_extractor(HeaderKey);
+            $builder.per_nanosecond(1).burst_size(1_000_000_000);
+            GovernorLayer {
+                config: Arc::new($finish),
+            }
+            .layer(inner)
+        }
+    };
+}
+
+governor_fn!(governor_plain, |builder| builder.finish().unwrap());
+governor_fn!(governor_headers, |builder| builder
+    .use_headers()
+    .finish()
+    .unwrap());
+
+/// Our resolver keyed by the same header, for a like-for-like comparison.
+#[derive(Clone)]
+pub struct HeaderResolver(pub u32);
+
+impl RateKeyResolver for HeaderResolver {
+    fn resolve<'r, B>(&self, req: &'r Request<B>) -> Result<Option<RateTarget<'r>>, NatError> {
+        let key = req
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(NatError::Unauthorized)?;
+        Ok(Some(RateTarget {
+            key: std::borrow::Cow::Owned(TenantId::from(key)),
+            limit: self.0,
+        }))
+    }
+}
+
 type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
 
 /// The inner service of every bench (tower_governor needs an axum body).
@@ -161,6 +236,30 @@ impl Fixture {
             i = (i + 1) % requests.len();
             clock.advance(Duration::from_micros(15));
             requests[i].clone()
+        }
+    }
+
+    /// Requests as a server receives them: each built anew (no extensions map yet), with one
+    /// tenant's key, the tenants visited in a scattered order (a step coprime to their number,
+    /// so every tenant comes once per round, none next to its neighbour). The clock moves
+    /// 15 µs per request, as in [`stream`](Self::stream).
+    pub fn scattered(&self) -> impl FnMut() -> Request<Full<Bytes>> + use<> {
+        let keys: Vec<http::HeaderValue> = self
+            .requests
+            .iter()
+            .map(|r| r.headers()["x-api-key"].clone())
+            .collect();
+        let clock = self.clock.clone();
+        // A prime that divides neither 2 nor 5, so it is coprime to 1,000 and 100,000.
+        const STEP: usize = 104_729;
+        let mut i = 0usize;
+        move || {
+            i = (i + STEP) % keys.len();
+            clock.advance(Duration::from_micros(15));
+            Request::get("/api/v1/scans")
+                .header("x-api-key", keys[i].clone())
+                .body(Full::default())
+                .unwrap()
         }
     }
 

@@ -108,7 +108,11 @@ pub const DEFAULT_RESERVATION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// so once Redis reports a tenant's charged scans at its limit, the store refuses that kind
 /// of scan for the rest of the period without asking Redis again, for the same limits; a plan
 /// change (other limits) or a new period asks Redis. It remembers this for at most
-/// [`local_refusals`](RedisQuotaStore::local_refusals) tenants (default 10,000).
+/// [`local_refusals`](RedisQuotaStore::local_refusals) tenants (default 10,000). This rests
+/// on charged scans never going down: if usage is lowered in Redis by hand (a refund), or
+/// Redis loses its data (run it with persistence), call
+/// [`forget`](RedisQuotaStore::forget) or [`forget_all`](RedisQuotaStore::forget_all) on
+/// every instance, or turn local answers off.
 /// Requires the `redis` feature and a Tokio runtime.
 #[derive(Clone)]
 pub struct RedisQuotaStore {
@@ -207,6 +211,17 @@ impl RedisQuotaStore {
     pub fn local_refusals(mut self, tenants: usize) -> Self {
         self.exhausted = Arc::new(Known::new(tenants));
         self
+    }
+
+    /// Forgets that `tenant`'s quota is exhausted, so its next scan asks Redis: after its
+    /// usage was lowered in Redis by hand.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.exhausted.forget(tenant);
+    }
+
+    /// Forgets every exhausted quota (for example after Redis lost its data).
+    pub fn forget_all(&self) {
+        self.exhausted.clear();
     }
 
     /// How many tenants' exhausted quotas are remembered now.

@@ -124,9 +124,10 @@ impl<Q: QuotaStore> ReadUsage for Source<Q> {
             };
             let period = self.store.period(tenant.id(), self.config.clock.now());
             let counts = match self.store.usage(tenant.id(), period) {
-                Answer::Ready(r) => r?,
-                Answer::Pending(f) => f.await?,
-            };
+                Answer::Ready(r) => r,
+                Answer::Pending(f) => f.await,
+            }
+            .inspect_err(|_| crate::metrics::store_error("quota", "usage"))?;
             Ok(Usage::new(tenant, limits, counts, period))
         })
     }
@@ -147,11 +148,15 @@ impl UsageReader {
     }
 
     /// The usage snapshot of `tenant` now. A store error, or a tenant whose plan the table
-    /// lacks, is an error (`?` in a handler returning `NatError` makes it the 500).
+    /// lacks, is an error (`?` in a handler returning `NatError` makes it the 500); store
+    /// errors count in `nat_store_errors_total` (`op="usage"`, `op="running"`).
     pub async fn usage(&self, tenant: &Tenant) -> Result<Usage, StoreError> {
         let mut usage = self.source.read(tenant).await?;
         if let Some(running) = &self.running {
-            usage.scans_running = running.count(tenant.id()).await?;
+            usage.scans_running = running
+                .count(tenant.id())
+                .await
+                .inspect_err(|_| crate::metrics::store_error("slots", "running"))?;
         }
         Ok(usage)
     }

@@ -7,7 +7,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -31,7 +31,8 @@ pub const DEFAULT_RETRY_EVERY: Duration = Duration::from_secs(1);
 /// - **The share:** the plan's limit divided by the number of instances, rounded down, at
 ///   least 1. With `N` instances the whole fleet admits at most about the plan's limit while
 ///   the shared store is down. The headers are those of the local limit
-///   (`X-RateLimit-Limit` is the share).
+///   (`X-RateLimit-Limit` is the share). A fleet that scales sets the count as it changes
+///   ([`set_instances`](LocalFallback::set_instances)).
 /// - **Switching:** a check that fails is answered locally, and for the next
 ///   [`retry_every`](LocalFallback::retry_every) (default 1 s) every check is answered
 ///   locally without trying the shared store, so no request waits for its timeout. Then one
@@ -69,7 +70,7 @@ pub struct LocalFallback<S> {
 }
 
 struct State {
-    instances: u32,
+    instances: AtomicU32,
     retry_every: u64,
     /// Nanoseconds on the layer's clock until which checks are answered locally; 0 while the
     /// shared store answers.
@@ -88,7 +89,7 @@ impl<S: RateStore> LocalFallback<S> {
             shared,
             local: MemoryRateStore::new(),
             state: Arc::new(State {
-                instances: instances.get(),
+                instances: AtomicU32::new(instances.get()),
                 retry_every: nanos(DEFAULT_RETRY_EVERY),
                 local_until: AtomicU64::new(0),
             }),
@@ -100,7 +101,7 @@ impl<S: RateStore> LocalFallback<S> {
     #[must_use]
     pub fn retry_every(mut self, every: Duration) -> Self {
         self.state = Arc::new(State {
-            instances: self.state.instances,
+            instances: AtomicU32::new(self.state.instances.load(Ordering::Relaxed)),
             retry_every: nanos(every).max(1),
             local_until: AtomicU64::new(0),
         });
@@ -120,7 +121,15 @@ impl<S: RateStore> LocalFallback<S> {
 
     /// Each instance's share of `limit`.
     pub fn share(&self, limit: u32) -> u32 {
-        (limit / self.state.instances).max(1)
+        (limit / self.state.instances.load(Ordering::Relaxed)).max(1)
+    }
+
+    /// Sets the number of instances (for a fleet that scales): the next local answers use
+    /// the new share. Clones share the setting.
+    pub fn set_instances(&self, instances: NonZeroU32) {
+        self.state
+            .instances
+            .store(instances.get(), Ordering::Relaxed);
     }
 }
 
@@ -184,7 +193,7 @@ impl<S: RateStore> LocalFallback<S> {
                 if !self.is_local() {
                     tracing::warn!(
                         target: "tower_nat",
-                        error = %error,
+                        error = %crate::report::chain(&error),
                         "the shared rate-limit store failed; limiting locally"
                     );
                 }
@@ -269,7 +278,7 @@ impl<S: fmt::Debug> fmt::Debug for LocalFallback<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalFallback")
             .field("shared", &self.shared)
-            .field("instances", &self.state.instances)
+            .field("instances", &self.state.instances.load(Ordering::Relaxed))
             .field("retry_every", &Duration::from_nanos(self.state.retry_every))
             .field(
                 "local",

@@ -130,6 +130,18 @@ impl RedisRateStore {
         self
     }
 
+    /// Forgets what is known of `tenant` here, so its next check asks Redis: after an
+    /// operator changed its state in Redis by hand (other instances forget by themselves
+    /// when the wait is over).
+    pub fn forget(&self, tenant: &TenantId) {
+        self.refused.forget(tenant);
+    }
+
+    /// Forgets every known refusal (for example after Redis lost its data).
+    pub fn forget_all(&self) {
+        self.refused.clear();
+    }
+
     /// How many tenants' refusals are remembered now (expired ones included until replaced).
     pub fn known_refusals(&self) -> usize {
         self.refused.len()

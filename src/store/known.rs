@@ -55,6 +55,11 @@ impl<V: Clone> Known<V> {
         self.map.remove(tenant.as_str());
     }
 
+    /// Forgets every entry.
+    pub(crate) fn clear(&self) {
+        self.map.clear();
+    }
+
     /// The number of entries.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

@@ -186,7 +186,9 @@ impl RedisBackend {
 
     /// A backend from one configuration string:
     ///
-    /// - one URL (`redis://host:port/db`, `rediss://...`): one server, as [`open`](Self::open);
+    /// - one URL (`redis://host:port/db`, `rediss://...`): one server, as [`open`](Self::open)
+    ///   (one node of a cluster given this way is taken for a server: most calls then fail
+    ///   with an error saying it answered `MOVED`, and [`ping`](Self::ping) says so at start);
     /// - several URLs separated by commas: a cluster with those seed nodes;
     /// - `redis+cluster://host:port[,host:port...]` (or `rediss+cluster://`, for TLS): a
     ///   cluster, the scheme applying to every node.
@@ -261,18 +263,41 @@ impl RedisBackend {
     }
 
     /// Runs `call`, failing with a [`StoreError`] after the timeout.
-    pub(crate) async fn bounded<T, E>(
+    pub(crate) async fn bounded<T>(
         &self,
-        call: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, StoreError>
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
+        call: impl Future<Output = Result<T, ::redis::RedisError>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.redirect_node().is_some() && !self.is_cluster() => {
+                Err(StoreError::new(NotACluster(e)))
+            }
             Ok(Err(e)) => Err(StoreError::new(e)),
             Err(_) => Err(StoreError::new(TimedOut(self.timeout))),
         }
+    }
+
+    /// Asks Redis for `PONG`, within the timeout: for a server that wants to fail at start
+    /// when Redis is unreachable or misconfigured (the stores themselves never need it).
+    /// On a cluster, every master is asked.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection();
+        let _: String = self
+            .bounded(::redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        // A cluster node opened as one server would answer MOVED for most tenants.
+        if !self.is_cluster() {
+            let info: String = self
+                .bounded(::redis::cmd("INFO").arg("cluster").query_async(&mut conn))
+                .await?;
+            if info.contains("cluster_enabled:1") {
+                return Err(StoreError::new(
+                    "this Redis is a Redis Cluster node: open it with \
+                     RedisBackend::open_cluster or a redis+cluster:// URL",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -338,7 +363,7 @@ impl RedisBackend {
                     store,
                     op,
                     attempts,
-                    error = %error,
+                    error = %crate::report::chain(&error),
                     "gave up retrying a Redis call: its time is up"
                 );
                 crate::metrics::store_abandoned(store, op);
@@ -360,6 +385,23 @@ impl fmt::Debug for RedisBackend {
             .finish_non_exhaustive()
     }
 }
+
+/// A Redis opened as one server answered `MOVED`: it is a cluster node.
+#[derive(Debug)]
+struct NotACluster(::redis::RedisError);
+
+impl fmt::Display for NotACluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Redis answered MOVED, so it is a Redis Cluster node: open it with \
+             RedisBackend::open_cluster or a redis+cluster:// URL ({})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotACluster {}
 
 /// A Redis call took longer than the timeout.
 #[derive(Debug)]

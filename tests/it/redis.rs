@@ -270,3 +270,40 @@ async fn the_failure_choices_are_configurable() {
         .service(handler());
     assert_eq!(send(&quota, scan(&t, "functional", None)).await.0, 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letting_scans_through_an_outage_takes_both_scan_choices() {
+    use tower::Layer;
+    use tower_nat::{NatLayer, auth::MemoryKeyStore, concurrency::RedisSlotStore};
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let keys = MemoryKeyStore::new();
+    keys.insert_tenant("outage", Plan::PRO);
+    let key = keys.issue_key("outage", None).unwrap().key;
+    let backend =
+        RedisBackend::open_with_timeout(&server.url(), Duration::from_millis(200)).unwrap();
+    let nat = || {
+        NatLayer::new(keys.clone())
+            .with_quota_store(RedisQuotaStore::new(backend.clone()))
+            .with_slot_store(RedisSlotStore::new(backend.clone()))
+            .quota_on_store_error(OnStoreError::Allow)
+    };
+    let request = || {
+        Request::post("/api/v1/scan")
+            .header("x-api-key", key.expose())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"url":"https://example.com","mode":"functional"}"#,
+            )))
+            .unwrap()
+    };
+    server.stop();
+    // The quota would let the scan through, but the slot check comes first: 500.
+    let quota_only = nat().layer(handler());
+    assert_envelope(&send(&quota_only, request()).await, 500, INTERNAL);
+    let both = nat()
+        .slots_on_store_error(OnStoreError::Allow)
+        .layer(handler());
+    assert_eq!(send(&both, request()).await.0, 202);
+}

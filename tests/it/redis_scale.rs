@@ -454,3 +454,84 @@ async fn one_configuration_string_names_a_server_or_a_cluster() {
         assert!(!error.contains("s3cret"), "{error}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_a_cluster_opened_as_one_server() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let right = RedisBackend::from_config(&cluster.spec()).unwrap();
+    right.ping().await.unwrap();
+    // One node's URL alone: taken for a server. `ping` says what is wrong, and so do the
+    // stores' errors for tenants whose slot is elsewhere.
+    let wrong = RedisBackend::from_config(&cluster.urls()[0]).unwrap();
+    let error = format!("{:#}", wrong.ping().await.unwrap_err());
+    assert!(error.contains("Redis Cluster node"), "{error}");
+    let store = RedisRateStore::new(wrong);
+    // Slot 0 is on the first node; this tenant's slot (15891) is on the third.
+    let elsewhere = tower_nat::tenant::TenantId::from("t");
+    let error = store
+        .check_async(&elsewhere, 30, Duration::ZERO)
+        .await
+        .unwrap_err();
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("MOVED") && error.contains("redis+cluster://"),
+        "{error}"
+    );
+    let single = RedisServer::start().unwrap();
+    RedisBackend::from_config(&single.url())
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_asks_redis_again_and_the_share_follows_the_fleet() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = FakeClock::at_date(UtcDate::new(2026, 5, 1).unwrap());
+    let b = backend(&server.url());
+    let quota = RedisQuotaStore::new(b.clone()).time_source(TimeSource::Caller);
+    let svc = ServiceBuilder::new()
+        .layer(ValidateScanRequestLayer::new())
+        .layer(
+            QuotaGuardLayer::new(Plans::default())
+                .with_store(quota.clone())
+                .clock(Arc::new(clock.clone())),
+        )
+        .service(handler());
+    let free = Tenant::new("refunded", Plan::FREE, "k");
+    for _ in 0..50 {
+        assert_eq!(send(&svc, scan(&free, "functional", None)).await.0, 202);
+    }
+    assert_eq!(send(&svc, scan(&free, "functional", None)).await.0, 402);
+    assert_eq!(quota.known_exhausted(), 1);
+    // An operator refunds 5 scans in Redis; this instance still knows the quota spent...
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg("scale:q:{refunded}:2026-05-01:used")
+        .arg("f")
+        .arg(-5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(send(&svc, scan(&free, "functional", None)).await.0, 402);
+    // ... until it forgets: then Redis answers, with the 5 scans back.
+    quota.forget(free.id());
+    for _ in 0..5 {
+        assert_eq!(send(&svc, scan(&free, "functional", None)).await.0, 202);
+    }
+    assert_eq!(send(&svc, scan(&free, "functional", None)).await.0, 402);
+
+    // The fallback's share follows the fleet's size.
+    let fallback = LocalFallback::new(rate(&b), NonZeroU32::new(3).unwrap());
+    assert_eq!(fallback.share(30), 10);
+    fallback.clone().set_instances(NonZeroU32::new(2).unwrap());
+    assert_eq!(fallback.share(30), 15);
+    fallback.set_instances(NonZeroU32::new(60).unwrap());
+    assert_eq!(fallback.share(30), 1);
+}
