@@ -139,6 +139,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // gRPC needs no exception here: refusals and gRPC servers' own statuses are HTTP 200,
         // which pass; a gRPC client maps any other HTTP status by itself.
@@ -300,6 +301,7 @@ where
 {
     type Output = Result<Response<NatBody<B>>, E>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {

@@ -58,6 +58,7 @@ where
 {
     type Output = Result<Response<NatBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Inner { future } => future.poll(cx).map(|r| r.map(wrap)),

@@ -73,6 +73,7 @@ macro_rules! gated_service {
                 self.inner.poll_ready(cx)
             }
 
+            #[inline(always)]
             fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
                 crate::gate::call(&mut self.inner, &self.gate, req)
             }

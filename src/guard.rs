@@ -198,7 +198,7 @@ impl Finish for () {
 }
 
 /// Calls `inner` as `policy` decides about `req`.
-#[inline]
+#[inline(always)]
 pub(crate) fn call<S, P, ReqB, ResB>(
     inner: &mut S,
     policy: &P,
@@ -319,6 +319,7 @@ where
 {
     type Output = Result<Response<NatBody<ResB>>, S::Error>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
@@ -412,6 +413,7 @@ macro_rules! guarded_service {
                 self.inner.poll_ready(cx)
             }
 
+            #[inline(always)]
             fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
                 crate::guard::call(&mut self.inner, &self.policy, req)
             }

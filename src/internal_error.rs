@@ -171,6 +171,7 @@ where
         }
     }
 
+    #[inline(always)]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let count = self.count.clone();
         let grpc = crate::grpc::wants_grpc(&req);
@@ -217,6 +218,7 @@ where
 {
     type Output = Result<Response<NatBody<B>>, Infallible>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(future) = this.future.as_mut().as_pin_mut() else {

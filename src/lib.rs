@@ -126,7 +126,9 @@ pub mod tenant;
 
 pub use body::NatBody;
 pub use error::{NatError, StoreError};
-pub use stack::{NatLayer, NatService, ScanCreation, ScanCreationLayer};
+pub use stack::{
+    NatLayer, NatService, ScanBody, ScanCreation, ScanCreationLayer, ScanSplit, SplitFuture,
+};
 
 /// The README's examples, compiled and run as doc tests (they use every feature).
 #[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]

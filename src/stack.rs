@@ -1,14 +1,23 @@
 //! [`NatLayer`]: the whole stack in one layer, and [`ScanCreationLayer`], its scan part.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
-use http::HeaderName;
+use http::{HeaderName, Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
 
 use tower_layer::Layer;
 
 use crate::{
     auth::{ApiKeyAuth, ApiKeyAuthLayer, IpNet, KeyFormat, MemoryKeyStore},
     billing::{BillingConfigured, BillingConfiguredLayer},
+    body::NatBody,
     clock::{self, SharedClock},
     concurrency::{ConcurrentScans, ConcurrentScansLayer, MemorySlotStore, SlotStore},
     envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
@@ -31,8 +40,102 @@ pub type NatService<
     Q = MemoryQuotaStore,
     C = MemorySlotStore,
 > = ErrorEnvelope<
-    InternalErrorGuard<BillingConfigured<ApiKeyAuth<PlanRateLimit<ScanCreation<S, Q, C>, R>, K>>>,
+    InternalErrorGuard<
+        BillingConfigured<ApiKeyAuth<PlanRateLimit<ScanSplit<ScanCreation<S, Q, C>, S>, R>, K>>,
+    >,
 >;
+
+/// The response body of the scan chain around a service answering `B`.
+pub type ScanBody<B> = NatBody<NatBody<NatBody<NatBody<B>>>>;
+
+/// Scan creations through the scan chain (`Scan`: validation, feature gate, running scans,
+/// quota), every other request straight to the service `S`: the four layers of the chain
+/// would only pass those, so they are skipped, and their response bodies made in one step.
+#[derive(Clone, Debug)]
+pub struct ScanSplit<Scan, S> {
+    scan: Scan,
+    plain: S,
+    routes: ValidateScanRequestLayer,
+}
+
+impl<Scan, S, ReqB, ResB> Service<Request<ReqB>> for ScanSplit<Scan, S>
+where
+    Scan: Service<Request<ReqB>, Response = Response<ScanBody<ResB>>, Error = S::Error>,
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ScanBody<ResB>>;
+    type Error = S::Error;
+    type Future = SplitFuture<Scan::Future, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both: which one the next request goes to is known only from the request.
+        ready!(self.scan.poll_ready(cx))?;
+        self.plain.poll_ready(cx)
+    }
+
+    #[inline(always)]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let kind = if self.routes.is_scan_creation(&req) {
+            Split::Scan {
+                future: self.scan.call(req),
+            }
+        } else {
+            Split::Plain {
+                future: self.plain.call(req),
+            }
+        };
+        SplitFuture { kind }
+    }
+}
+
+pin_project! {
+    /// The future of [`ScanSplit`].
+    pub struct SplitFuture<A, B> {
+        #[pin]
+        kind: Split<A, B>,
+    }
+}
+
+pin_project! {
+    #[project = SplitProj]
+    enum Split<A, B> {
+        // A scan creation, through the scan chain.
+        Scan { #[pin] future: A },
+        // Any other request.
+        Plain { #[pin] future: B },
+    }
+}
+
+impl<A, B> std::fmt::Debug for SplitFuture<A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            Split::Scan { .. } => "Scan",
+            Split::Plain { .. } => "Plain",
+        };
+        f.debug_struct("SplitFuture").field("kind", &kind).finish()
+    }
+}
+
+impl<A, B, ResB, E> Future for SplitFuture<A, B>
+where
+    A: Future<Output = Result<Response<ScanBody<ResB>>, E>>,
+    B: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ScanBody<ResB>>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            SplitProj::Scan { future } => future.poll(cx),
+            SplitProj::Plain { future } => future.poll(cx).map(|answer| {
+                answer.map(|response| {
+                    response
+                        .map(|body| NatBody::new(NatBody::new(NatBody::new(NatBody::new(body)))))
+                })
+            }),
+        }
+    }
+}
 
 /// The service [`ScanCreationLayer`] wraps around `S`.
 pub type ScanCreation<S, Q = MemoryQuotaStore, C = MemorySlotStore> =
@@ -469,11 +572,15 @@ impl<K, R, Q: QuotaStore, C: SlotStore> NatLayer<K, R, Q, C> {
     }
 }
 
-impl<S, K: Clone, R: Clone, Q: Clone, C: Clone> Layer<S> for NatLayer<K, R, Q, C> {
+impl<S: Clone, K: Clone, R: Clone, Q: Clone, C: Clone> Layer<S> for NatLayer<K, R, Q, C> {
     type Service = NatService<S, K, R, Q, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let service = self.scans.layer(inner);
+        let service = ScanSplit {
+            scan: self.scans.layer(inner.clone()),
+            plain: inner,
+            routes: self.scans.validation.clone(),
+        };
         let service = self.rate.layer(service);
         let service = self.auth.layer(service);
         let service = self.billing.layer(service);

@@ -83,6 +83,13 @@ impl Default for ValidateScanRequestLayer {
 }
 
 impl ValidateScanRequestLayer {
+    /// Whether `req` is a scan creation for this layer: a scan route, or a request whose
+    /// scan kind an outer layer already set.
+    #[inline]
+    pub(crate) fn is_scan_creation<B>(&self, req: &Request<B>) -> bool {
+        self.policy.config.is_scan(req) || req.extensions().get::<ScanKind>().is_some()
+    }
+
     /// Validates `POST /api/v1/scan` (the path the client sent) with a 1 MiB limit; a missing
     /// `mode` means functional.
     pub fn new() -> Self {
