@@ -51,6 +51,10 @@ pub type ScanBody<B> = NatBody<NatBody<NatBody<NatBody<B>>>>;
 /// Scan creations through the scan chain (`Scan`: validation, feature gate, running scans,
 /// quota), every other request straight to the service `S`: the four layers of the chain
 /// would only pass those, so they are skipped, and their response bodies made in one step.
+///
+/// `poll_ready` polls both (which one a request goes to is known only from the request), so
+/// a service that reserves capacity when polled, such as `tower::buffer::Buffer`, keeps one
+/// reservation for the path a request did not take.
 #[derive(Clone, Debug)]
 pub struct ScanSplit<Scan, S> {
     scan: Scan,
