@@ -73,7 +73,7 @@ pub struct BillingConfiguredLayer {
 /// What [`BillingConfigured`] checks: whether billing is configured, and which requests are
 /// billing requests.
 #[derive(Clone, Debug)]
-pub(crate) struct BillingCheck {
+pub struct BillingCheck {
     configured: bool,
     // `None`: every request the layer sees.
     prefixes: Option<Arc<Routes>>,
@@ -81,6 +81,12 @@ pub(crate) struct BillingCheck {
 }
 
 impl BillingConfiguredLayer {
+    /// What this layer decides with (for the stack, which decides in one service).
+    #[inline]
+    pub(crate) fn check(&self) -> &BillingCheck {
+        &self.gate
+    }
+
     /// Reads `STRIPE_SECRET_KEY` and `STRIPE_WEBHOOK_SECRET` from the environment, once.
     pub fn from_env() -> Self {
         let secret = std::env::var("STRIPE_SECRET_KEY").ok();

@@ -45,6 +45,17 @@ impl<B> NatBody<B> {
         }
     }
 
+    /// The same rejection envelope as a body of another inner type (a rejection has no
+    /// inner body; an inner body, which never comes here, becomes an empty envelope).
+    pub(crate) fn retype<C>(self) -> NatBody<C> {
+        match self.kind {
+            Kind::Rejection { bytes } => NatBody {
+                kind: Kind::Rejection { bytes },
+            },
+            Kind::Inner { .. } => NatBody::rejection(Bytes::new()),
+        }
+    }
+
     /// Whether this body is a rejection written by a layer of this crate.
     pub fn is_rejection(&self) -> bool {
         matches!(self.kind, Kind::Rejection { .. })

@@ -66,7 +66,7 @@ pub struct FeatureGateLayer {
 
 /// What [`FeatureGate`] checks: which feature a request needs, against the plan table.
 #[derive(Clone, Debug)]
-pub(crate) struct FeatureCheck {
+pub struct FeatureCheck {
     // `None`: the feature the request's scan kind needs.
     feature: Option<Feature>,
     plans: Arc<Plans>,
@@ -74,6 +74,12 @@ pub(crate) struct FeatureCheck {
 }
 
 impl FeatureGateLayer {
+    /// What this layer decides with (for the stack, which decides in one service).
+    #[inline]
+    pub(crate) fn check(&self) -> &FeatureCheck {
+        &self.gate
+    }
+
     /// Gates scan creation by scan kind: `security` and `full` need
     /// [`Feature::SECURITY_SCANNING`].
     pub fn scans(plans: impl Into<Arc<Plans>>) -> Self {

@@ -76,6 +76,9 @@ pub enum Step<P, L> {
     Pass(P),
     /// Answer with the envelope.
     Reject(Rejection),
+    /// Answer with the envelope, and apply `P` to it: the decisions of the policies of a
+    /// chain that passed before one refused (the rate limit's headers on a 402).
+    RejectAfter(Rejection, P),
     /// The decision comes later, from this future (a remote store, a body to read).
     Later(L),
 }
@@ -128,12 +131,26 @@ pub trait Policy<B>: Clone {
     /// take the body to read it).
     fn decide(&self, req: &mut Request<B>) -> Step<Self::Pass, Self::Later>;
 
-    /// The decision once `Later` answered.
+    /// The decision once `Later` answered (which may be another wait: a chain of policies
+    /// waits for each in turn).
     fn resume(
         &self,
         answer: <Self::Later as Future>::Output,
         req: &mut Request<B>,
-    ) -> Result<Self::Pass, Rejection>;
+    ) -> Step<Self::Pass, Self::Later>;
+
+    /// What a passing decision becomes: itself, or in shadow mode one that does nothing.
+    /// (A chain shadows each of its policies by itself.)
+    #[inline(always)]
+    fn passed(&self, pass: Self::Pass) -> Self::Pass {
+        if self.shadow() { pass.shadowed() } else { pass }
+    }
+
+    /// A refusal, counted; in shadow mode reported as one that would have been, and passed.
+    /// (A chain reports each of its policies' refusals by itself.)
+    fn refused(&self, rejection: Rejection, req: &Request<B>) -> Result<Self::Pass, Rejection> {
+        refuse(self, rejection, req)
+    }
 }
 
 pin_project! {
@@ -210,18 +227,8 @@ where
 {
     let state = match policy.decide(&mut req) {
         Step::Pass(pass) => State::Inner {
-            pass: Some(shadowed(policy, pass)),
+            pass: Some(policy.passed(pass)),
             future: inner.call(req),
-        },
-        Step::Reject(rejection) => match refuse(policy, rejection, &req) {
-            Ok(pass) => State::Inner {
-                future: inner.call(req),
-                pass: Some(pass),
-            },
-            Err(rejection) => State::Reject {
-                grpc: crate::grpc::wants_grpc(&req),
-                rejection: Some(rejection),
-            },
         },
         Step::Later(later) => {
             // Keep the instance that was polled ready for the call after the decision.
@@ -235,17 +242,36 @@ where
                 }),
             }
         }
+        Step::Reject(rejection) => refusal(policy, rejection, None, inner, req),
+        Step::RejectAfter(rejection, after) => refusal(policy, rejection, Some(after), inner, req),
     };
     ResponseFuture { state }
 }
 
-/// A passing decision, or in shadow mode one that does nothing.
-#[inline(always)]
-fn shadowed<B, P: Policy<B>>(policy: &P, pass: P::Pass) -> P::Pass {
-    if policy.shadow() {
-        pass.shadowed()
-    } else {
-        pass
+/// The state after a refusal (`Step::Reject` or `Step::RejectAfter`): the envelope, or in
+/// shadow mode the inner service after all.
+#[cold]
+fn refusal<S, P, ReqB>(
+    policy: &P,
+    rejection: Rejection,
+    after: Option<P::Pass>,
+    inner: &mut S,
+    req: Request<ReqB>,
+) -> State<S, P, ReqB>
+where
+    S: Service<Request<ReqB>>,
+    P: Policy<ReqB>,
+{
+    match policy.refused(rejection, &req) {
+        Ok(pass) => State::Inner {
+            future: inner.call(req),
+            pass: Some(pass),
+        },
+        Err(rejection) => State::Reject {
+            grpc: crate::grpc::wants_grpc(&req),
+            rejection: Some(rejection),
+            after,
+        },
     }
 }
 
@@ -308,7 +334,13 @@ pin_project! {
             settle: <P::Pass as Finish>::Settle,
             response: Option<S::Response>,
         },
-        Reject { rejection: Option<Rejection>, grpc: bool },
+        Reject { rejection: Option<Rejection>, grpc: bool, after: Option<P::Pass> },
+        // A refusal whose earlier decisions settle before it is answered.
+        RejectSettle {
+            #[pin]
+            settle: <P::Pass as Finish>::Settle,
+            response: Option<Response<NatBody<()>>>,
+        },
     }
 }
 
@@ -324,26 +356,38 @@ where
         loop {
             let next = match self.as_mut().project().state.project() {
                 StateProj::Later { waiting } => {
-                    let waiting = waiting.as_mut().project();
-                    let answer = ready!(waiting.later.poll(cx));
-                    let (mut inner, mut req, policy) =
-                        waiting.parked.take().expect("polled after completion");
+                    let mut waiting = waiting.as_mut().project();
+                    let answer = ready!(waiting.later.as_mut().poll(cx));
+                    let (_, req, policy) =
+                        waiting.parked.as_mut().expect("polled after completion");
                     if let Some((store, op, ok)) = policy.store_call(&answer) {
                         crate::metrics::store_call(store, op, ok, waiting.started.elapsed());
                     }
-                    let decided = match policy.resume(answer, &mut req) {
-                        Ok(pass) => Ok(shadowed(&policy, pass)),
-                        Err(rejection) => refuse(&policy, rejection, &req),
-                    };
-                    match decided {
-                        Ok(pass) => State::Inner {
-                            future: inner.call(req),
-                            pass: Some(pass),
-                        },
-                        Err(rejection) => State::Reject {
-                            grpc: crate::grpc::wants_grpc(&req),
-                            rejection: Some(rejection),
-                        },
+                    match policy.resume(answer, req) {
+                        // Another wait (the next policy of a chain): the same request waits.
+                        Step::Later(later) => {
+                            waiting.later.set(later);
+                            *waiting.started = Instant::now();
+                            continue;
+                        }
+                        Step::Pass(pass) => {
+                            let (mut inner, req, policy) =
+                                waiting.parked.take().expect("polled after completion");
+                            State::Inner {
+                                pass: Some(policy.passed(pass)),
+                                future: inner.call(req),
+                            }
+                        }
+                        Step::Reject(rejection) => {
+                            let (mut inner, req, policy) =
+                                waiting.parked.take().expect("polled after completion");
+                            refusal(&policy, rejection, None, &mut inner, req)
+                        }
+                        Step::RejectAfter(rejection, after) => {
+                            let (mut inner, req, policy) =
+                                waiting.parked.take().expect("polled after completion");
+                            refusal(&policy, rejection, Some(after), &mut inner, req)
+                        }
                     }
                 }
                 StateProj::Inner { future, pass } => {
@@ -362,9 +406,28 @@ where
                     let response = response.take().expect("polled after completion");
                     return Poll::Ready(Ok(response.map(NatBody::new)));
                 }
-                StateProj::Reject { rejection, grpc } => {
+                StateProj::Reject {
+                    rejection,
+                    grpc,
+                    after,
+                } => {
                     let rejection = rejection.take().expect("polled after completion");
-                    return Poll::Ready(Ok(rejection.into_response(*grpc)));
+                    let Some(after) = after.take() else {
+                        return Poll::Ready(Ok(rejection.into_response(*grpc)));
+                    };
+                    let mut response = rejection.into_response::<()>(*grpc);
+                    match after.finish(&mut response) {
+                        None => return Poll::Ready(Ok(response.map(NatBody::retype))),
+                        Some(settle) => State::RejectSettle {
+                            settle,
+                            response: Some(response),
+                        },
+                    }
+                }
+                StateProj::RejectSettle { settle, response } => {
+                    ready!(settle.poll(cx));
+                    let response = response.take().expect("polled after completion");
+                    return Poll::Ready(Ok(response.map(NatBody::retype)));
                 }
             };
             self.as_mut().project().state.set(next);
@@ -383,6 +446,7 @@ where
             State::Inner { .. } => "Inner",
             State::Settle { .. } => "Settle",
             State::Reject { .. } => "Reject",
+            State::RejectSettle { .. } => "RejectSettle",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

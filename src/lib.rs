@@ -102,6 +102,7 @@ pub(crate) use inner_accessors;
 pub mod auth;
 pub mod billing;
 mod body;
+mod chain;
 pub mod clock;
 pub mod concurrency;
 pub mod envelope;
@@ -126,9 +127,7 @@ pub mod tenant;
 
 pub use body::NatBody;
 pub use error::{NatError, StoreError};
-pub use stack::{
-    NatLayer, NatService, ScanBody, ScanCreation, ScanCreationLayer, ScanSplit, SplitFuture,
-};
+pub use stack::{NatGuard, NatLayer, NatPolicy, NatService, ScanCreation, ScanCreationLayer};
 
 /// The README's examples, compiled and run as doc tests (they use every feature).
 #[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]

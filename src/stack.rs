@@ -1,145 +1,70 @@
 //! [`NatLayer`]: the whole stack in one layer, and [`ScanCreationLayer`], its scan part.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll, ready},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use http::{HeaderName, Request, Response};
-use pin_project_lite::pin_project;
-use tower_service::Service;
+use http::HeaderName;
 
 use tower_layer::Layer;
 
 use crate::{
-    auth::{ApiKeyAuth, ApiKeyAuthLayer, IpNet, KeyFormat, MemoryKeyStore},
-    billing::{BillingConfigured, BillingConfiguredLayer},
-    body::NatBody,
+    auth::layer::Authenticate,
+    auth::{ApiKeyAuthLayer, IpNet, KeyFormat, MemoryKeyStore},
+    billing::{BillingCheck, BillingConfiguredLayer},
+    chain::{Chain, GatePolicy},
     clock::{self, SharedClock},
+    concurrency::Occupy,
     concurrency::{ConcurrentScans, ConcurrentScansLayer, MemorySlotStore, SlotStore},
     envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
     error::StoreError,
+    feature_gate::FeatureCheck,
     feature_gate::{FeatureGate, FeatureGateLayer},
     internal_error::{InternalErrorGuard, InternalErrorGuardLayer},
     plan::{Plans, PlansError},
+    quota::layer::Reserve,
     quota::{MemoryQuotaStore, QuotaGuard, QuotaGuardLayer, QuotaStore, Usage, UsageReader},
-    rate_limit::{MemoryRateStore, PlanRateLimit, PlanRateLimitLayer, RateDecision, RateStore},
+    rate_limit::PlanResolver,
+    rate_limit::layer::Limit,
+    rate_limit::{MemoryRateStore, PlanRateLimitLayer, RateDecision, RateStore},
+    scan_request::layer::ValidateScan,
     scan_request::{ValidateScanRequest, ValidateScanRequestLayer},
     store::OnStoreError,
     tenant::Tenant,
 };
 
-/// The service [`NatLayer`] wraps around `S`.
+/// The service [`NatLayer`] wraps around `S`: the error envelope and the internal-error
+/// guard around [`NatGuard`], which makes every other decision of the stack.
 pub type NatService<
     S,
     K = MemoryKeyStore,
     R = MemoryRateStore,
     Q = MemoryQuotaStore,
     C = MemorySlotStore,
-> = ErrorEnvelope<
-    InternalErrorGuard<
-        BillingConfigured<ApiKeyAuth<PlanRateLimit<ScanSplit<ScanCreation<S, Q, C>, S>, R>, K>>,
+> = ErrorEnvelope<InternalErrorGuard<NatGuard<S, NatPolicy<K, R, Q, C>>>>;
+
+/// Every decision of the stack in the contract's order: billing, authentication, rate limit,
+/// scan validation, the feature gate for scan kinds, running scans, quota.
+pub type NatPolicy<K, R, Q, C> = Chain<
+    GatePolicy<BillingCheck>,
+    Chain<
+        Authenticate<K>,
+        Chain<
+            Limit<R, PlanResolver>,
+            Chain<ValidateScan, Chain<GatePolicy<FeatureCheck>, Chain<Occupy<C>, Reserve<Q>>>>,
+        >,
     >,
 >;
 
-/// The response body of the scan chain around a service answering `B`.
-pub type ScanBody<B> = NatBody<NatBody<NatBody<NatBody<B>>>>;
-
-/// Scan creations through the scan chain (`Scan`: validation, feature gate, running scans,
-/// quota), every other request straight to the service `S`: the four layers of the chain
-/// would only pass those, so they are skipped, and their response bodies made in one step.
-///
-/// `poll_ready` polls both (which one a request goes to is known only from the request), so
-/// a service that reserves capacity when polled, such as `tower::buffer::Buffer`, keeps one
-/// reservation for the path a request did not take.
+/// The stack's decisions as one service: the same decisions, metrics and answers as the
+/// layers composed one by one, with one response future and one response body for all of
+/// them (each layer of its own costs a state machine, a body wrapper and moves of the
+/// request and the response).
 #[derive(Clone, Debug)]
-pub struct ScanSplit<Scan, S> {
-    scan: Scan,
-    plain: S,
-    routes: ValidateScanRequestLayer,
+pub struct NatGuard<S, P> {
+    inner: S,
+    policy: P,
 }
 
-impl<Scan, S, ReqB, ResB> Service<Request<ReqB>> for ScanSplit<Scan, S>
-where
-    Scan: Service<Request<ReqB>, Response = Response<ScanBody<ResB>>, Error = S::Error>,
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<ScanBody<ResB>>;
-    type Error = S::Error;
-    type Future = SplitFuture<Scan::Future, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Both: which one the next request goes to is known only from the request.
-        ready!(self.scan.poll_ready(cx))?;
-        self.plain.poll_ready(cx)
-    }
-
-    #[inline(always)]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let kind = if self.routes.is_scan_creation(&req) {
-            Split::Scan {
-                future: self.scan.call(req),
-            }
-        } else {
-            Split::Plain {
-                future: self.plain.call(req),
-            }
-        };
-        SplitFuture { kind }
-    }
-}
-
-pin_project! {
-    /// The future of [`ScanSplit`].
-    pub struct SplitFuture<A, B> {
-        #[pin]
-        kind: Split<A, B>,
-    }
-}
-
-pin_project! {
-    #[project = SplitProj]
-    enum Split<A, B> {
-        // A scan creation, through the scan chain.
-        Scan { #[pin] future: A },
-        // Any other request.
-        Plain { #[pin] future: B },
-    }
-}
-
-impl<A, B> std::fmt::Debug for SplitFuture<A, B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            Split::Scan { .. } => "Scan",
-            Split::Plain { .. } => "Plain",
-        };
-        f.debug_struct("SplitFuture").field("kind", &kind).finish()
-    }
-}
-
-impl<A, B, ResB, E> Future for SplitFuture<A, B>
-where
-    A: Future<Output = Result<Response<ScanBody<ResB>>, E>>,
-    B: Future<Output = Result<Response<ResB>, E>>,
-{
-    type Output = Result<Response<ScanBody<ResB>>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            SplitProj::Scan { future } => future.poll(cx),
-            SplitProj::Plain { future } => future.poll(cx).map(|answer| {
-                answer.map(|response| {
-                    response
-                        .map(|body| NatBody::new(NatBody::new(NatBody::new(NatBody::new(body)))))
-                })
-            }),
-        }
-    }
-}
+crate::guard::guarded_service!(impl<P> for NatGuard<S, P>, policy = P);
 
 /// The service [`ScanCreationLayer`] wraps around `S`.
 pub type ScanCreation<S, Q = MemoryQuotaStore, C = MemorySlotStore> =
@@ -148,10 +73,14 @@ pub type ScanCreation<S, Q = MemoryQuotaStore, C = MemorySlotStore> =
 /// The whole NAT stack in one layer: every middleware of this crate, composed in the
 /// contract's order from one configuration.
 ///
-/// Outermost first: [`ErrorEnvelope`] → [`InternalErrorGuard`] → [`BillingConfigured`] →
-/// [`ApiKeyAuth`] → [`PlanRateLimit`] → [`ValidateScanRequest`] → [`FeatureGate`] (scan kinds)
-/// → [`ConcurrentScans`] → [`QuotaGuard`] → your service. So a Free tenant asking for a security scan with no quota
-/// left gets 403, not 402; a rate-limited request never reaches the quota; the Stripe webhook
+/// Outermost first: [`ErrorEnvelope`] → [`InternalErrorGuard`] →
+/// [`BillingConfigured`](crate::billing::BillingConfigured) →
+/// [`ApiKeyAuth`](crate::auth::ApiKeyAuth) → [`PlanRateLimit`](crate::rate_limit::PlanRateLimit)
+/// → [`ValidateScanRequest`] → [`FeatureGate`] (scan kinds) → [`ConcurrentScans`] →
+/// [`QuotaGuard`] → your service. The middle seven decide inside one service ([`NatGuard`]),
+/// exactly as the layers one by one would (the same answers, headers and metrics), with one
+/// response future and one response body. So a Free tenant asking for a security scan with
+/// no quota left gets 403, not 402; a rate-limited request never reaches the quota; the Stripe webhook
 /// (exempt from key auth) still gets 503 when billing is off; and every error, the
 /// framework's own included, is in the envelope.
 ///
@@ -576,18 +505,31 @@ impl<K, R, Q: QuotaStore, C: SlotStore> NatLayer<K, R, Q, C> {
     }
 }
 
-impl<S: Clone, K: Clone, R: Clone, Q: Clone, C: Clone> Layer<S> for NatLayer<K, R, Q, C> {
+impl<S, K: Clone, R: Clone, Q: Clone, C: Clone> Layer<S> for NatLayer<K, R, Q, C> {
     type Service = NatService<S, K, R, Q, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let service = ScanSplit {
-            scan: self.scans.layer(inner.clone()),
-            plain: inner,
-            routes: self.scans.validation.clone(),
-        };
-        let service = self.rate.layer(service);
-        let service = self.auth.layer(service);
-        let service = self.billing.layer(service);
+        let scans = &self.scans;
+        let policy = Chain(
+            GatePolicy(self.billing.check().clone()),
+            Chain(
+                self.auth.policy().clone(),
+                Chain(
+                    self.rate.policy().clone(),
+                    Chain(
+                        scans.validation.policy().clone(),
+                        Chain(
+                            GatePolicy(scans.features.check().clone()),
+                            Chain(
+                                scans.concurrency.policy().clone(),
+                                scans.quota.policy().clone(),
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+        );
+        let service = NatGuard { inner, policy };
         let service = InternalErrorGuardLayer::new().counting().layer(service);
         ErrorEnvelopeLayer::new()
             .enabled(self.envelope)

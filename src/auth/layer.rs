@@ -46,6 +46,12 @@ struct Config {
 }
 
 impl<K> ApiKeyAuthLayer<K> {
+    /// What this layer decides with (for the stack, which decides in one service).
+    #[inline]
+    pub(crate) fn policy(&self) -> &Authenticate<K> {
+        &self.policy
+    }
+
     /// Authenticates against `store`, with the default key format, no exempt routes, failed
     /// authentication throttled at 20 a minute per client address, and the system clock.
     pub fn new(store: K) -> Self {
@@ -337,7 +343,7 @@ impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
         &self,
         answer: Result<Option<KeyRecord>, StoreError>,
         req: &mut Request<B>,
-    ) -> Result<(), Rejection> {
-        self.config.admit(req, answer)
+    ) -> Step<(), K::Future> {
+        Step::of(self.config.admit(req, answer))
     }
 }

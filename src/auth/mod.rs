@@ -78,7 +78,7 @@
 
 mod cache;
 mod key;
-mod layer;
+pub(crate) mod layer;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 mod postgres;

@@ -72,6 +72,12 @@ impl ConcurrentScansLayer {
 }
 
 impl<C> ConcurrentScansLayer<C> {
+    /// What this layer decides with (for the stack, which decides in one service).
+    #[inline]
+    pub(crate) fn policy(&self) -> &Occupy<C> {
+        &self.policy
+    }
+
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.policy.config)
     }
@@ -419,7 +425,7 @@ impl<C: SlotStore, B> Policy<B> for Occupy<C> {
         &self,
         (answer, limit): (Result<Acquired, StoreError>, u32),
         req: &mut Request<B>,
-    ) -> Result<Hold<C>, Rejection> {
-        self.admit(req, answer, limit)
+    ) -> Step<Hold<C>, Self::Later> {
+        Step::of(self.admit(req, answer, limit))
     }
 }

@@ -78,6 +78,12 @@ impl QuotaGuardLayer {
 }
 
 impl<Q> QuotaGuardLayer<Q> {
+    /// What this layer decides with (for the stack, which decides in one service).
+    #[inline]
+    pub(crate) fn policy(&self) -> &Reserve<Q> {
+        &self.policy
+    }
+
     /// Keeps usage in `store` (e.g. Redis, shared by several instances).
     #[must_use]
     pub fn with_store<Q2>(self, store: Q2) -> QuotaGuardLayer<Q2> {
@@ -356,11 +362,11 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
             (TenantId, Period, Option<Notify>),
         ),
         req: &mut Request<B>,
-    ) -> Result<Charge<Q>, Rejection> {
+    ) -> Step<Charge<Q>, Self::Later> {
         let decided = self
             .config
             .admit(&self.store, (&tenant, period, notify), answer);
-        mark(req, decided, self.config.shadow)
+        Step::of(mark(req, decided, self.config.shadow))
     }
 }
 

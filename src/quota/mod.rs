@@ -80,7 +80,7 @@
 //! ```
 
 mod events;
-mod layer;
+pub(crate) mod layer;
 #[cfg(feature = "redis")]
 mod redis;
 mod store;

@@ -135,6 +135,12 @@ impl<R> PlanRateLimitLayer<R, PlanResolver> {
 }
 
 impl<R, K> PlanRateLimitLayer<R, K> {
+    /// What this layer decides with (for the stack, which decides in one service).
+    #[inline]
+    pub(crate) fn policy(&self) -> &Limit<R, K> {
+        &self.policy
+    }
+
     /// Keeps state in `store` (e.g. Redis, shared by several instances).
     #[must_use]
     pub fn with_store<R2>(self, store: R2) -> PlanRateLimitLayer<R2, K> {
@@ -401,7 +407,11 @@ impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
         &self,
         (answer, key): (Result<RateDecision, StoreError>, TenantId),
         req: &mut Request<B>,
-    ) -> Result<Headers, Rejection> {
-        counted(req, self.config.admit(&key, answer), self.config.shadow)
+    ) -> Step<Headers, Self::Later> {
+        Step::of(counted(
+            req,
+            self.config.admit(&key, answer),
+            self.config.shadow,
+        ))
     }
 }

@@ -72,7 +72,7 @@
 
 mod fallback;
 mod gcra;
-mod layer;
+pub(crate) mod layer;
 #[cfg(feature = "redis")]
 mod redis;
 mod store;

@@ -83,11 +83,10 @@ impl Default for ValidateScanRequestLayer {
 }
 
 impl ValidateScanRequestLayer {
-    /// Whether `req` is a scan creation for this layer: a scan route, or a request whose
-    /// scan kind an outer layer already set.
+    /// What this layer decides with (for the stack, which decides in one service).
     #[inline]
-    pub(crate) fn is_scan_creation<B>(&self, req: &Request<B>) -> bool {
-        self.policy.config.is_scan(req) || req.extensions().get::<ScanKind>().is_some()
+    pub(crate) fn policy(&self) -> &ValidateScan {
+        &self.policy
     }
 
     /// Validates `POST /api/v1/scan` (the path the client sent) with a 1 MiB limit; a missing
@@ -227,14 +226,21 @@ impl<B: Body + From<Bytes>> Policy<B> for ValidateScan {
         })
     }
 
-    fn resume(&self, read: Result<Bytes, Invalid>, req: &mut Request<B>) -> Result<(), Rejection> {
-        let bytes = read.map_err(refuse)?;
+    fn resume(&self, read: Result<Bytes, Invalid>, req: &mut Request<B>) -> Step<(), ReadBody<B>> {
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(invalid) => return Step::Reject(refuse(invalid)),
+        };
         let checked = validate(&bytes, self.config.default_kind);
         // The handler gets the bytes that were read, whatever the verdict.
         *req.body_mut() = B::from(bytes);
-        let kind = checked.map_err(refuse)?;
-        req.extensions_mut().insert(kind);
-        Ok(())
+        match checked {
+            Ok(kind) => {
+                req.extensions_mut().insert(kind);
+                Step::Pass(())
+            }
+            Err(invalid) => Step::Reject(refuse(invalid)),
+        }
     }
 }
 

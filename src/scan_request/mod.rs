@@ -76,7 +76,7 @@
 //! ```
 
 mod body;
-mod layer;
+pub(crate) mod layer;
 mod validate;
 
 pub use body::RequestBody;

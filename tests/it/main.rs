@@ -15,6 +15,7 @@ mod envelope;
 mod feature_gate;
 #[cfg(feature = "axum")]
 mod framework_errors;
+mod fused;
 #[cfg(feature = "axum")]
 mod grpc;
 #[cfg(feature = "axum")]
