@@ -207,6 +207,12 @@ fn as_received(c: &mut Criterion) {
         );
         bench_with(
             &mut group,
+            "floor: the contract's work inline",
+            f.scattered(),
+            f.floor(handler()),
+        );
+        bench_with(
+            &mut group,
             "NatLayer (whole stack, not a scan)",
             f.scattered(),
             f.nat().layer(handler()),

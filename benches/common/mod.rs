@@ -2,7 +2,7 @@
 //! a way to drive a future that answers at once.
 #![allow(dead_code, unreachable_pub)] // Each bench uses part of it.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -130,6 +130,94 @@ pub struct Fixture {
     pub plans: Arc<Plans>,
     pub clock: FakeClock,
     pub requests: Arc<Vec<Request<Full<Bytes>>>>,
+}
+
+/// The floor: the work the contract requires of a request, written inline in one service,
+/// with nothing else (no envelope, no internal-error guard, no billing check, no exemptions,
+/// no scan checks, no metrics, no shadow mode, no asynchronous stores): the key header and
+/// its format, SHA-256, the key lookup, the `Tenant` into the request's extensions, the rate
+/// check, and the two `X-RateLimit-*` headers on the response. Refusals are bare statuses.
+#[derive(Clone)]
+pub struct Floor<S> {
+    inner: S,
+    keys: MemoryKeyStore,
+    rate: tower_nat::rate_limit::MemoryRateStore,
+    plans: Arc<Plans>,
+    clock: FakeClock,
+    format: tower_nat::auth::KeyFormat,
+    numbers: Arc<Vec<http::HeaderValue>>,
+}
+
+impl Fixture {
+    /// [`Floor`] around `inner`, on this fixture's keys, plans and clock.
+    pub fn floor<S>(&self, inner: S) -> Floor<S> {
+        Floor {
+            inner,
+            keys: self.keys.clone(),
+            rate: tower_nat::rate_limit::MemoryRateStore::new(),
+            plans: self.plans.clone(),
+            clock: self.clock.clone(),
+            format: tower_nat::auth::KeyFormat::default(),
+            numbers: Arc::new((0..4_096u32).map(http::HeaderValue::from).collect()),
+        }
+    }
+}
+
+impl<S> Service<Request<Full<Bytes>>> for Floor<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
+        use tower_nat::clock::Clock;
+        let status = |code: u16| {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = http::StatusCode::from_u16(code).unwrap();
+            std::future::ready(Ok(response))
+        };
+        let mut values = req.headers().get_all("x-api-key").iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return status(401);
+        };
+        if !self.format.check(value.as_bytes()) {
+            return status(401);
+        }
+        let hash = KeyHash::of(value.as_bytes());
+        let Answer::Ready(Ok(Some(record))) = self.keys.lookup(&hash) else {
+            return status(401);
+        };
+        let Some(limits) = self.plans.limits(&record.tenant) else {
+            return status(500);
+        };
+        let limit = limits.requests_per_minute();
+        let decision = self
+            .rate
+            .check_now(record.tenant.id(), limit, self.clock.now());
+        if !decision.allowed {
+            return status(429);
+        }
+        req.extensions_mut().insert(record.tenant);
+        let std::task::Poll::Ready(Ok(mut response)) = std::pin::pin!(self.inner.call(req))
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        else {
+            return status(500);
+        };
+        let number = |n: u32| self.numbers[n.min(4_095) as usize].clone();
+        let headers = response.headers_mut();
+        headers.insert("x-ratelimit-limit", number(decision.limit));
+        headers.insert("x-ratelimit-remaining", number(decision.remaining));
+        std::future::ready(Ok(response))
+    }
 }
 
 pub fn fixture(tenants: usize) -> Fixture {
