@@ -150,6 +150,7 @@ impl<Rq, A: Policy<Rq>, B: Policy<Rq>> Policy<Rq> for Chain<A, B> {
     type Pass = (A::Pass, B::Pass);
     type Later = ChainLater<A::Later, B::Later, A::Pass>;
 
+    /// Not reported: each policy of the chain reports refusals under its own name.
     const LAYER: &'static str = B::LAYER;
 
     /// Each policy of the chain runs in its own mode.

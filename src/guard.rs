@@ -225,7 +225,24 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     P: Policy<ReqB>,
 {
-    let state = match policy.decide(&mut req) {
+    let step = policy.decide(&mut req);
+    let state = next(policy, step, inner, req);
+    ResponseFuture { state }
+}
+
+/// The state a decision leads to: the inner service, a wait, or the envelope.
+#[inline(always)]
+fn next<S, P, ReqB>(
+    policy: &P,
+    step: Step<P::Pass, P::Later>,
+    inner: &mut S,
+    req: Request<ReqB>,
+) -> State<S, P, ReqB>
+where
+    S: Service<Request<ReqB>> + Clone,
+    P: Policy<ReqB>,
+{
+    match step {
         Step::Pass(pass) => State::Inner {
             pass: Some(policy.passed(pass)),
             future: inner.call(req),
@@ -244,8 +261,7 @@ where
         }
         Step::Reject(rejection) => refusal(policy, rejection, None, inner, req),
         Step::RejectAfter(rejection, after) => refusal(policy, rejection, Some(after), inner, req),
-    };
-    ResponseFuture { state }
+    }
 }
 
 /// The state after a refusal (`Step::Reject` or `Step::RejectAfter`): the envelope, or in
@@ -346,7 +362,7 @@ pin_project! {
 
 impl<S, P, ReqB, ResB> Future for ResponseFuture<S, P, ReqB>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     P: Policy<ReqB>,
 {
     type Output = Result<Response<NatBody<ResB>>, S::Error>;
@@ -363,32 +379,19 @@ where
                     if let Some((store, op, ok)) = policy.store_call(&answer) {
                         crate::metrics::store_call(store, op, ok, waiting.started.elapsed());
                     }
-                    match policy.resume(answer, req) {
-                        // Another wait (the next policy of a chain): the same request waits.
+                    let step = match policy.resume(answer, req) {
+                        // Another wait (the next policy of a chain): the same request waits,
+                        // in the same box.
                         Step::Later(later) => {
                             waiting.later.set(later);
                             *waiting.started = Instant::now();
                             continue;
                         }
-                        Step::Pass(pass) => {
-                            let (mut inner, req, policy) =
-                                waiting.parked.take().expect("polled after completion");
-                            State::Inner {
-                                pass: Some(policy.passed(pass)),
-                                future: inner.call(req),
-                            }
-                        }
-                        Step::Reject(rejection) => {
-                            let (mut inner, req, policy) =
-                                waiting.parked.take().expect("polled after completion");
-                            refusal(&policy, rejection, None, &mut inner, req)
-                        }
-                        Step::RejectAfter(rejection, after) => {
-                            let (mut inner, req, policy) =
-                                waiting.parked.take().expect("polled after completion");
-                            refusal(&policy, rejection, Some(after), &mut inner, req)
-                        }
-                    }
+                        step => step,
+                    };
+                    let (mut inner, req, policy) =
+                        waiting.parked.take().expect("polled after completion");
+                    next(&policy, step, &mut inner, req)
                 }
                 StateProj::Inner { future, pass } => {
                     let mut response = ready!(future.poll(cx))?;

@@ -166,6 +166,15 @@ enum Settle {
 }
 
 impl Settle {
+    /// A charge, or a release.
+    fn of(charge: bool) -> Self {
+        if charge {
+            Settle::Charge
+        } else {
+            Settle::Release
+        }
+    }
+
     fn arg(self) -> &'static str {
         match self {
             Settle::Charge => "1",
@@ -344,17 +353,12 @@ impl RedisQuotaStore {
         reservation: &Reservation,
         charge: bool,
     ) -> Result<(), StoreError> {
-        let what = if charge {
-            Settle::Charge
-        } else {
-            Settle::Release
-        };
         self.settle_id(
             reservation.tenant(),
             reservation.period(),
             reservation.id(),
             reservation.made_at(),
-            what,
+            Settle::of(charge),
         )
         .await
     }
@@ -540,17 +544,7 @@ impl QuotaStore for RedisQuotaStore {
                 // Settling is idempotent: try again in the background, and answer now.
                 crate::report::failure("quota store (settlement; retrying)", &error);
                 crate::metrics::store_error("quota", if charge { "settle" } else { "release" });
-                store.settle_in_background(
-                    reservation.tenant().clone(),
-                    reservation.period(),
-                    reservation.id(),
-                    reservation.made_at(),
-                    if charge {
-                        Settle::Charge
-                    } else {
-                        Settle::Release
-                    },
-                );
+                store.settle_detached(&reservation, charge);
             }
             Ok(())
         }))
@@ -562,11 +556,7 @@ impl QuotaStore for RedisQuotaStore {
             reservation.period(),
             reservation.id(),
             reservation.made_at(),
-            if charge {
-                Settle::Charge
-            } else {
-                Settle::Release
-            },
+            Settle::of(charge),
         );
     }
 
