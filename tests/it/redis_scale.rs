@@ -31,8 +31,11 @@ type Svc = tower::util::BoxCloneService<
 >;
 
 /// One instance: rate limit, scan validation, concurrent scans and quota, all on `backend`'s
-/// Redis, with `rate` as its rate store, on `clock`.
+/// Redis, with `rate` as its rate store, on `clock`. Free runs 4 scans at a time here: the
+/// tests' handler frees a scan's slot in the background as it answers, and one scan at a
+/// time would race the next request against that release.
 fn instance<R: RateStore>(rate: R, backend: &RedisBackend, clock: &FakeClock) -> Svc {
+    let running = Plans::from_json(r#"{"plans": {"free": {"concurrent_scans": 4}}}"#).unwrap();
     let quota = RedisQuotaStore::new(backend.clone()).time_source(TimeSource::Caller);
     let slots = RedisSlotStore::new(backend.clone()).time_source(TimeSource::Caller);
     let clock = Arc::new(clock.clone());
@@ -44,7 +47,7 @@ fn instance<R: RateStore>(rate: R, backend: &RedisBackend, clock: &FakeClock) ->
         )
         .layer(ValidateScanRequestLayer::new())
         .layer(
-            ConcurrentScansLayer::new(Plans::default())
+            ConcurrentScansLayer::new(running)
                 .with_store(slots)
                 .clock(clock.clone()),
         )
