@@ -1,9 +1,11 @@
 //! A gRPC service (health, usage, create scan) behind `NatLayer`, next to a REST route on the
-//! same server, sharing each tenant's limits. Messages are declared with prost's derive, so
-//! no `.proto` compiler is needed; the API key travels in `x-api-key` metadata.
+//! same server, sharing each tenant's limits, without generated code: messages are declared
+//! with prost's derive and each method is an axum handler running tonic's codec. (The
+//! `grpc-demo` crate does the same with a tonic-generated service.) The API key travels in
+//! `x-api-key` metadata.
 //!
 //! ```text
-//! cargo run --example grpc --features axum
+//! cargo run --example grpc --features axum,tonic
 //! ```
 //!
 //! Refusals reach gRPC clients as statuses: `UNAUTHENTICATED` without a key,
@@ -13,15 +15,16 @@
 use axum::{
     Router,
     extract::{Request, State},
-    middleware::Next,
+    http::Method,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use prost::Message;
 use tonic::Status;
 use tonic_prost::ProstCodec;
 use tower_nat::{
-    NatError, NatLayer, auth::MemoryKeyStore, plan::Plan, plan::ScanKind, quota::UsageReader,
-    tenant::Tenant,
+    NatError, NatLayer, auth::MemoryKeyStore, grpc::GrpcRequestExt, plan::Plan, plan::ScanKind,
+    quota::UsageReader, scan_request::ValidateScanRequestLayer,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -47,6 +50,9 @@ struct UsageReply {
 struct CreateScanRequest {
     #[prost(string, tag = "1")]
     url: String,
+    /// "functional" (or empty), "security" or "full".
+    #[prost(string, tag = "2")]
+    mode: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -82,12 +88,7 @@ async fn usage(State(reader): State<UsageReader>, req: Request) -> Response {
     unary(req, move |r: tonic::Request<Empty>| {
         let reader = reader.clone();
         async move {
-            let tenant = r.extensions().get::<Tenant>().cloned();
-            let tenant = tenant.ok_or_else(|| Status::unauthenticated("no tenant"))?;
-            let usage = reader
-                .usage(&tenant)
-                .await
-                .map_err(|_| Status::internal("store"))?;
+            let usage = reader.usage(r.tenant()?).await.map_err(NatError::from)?;
             Ok(tonic::Response::new(UsageReply {
                 tenant_id: usage.tenant_id.to_string(),
                 scans_used: usage.scans_used,
@@ -100,8 +101,10 @@ async fn usage(State(reader): State<UsageReader>, req: Request) -> Response {
 
 async fn create_scan(req: Request) -> Response {
     unary(req, |r: tonic::Request<CreateScanRequest>| async move {
-        if r.get_ref().url.is_empty() {
-            return Err(Status::invalid_argument("url is required"));
+        // The slot of this scan: released here at once, as a real scanner would when the
+        // scan ends.
+        if let Some(slot) = r.scan_slot() {
+            slot.release();
         }
         Ok(tonic::Response::new(CreateScanReply {
             scan_id: "scan_0001".into(),
@@ -110,21 +113,20 @@ async fn create_scan(req: Request) -> Response {
     .await
 }
 
-/// The scan kind of a gRPC scan, from `x-scan-mode` metadata: the stack never reads the
-/// protobuf body.
-async fn scan_mode(mut req: Request, next: Next) -> Response {
-    let mode = req
-        .headers()
-        .get("x-scan-mode")
-        .and_then(|v| v.to_str().ok());
-    if let Some(mode) = mode {
-        let Some(kind) = ScanKind::from_mode(mode) else {
-            let message = "Invalid mode. Use functional, security or full.";
-            return NatError::invalid_request(message).into_grpc_response();
-        };
-        req.extensions_mut().insert(kind);
+/// The kind of a `CreateScan` call, read from its message: the stack hands the message's
+/// bytes to this reader and never guesses a kind.
+fn scan_kind(message: &[u8]) -> Result<ScanKind, NatError> {
+    let request = CreateScanRequest::decode(message)
+        .map_err(|_| NatError::invalid_request("Malformed CreateScan message."))?;
+    if request.url.is_empty() {
+        return Err(NatError::invalid_request("Missing required field: url."));
     }
-    next.run(req).await
+    match request.mode.as_str() {
+        "" => Ok(ScanKind::Functional),
+        mode => ScanKind::from_mode(mode).ok_or_else(|| {
+            NatError::invalid_request("Invalid mode. Use functional, security or full.")
+        }),
+    }
 }
 
 #[tokio::main]
@@ -132,25 +134,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = MemoryKeyStore::new();
     for plan in Plan::BUILT_IN {
         let tenant = format!("demo-{plan}");
-        keys.insert_tenant(tenant.as_str(), plan.clone());
+        keys.insert_tenant(tenant.as_str(), plan.clone()).unwrap();
         let issued = keys.issue_key(&tenant, None).expect("the tenant exists");
         println!("{plan} key: {}", issued.key.expose());
     }
-    let nat = NatLayer::new(keys).exempt("/nat.v1.Health/Check");
+    let nat = NatLayer::new(keys)
+        .exempt("/nat.v1.Health/Check")
+        .scan_validation(
+            ValidateScanRequestLayer::new()
+                .route(Method::POST, "/api/v1/scan")
+                .grpc_route("/nat.v1.Nat/CreateScan", scan_kind),
+        );
+    // No fallback: an unknown gRPC method is UNIMPLEMENTED, an unknown REST path a JSON 404.
     let app = Router::new()
         .route("/nat.v1.Health/Check", post(health))
         .route("/nat.v1.Nat/Usage", post(usage))
-        .route(
-            "/nat.v1.Nat/CreateScan",
-            post(create_scan)
-                .route_layer(nat.scan_creation())
-                .route_layer(axum::middleware::from_fn(scan_mode)),
-        )
+        .route("/nat.v1.Nat/CreateScan", post(create_scan))
         .route(
             "/api/v1/usage",
             get(|| async { "REST and gRPC share the limits" }),
         )
-        .fallback(|| async { NatError::not_found().into_grpc_response::<axum::body::Body>() })
         .with_state(nat.usage_reader())
         .layer(nat);
     let addr = std::env::var("NAT_ADDR").unwrap_or_else(|_| "127.0.0.1:50051".into());
@@ -160,10 +163,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener.local_addr()?
     );
     println!("try: grpcurl -plaintext -H 'x-api-key: <key>' ... nat.v1.Nat/Usage");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    // With the client's address, so failed authentication is throttled per address.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }

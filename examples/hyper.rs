@@ -74,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = MemoryKeyStore::new();
     for plan in Plan::BUILT_IN {
         let tenant = format!("demo-{plan}");
-        keys.insert_tenant(tenant.as_str(), plan.clone());
+        keys.insert_tenant(tenant.as_str(), plan.clone()).unwrap();
         let key = keys.issue_key(&tenant, None).expect("tenant exists");
         println!("{plan} key: {}", key.key.expose());
     }

@@ -154,7 +154,7 @@ fn main() {
         let keys: Vec<String> = (0..TENANTS)
             .map(|i| {
                 let id = format!("tenant-{i}");
-                store.insert_tenant(id.as_str(), Plan::ENTERPRISE);
+                store.insert_tenant(id.as_str(), Plan::ENTERPRISE).unwrap();
                 store.issue_key(&id, None).unwrap().key.expose().to_owned()
             })
             .collect();

@@ -67,7 +67,7 @@ async fn main() {
             let mut file = std::fs::File::create(key_file).expect("the key file can be written");
             for i in 0..TENANTS {
                 let id = format!("tenant-{i:04}");
-                keys.insert_tenant(id.as_str(), Plan::ENTERPRISE);
+                keys.insert_tenant(id.as_str(), Plan::ENTERPRISE).unwrap();
                 let key = keys.issue_key(&id, None).unwrap().key;
                 writeln!(file, "{}", key.expose()).unwrap();
             }

@@ -55,9 +55,8 @@ use http::Request;
 use tower_layer::Layer;
 
 use crate::{
+    engine::{Decision, Never, Policy, PolicyService, Rejection, Reported},
     error::NatError,
-    gate::Gate,
-    guard::Rejection,
     path::{Routes, client_path},
 };
 
@@ -67,26 +66,28 @@ pub const DEFAULT_BILLING_PREFIX: &str = "/api/v1/billing";
 /// Applies [`BillingConfigured`] to a service.
 #[derive(Clone, Debug)]
 pub struct BillingConfiguredLayer {
-    gate: BillingCheck,
-}
-
-/// What [`BillingConfigured`] checks: whether billing is configured, and which requests are
-/// billing requests.
-#[derive(Clone, Debug)]
-pub struct BillingCheck {
-    configured: bool,
-    // `None`: every request the layer sees.
-    prefixes: Option<Arc<Routes>>,
+    config: Config,
     shadow: bool,
 }
 
-impl BillingConfiguredLayer {
-    /// What this layer decides with (for the stack, which decides in one service).
-    #[inline]
-    pub(crate) fn check(&self) -> &BillingCheck {
-        &self.gate
-    }
+pub(crate) use check::BillingCheck as Config;
 
+mod check {
+    use std::sync::Arc;
+
+    use crate::path::Routes;
+
+    /// Whether billing is configured, and which requests are billing requests: how
+    /// [`BillingConfigured`](super::BillingConfigured) decides.
+    #[derive(Clone, Debug)]
+    pub struct BillingCheck {
+        pub(crate) configured: bool,
+        // `None`: every request the layer sees.
+        pub(crate) prefixes: Option<Arc<Routes>>,
+    }
+}
+
+impl BillingConfiguredLayer {
     /// Reads `STRIPE_SECRET_KEY` and `STRIPE_WEBHOOK_SECRET` from the environment, once.
     pub fn from_env() -> Self {
         let secret = std::env::var("STRIPE_SECRET_KEY").ok();
@@ -105,11 +106,11 @@ impl BillingConfiguredLayer {
     /// `/api/v1/billing`.
     pub fn new(configured: bool) -> Self {
         Self {
-            gate: BillingCheck {
+            config: Config {
                 configured,
                 prefixes: None,
-                shadow: false,
             },
+            shadow: false,
         }
         .prefix(DEFAULT_BILLING_PREFIX)
     }
@@ -120,7 +121,7 @@ impl BillingConfiguredLayer {
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         let mut prefixes = Routes::default();
         prefixes.add_prefix(prefix);
-        self.gate.prefixes = Some(Arc::new(prefixes));
+        self.config.prefixes = Some(Arc::new(prefixes));
         self
     }
 
@@ -128,7 +129,7 @@ impl BillingConfiguredLayer {
     /// billing routes themselves.
     #[must_use]
     pub fn every_request(mut self) -> Self {
-        self.gate.prefixes = None;
+        self.config.prefixes = None;
         self
     }
 
@@ -137,69 +138,69 @@ impl BillingConfiguredLayer {
     /// lets every request through untouched. For rolling out new limits on live traffic.
     #[must_use]
     pub fn shadow(mut self, on: bool) -> Self {
-        self.gate.shadow = on;
+        self.shadow = on;
         self
     }
 
     /// Whether billing is configured.
     pub fn is_configured(&self) -> bool {
-        self.gate.configured
+        self.config.configured
+    }
+
+    /// What the layer checks (for a stack, which keeps its own shadow mode).
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
     }
 }
 
-impl Gate for BillingCheck {
-    const LAYER: &'static str = "billing";
-
-    #[inline]
-    fn shadow(&self) -> bool {
-        self.shadow
+impl Config {
+    /// The policy, reported, enforced unless `shadow`.
+    pub(crate) fn policy(&self, shadow: bool) -> Reported<Config> {
+        Reported::new(self.clone(), "billing", shadow)
     }
+}
+
+impl<B> Policy<B> for Config {
+    type Pass = ();
+    type Later = Never;
 
     #[inline(always)]
-    fn check<B>(&self, req: &Request<B>) -> Result<(), Rejection> {
+    fn decide(&self, req: &mut Request<B>) -> Decision<(), Never> {
         if self.configured {
-            return Ok(());
+            return Decision::Pass(());
         }
         let billing = match &self.prefixes {
             None => true,
             Some(prefixes) => prefixes.matches_prefix_ignore_case(client_path(req)),
         };
         if billing {
-            Err(not_configured())
+            Decision::refuse(not_configured())
         } else {
-            Ok(())
+            Decision::Pass(())
         }
+    }
+
+    fn resume(&self, never: std::convert::Infallible, _: &mut Request<B>) -> Decision<(), Never> {
+        match never {}
     }
 }
 
 #[cold]
 fn not_configured() -> Rejection {
-    let error = NatError::StripeNotConfigured;
-    error.report(None, "billing route while Stripe is not configured");
-    error.into()
+    Rejection::new(
+        NatError::StripeNotConfigured,
+        "billing route while Stripe is not configured",
+    )
 }
+
+/// Answers 503 `STRIPE_NOT_CONFIGURED` on billing routes when billing is not configured. See
+/// the [module docs](self).
+pub type BillingConfigured<S> = PolicyService<S, Reported<Config>>;
 
 impl<S> Layer<S> for BillingConfiguredLayer {
     type Service = BillingConfigured<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BillingConfigured {
-            inner,
-            gate: self.gate.clone(),
-        }
+        PolicyService::new(inner, Arc::new(self.config.policy(self.shadow)))
     }
 }
-
-/// Answers 503 `STRIPE_NOT_CONFIGURED` on billing routes when billing is not configured. See
-/// the [module docs](self).
-#[derive(Clone, Debug)]
-pub struct BillingConfigured<S> {
-    inner: S,
-    gate: BillingCheck,
-}
-
-impl<S> BillingConfigured<S> {
-    crate::inner_accessors!();
-}
-
-crate::gate::gated_service!(impl<> for BillingConfigured<S>, gate = BillingCheck);

@@ -178,6 +178,66 @@ impl fmt::Display for UtcDate {
     }
 }
 
+/// An instant (time since the Unix epoch) as `YYYY-MM-DDTHH:MM:SSZ` (whole seconds).
+pub fn rfc3339(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let date = UtcDate::from_unix(since_epoch);
+    let of_day = secs % 86_400;
+    format!(
+        "{date}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// An instant written `YYYY-MM-DDTHH:MM:SSZ` (or with `+00:00`, and a fraction of a second,
+/// which is kept), as time since the Unix epoch; `None` for anything else, or before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<Duration> {
+    let text = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))?;
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-');
+    let number = |s: Option<&str>, len: usize| {
+        s.filter(|s| s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u32>().ok())
+    };
+    let year = number(d.next(), 4)?;
+    let month = number(d.next(), 2)?;
+    let day = number(d.next(), 2)?;
+    let (clock, fraction) = match time.split_once('.') {
+        Some((clock, fraction)) => (clock, Some(fraction)),
+        None => (time, None),
+    };
+    let mut t = clock.splitn(3, ':');
+    let (h, m, sec) = (
+        number(t.next(), 2)?,
+        number(t.next(), 2)?,
+        number(t.next(), 2)?,
+    );
+    if h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
+    let date = UtcDate::new(
+        i32::try_from(year).ok()?,
+        u8::try_from(month).ok()?,
+        u8::try_from(day).ok()?,
+    )?;
+    if date.year() < 1970 {
+        return None;
+    }
+    let nanos = match fraction {
+        None => 0,
+        Some(f) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) => {
+            f.parse::<u32>().ok()? * 10u32.pow(9 - f.len() as u32)
+        }
+        Some(_) => return None,
+    };
+    let secs = date.unix_seconds() + u64::from(h) * 3600 + u64::from(m) * 60 + u64::from(sec);
+    Some(Duration::new(secs, nanos))
+}
+
 fn is_leap(year: i32) -> bool {
     (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
 }
@@ -234,6 +294,31 @@ mod tests {
                     ..date
                 }
             };
+        }
+    }
+
+    #[test]
+    fn instants_in_rfc3339() {
+        let at = Duration::from_secs(UtcDate::new(2026, 3, 1).unwrap().unix_seconds() + 3_723);
+        assert_eq!(rfc3339(at), "2026-03-01T01:02:03Z");
+        assert_eq!(parse_rfc3339("2026-03-01T01:02:03Z"), Some(at));
+        assert_eq!(parse_rfc3339("2026-03-01T01:02:03+00:00"), Some(at));
+        assert_eq!(
+            parse_rfc3339("2026-03-01T01:02:03.5Z"),
+            Some(at + Duration::from_millis(500))
+        );
+        for bad in [
+            "",
+            "2026-03-01",
+            "2026-03-01T01:02:03",
+            "2026-02-30T00:00:00Z",
+            "2026-03-01T24:00:00Z",
+            "2026-03-01T01:02:03+01:00",
+            "1969-12-31T23:59:59Z",
+            "2026-3-01T01:02:03Z",
+            "2026-03-01T01:02:03.Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
 

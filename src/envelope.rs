@@ -14,6 +14,14 @@
 //! | any other 4xx | the same status, `INVALID_REQUEST` with the framework's explanation |
 //! | any 5xx | 500 `INTERNAL_ERROR`, nothing of the original body (reported at `ERROR`) |
 //!
+//! A gRPC call ([`is_grpc_media`](crate::grpc::is_grpc_media), or a forced
+//! [`ErrorFormat`](crate::grpc::ErrorFormat)) gets a trailers-only gRPC status instead of
+//! JSON for every error answer that is not gRPC already: an unrouted path or a wrong method
+//! is `UNIMPLEMENTED` (12); a handler's JSON envelope keeps its code (in `x-nat-error`) and
+//! message, with the status of its HTTP status ([`crate::grpc`]'s table); any other 4xx is
+//! `INVALID_ARGUMENT` with the framework's explanation; any 5xx `INTERNAL`. gRPC answers
+//! (HTTP 200 with a `grpc-status`) pass untouched.
+//!
 //! The framework's explanation is its body's first 1 KiB, its printable characters only, at
 //! most 200 of them (a generic sentence for the status when that leaves nothing). Headers
 //! survive (`Allow`, `Retry-After`, `X-RateLimit-*`, CORS), except the body's own:
@@ -68,7 +76,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{body::NatBody, error::NatError, headers::number, report};
+use crate::{engine::NatBody, error::NatError, headers::number, report};
 
 /// How much of a framework's error body is read for its explanation.
 const READ_LIMIT: usize = 1024;
@@ -141,12 +149,13 @@ where
 
     #[inline(always)]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // gRPC needs no exception here: refusals and gRPC servers' own statuses are HTTP 200,
-        // which pass; a gRPC client maps any other HTTP status by itself.
+        // A gRPC call's errors are answered as gRPC statuses (its client reads no JSON).
+        let grpc = self.enabled && crate::grpc::wants_grpc(&req);
         ResponseFuture {
             state: State::Inner {
                 future: self.inner.call(req),
                 enabled: self.enabled,
+                grpc,
             },
         }
     }
@@ -156,8 +165,11 @@ where
 enum Action {
     Pass,
     Replace(NatError),
-    /// Read the body for the framework's explanation, then answer with this status.
+    /// Read the body for the framework's explanation (or, for a gRPC call, a handler's JSON
+    /// envelope), then answer with this status.
     Explain(StatusCode),
+    /// A gRPC call to a method the server does not have: `UNIMPLEMENTED`.
+    Unimplemented(StatusCode),
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -176,8 +188,24 @@ fn is_json(headers: &HeaderMap) -> bool {
             || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
-fn classify(status: StatusCode, headers: &HeaderMap) -> Action {
-    if !(status.is_client_error() || status.is_server_error()) || is_json(headers) {
+fn classify(status: StatusCode, headers: &HeaderMap, grpc: bool) -> Action {
+    if !(status.is_client_error() || status.is_server_error()) {
+        return Action::Pass;
+    }
+    if grpc {
+        if crate::grpc::is_grpc_answer(headers) {
+            return Action::Pass;
+        }
+        if status.is_server_error() {
+            return Action::Replace(NatError::Internal);
+        }
+        if is_json(headers) {
+            return Action::Explain(status);
+        }
+        if matches!(status.as_u16(), 404 | 405) {
+            return Action::Unimplemented(status);
+        }
+    } else if is_json(headers) {
         return Action::Pass;
     }
     match status {
@@ -239,30 +267,220 @@ fn explanation(status: StatusCode, original: StatusCode, body: &[u8]) -> String 
     }
 }
 
+/// Removes the headers of the body `parts` described.
+fn strip_body_headers(headers: &mut HeaderMap) {
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+}
+
+/// Reports a response put in the envelope (`error`: as that error).
+fn report_replaced(original: StatusCode, error_code: &str, error: Option<&NatError>) {
+    let (code, status, reason) = match error {
+        _ if original.is_server_error() => (
+            error_code,
+            original.as_u16(),
+            "the inner service answered 5xx",
+        ),
+        Some(error) => (
+            error.code(),
+            error.status().as_u16(),
+            "a framework's error answer, put in the envelope",
+        ),
+        None => (
+            error_code,
+            original.as_u16(),
+            "a gRPC call's error answer, put in a gRPC status",
+        ),
+    };
+    report::rejection(code, status, None, "envelope", reason);
+}
+
 /// The envelope for `error`, keeping `parts`' headers except the body's own.
 fn envelope<B>(mut parts: Parts, error: &NatError) -> Response<NatBody<B>> {
     let original = parts.status;
     let bytes = error.body();
     parts.status = error.status();
     let headers = &mut parts.headers;
-    headers.remove(header::CONTENT_ENCODING);
-    headers.remove(header::TRANSFER_ENCODING);
+    strip_body_headers(headers);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CONTENT_LENGTH, number(bytes.len() as u64));
-    if original.is_server_error() {
-        report::rejection(
-            error.code(),
-            original.as_u16(),
-            None,
-            "the inner service answered 5xx",
-        );
-    } else {
-        error.report(None, "a framework's error answer, put in the envelope");
-    }
+    report_replaced(original, error.code(), Some(error));
     Response::from_parts(parts, NatBody::rejection(bytes))
+}
+
+/// A trailers-only gRPC status (HTTP 200, no body) in place of an error answer to a gRPC
+/// call, keeping `parts`' headers except the body's own.
+fn grpc_status<B>(
+    mut parts: Parts,
+    code: u16,
+    message: &str,
+    nat: HeaderValue,
+) -> Response<NatBody<B>> {
+    let original = parts.status;
+    report_replaced(original, nat.to_str().unwrap_or("INVALID_REQUEST"), None);
+    parts.status = StatusCode::OK;
+    strip_body_headers(&mut parts.headers);
+    crate::grpc::write_status(&mut parts.headers, code, message, nat);
+    Response::from_parts(parts, NatBody::rejection(bytes::Bytes::new()))
+}
+
+/// `error` as a gRPC status.
+fn grpc_error<B>(parts: Parts, error: &NatError) -> Response<NatBody<B>> {
+    let nat = HeaderValue::from_static(error.code());
+    grpc_status(
+        parts,
+        crate::grpc::status_code(error),
+        &error.message(),
+        nat,
+    )
+}
+
+/// A handler's JSON error envelope (`{"error": CODE, "message": ...}`), read from its first
+/// bytes: its code (upper-case letters and `_`, at most 64) and printable message.
+fn read_envelope(body: &[u8]) -> Option<(HeaderValue, String)> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: String,
+        message: String,
+    }
+    let envelope: Envelope = serde_json::from_slice(body).ok()?;
+    let code_ok = (1..=64).contains(&envelope.error.len())
+        && envelope
+            .error
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'_');
+    if !code_ok {
+        return None;
+    }
+    let code = HeaderValue::from_str(&envelope.error).ok()?;
+    Some((code, printable(&envelope.message, MESSAGE_LIMIT)))
+}
+
+/// What the envelope makes of a response: the answer, or a body to read first.
+pub(crate) enum Enveloped<Bd, X> {
+    /// The answer.
+    Done(Response<NatBody<X>>),
+    /// A framework's error body to read for its explanation (boxed: rare, and large).
+    Explain(Pin<Box<Explaining<Bd>>>),
+}
+
+/// Puts `response` in the envelope, or in a gRPC status for a gRPC call (`grpc`); `wrap`
+/// makes the body of a response that passes as it is.
+#[inline]
+pub(crate) fn envelope_response<Bd, X>(
+    response: Response<Bd>,
+    grpc: bool,
+    wrap: impl FnOnce(Bd) -> NatBody<X>,
+) -> Enveloped<Bd, X> {
+    let answer = |response: Response<Bd>, error: &NatError| {
+        let (parts, _) = response.into_parts();
+        if grpc {
+            grpc_error(parts, error)
+        } else {
+            envelope(parts, error)
+        }
+    };
+    match classify(response.status(), response.headers(), grpc) {
+        // Scrubbed whatever the request said it was: a gRPC server answers a call with any
+        // content type, and its decoder's words must not reach the client either way.
+        Action::Pass if grpc || crate::grpc::is_grpc_answer(response.headers()) => {
+            Enveloped::Done(scrub_grpc(response.map(wrap)))
+        }
+        Action::Pass => Enveloped::Done(response.map(wrap)),
+        Action::Replace(error) => Enveloped::Done(answer(response, &error)),
+        Action::Unimplemented(status) => {
+            let (parts, _) = response.into_parts();
+            let (message, nat) = if status == StatusCode::NOT_FOUND {
+                ("Method not found.", "NOT_FOUND")
+            } else {
+                ("Method not allowed.", "INVALID_REQUEST")
+            };
+            let nat = HeaderValue::from_static(nat);
+            let code = crate::grpc::UNIMPLEMENTED;
+            Enveloped::Done(grpc_status(parts, code, message, nat))
+        }
+        Action::Explain(status) => {
+            let (parts, body) = response.into_parts();
+            Enveloped::Explain(Box::pin(Explaining {
+                body,
+                parts: Some(parts),
+                status,
+                grpc,
+                buf: Vec::new(),
+            }))
+        }
+    }
+}
+
+/// A gRPC answer to a gRPC call, with the message of an `INTERNAL` or `UNKNOWN` status
+/// rewritten to the generic one: in its headers, or in its trailers when they carry the
+/// status.
+fn scrub_grpc<X>(mut response: Response<NatBody<X>>) -> Response<NatBody<X>> {
+    let headers = response.headers_mut();
+    if headers.contains_key(crate::grpc::GRPC_STATUS) {
+        crate::grpc::scrub(headers);
+        return response;
+    }
+    match headers.get(header::CONTENT_TYPE) {
+        Some(media) if crate::grpc::is_grpc_media(media) => response.map(NatBody::scrubbed),
+        _ => response,
+    }
+}
+
+pin_project! {
+    /// A framework's error body being read for its explanation.
+    pub(crate) struct Explaining<Bd> {
+        #[pin]
+        body: Bd,
+        parts: Option<Parts>,
+        status: StatusCode,
+        grpc: bool,
+        buf: Vec<u8>,
+    }
+}
+
+impl<Bd: Body> Explaining<Bd> {
+    /// Reads the body's first bytes (a failing body explains nothing: the status still
+    /// does), then answers with the envelope.
+    pub(crate) fn poll_explained<X>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Response<NatBody<X>>> {
+        let mut this = self.project();
+        while this.buf.len() < READ_LIMIT {
+            match ready!(this.body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() && this.buf.len() < READ_LIMIT {
+                            let chunk = data.chunk();
+                            let n = chunk.len().min(READ_LIMIT - this.buf.len());
+                            this.buf.extend_from_slice(&chunk[..n]);
+                            data.advance(n);
+                        }
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        let parts = this.parts.take().expect("polled after completion");
+        if *this.grpc {
+            if let Some((nat, message)) = read_envelope(this.buf) {
+                let code = crate::grpc::code_for_status(parts.status);
+                return Poll::Ready(grpc_status(parts, code, &message, nat));
+            }
+        }
+        let message = explanation(*this.status, parts.status, this.buf);
+        let error = NatError::rejected(*this.status, message);
+        Poll::Ready(if *this.grpc {
+            grpc_error(parts, &error)
+        } else {
+            envelope(parts, &error)
+        })
+    }
 }
 
 pin_project! {
@@ -276,21 +494,8 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B> {
-        Inner { #[pin] future: F, enabled: bool },
-        // Boxed: rare, and large; the future of every other response stays small.
+        Inner { #[pin] future: F, enabled: bool, grpc: bool },
         Explain { explaining: Pin<Box<Explaining<B>>> },
-    }
-}
-
-pin_project! {
-    /// A framework's error body being read for its explanation.
-    #[project = ExplainingProj]
-    struct Explaining<B> {
-        #[pin]
-        body: B,
-        parts: Option<Parts>,
-        status: StatusCode,
-        buf: Vec<u8>,
     }
 }
 
@@ -303,63 +508,30 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let next = match self.as_mut().project().state.project() {
-                StateProj::Inner { future, enabled } => {
-                    let response = ready!(future.poll(cx))?;
-                    if !*enabled {
-                        return Poll::Ready(Ok(response.map(NatBody::new)));
-                    }
-                    match classify(response.status(), response.headers()) {
-                        Action::Pass => return Poll::Ready(Ok(response.map(NatBody::new))),
-                        Action::Replace(error) => {
-                            let (parts, _) = response.into_parts();
-                            return Poll::Ready(Ok(envelope(parts, &error)));
-                        }
-                        Action::Explain(status) => {
-                            let (parts, body) = response.into_parts();
-                            State::Explain {
-                                explaining: Box::pin(Explaining {
-                                    body,
-                                    parts: Some(parts),
-                                    status,
-                                    buf: Vec::new(),
-                                }),
-                            }
-                        }
-                    }
+        let explaining = match self.as_mut().project().state.project() {
+            StateProj::Inner {
+                future,
+                enabled,
+                grpc,
+            } => {
+                let response = ready!(future.poll(cx))?;
+                if !*enabled {
+                    return Poll::Ready(Ok(response.map(NatBody::new)));
                 }
-                StateProj::Explain { explaining } => {
-                    let ExplainingProj {
-                        mut body,
-                        parts,
-                        status,
-                        buf,
-                    } = explaining.as_mut().project();
-                    while buf.len() < READ_LIMIT {
-                        match ready!(body.as_mut().poll_frame(cx)) {
-                            Some(Ok(frame)) => {
-                                if let Ok(mut data) = frame.into_data() {
-                                    while data.has_remaining() && buf.len() < READ_LIMIT {
-                                        let chunk = data.chunk();
-                                        let n = chunk.len().min(READ_LIMIT - buf.len());
-                                        buf.extend_from_slice(&chunk[..n]);
-                                        data.advance(n);
-                                    }
-                                }
-                            }
-                            // An unreadable body explains nothing; the status still does.
-                            Some(Err(_)) | None => break,
-                        }
-                    }
-                    let parts = parts.take().expect("polled after completion");
-                    let message = explanation(*status, parts.status, buf);
-                    let error = NatError::rejected(*status, message);
-                    return Poll::Ready(Ok(envelope(parts, &error)));
+                match envelope_response(response, *grpc, NatBody::new) {
+                    Enveloped::Done(response) => return Poll::Ready(Ok(response)),
+                    Enveloped::Explain(explaining) => explaining,
                 }
-            };
-            self.as_mut().project().state.set(next);
-        }
+            }
+            StateProj::Explain { explaining } => {
+                return explaining.as_mut().poll_explained(cx).map(Ok);
+            }
+        };
+        self.as_mut()
+            .project()
+            .state
+            .set(State::Explain { explaining });
+        self.poll(cx)
     }
 }
 

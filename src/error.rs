@@ -6,12 +6,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::{
-    body::NatBody,
     clock::UtcDate,
+    engine::NatBody,
     headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, number},
     plan::{Feature, Plan},
     report,
-    tenant::TenantId,
 };
 
 /// The 401 body: the same bytes for every cause.
@@ -277,14 +276,6 @@ impl NatError {
         }
         response
     }
-
-    /// Reports this rejection as a `tracing` event (target `tower_nat`): its code, status and
-    /// the tenant where known, plus a short internal `reason` that never reaches the client.
-    /// Keys are never part of it. Refusals a client caused are `DEBUG` events, so a flood of
-    /// bad requests is not a flood of logs; 500s are `ERROR` events, sampled.
-    pub(crate) fn report(&self, tenant: Option<&TenantId>, reason: &'static str) {
-        report::rejection(self.code(), self.status().as_u16(), tenant, reason);
-    }
 }
 
 fn envelope_start(code: &str, message: &str) -> String {
@@ -357,5 +348,17 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&*self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn store_errors_show_their_causes_only_when_asked() {
+        let store = StoreError::new(std::io::Error::other("connection refused"));
+        assert_eq!(format!("{store:#}"), "store error: connection refused");
+        assert_eq!(format!("{store}"), "store error");
     }
 }

@@ -51,44 +51,28 @@ use http::Request;
 use tower_layer::Layer;
 
 use crate::{
+    common::{Common, common_setters, tenant_limits},
+    engine::{Decision, Never, Policy, PolicyService, Rejection, Reported},
     error::NatError,
-    gate::Gate,
-    guard::Rejection,
     plan::{Feature, Plan, Plans, ScanKind},
-    tenant::{Caller, Tenant, TenantId},
+    tenant::Tenant,
 };
 
 /// Applies [`FeatureGate`] to a service.
 #[derive(Clone, Debug)]
 pub struct FeatureGateLayer {
-    gate: FeatureCheck,
-}
-
-/// What [`FeatureGate`] checks: which feature a request needs, against the plan table.
-#[derive(Clone, Debug)]
-pub struct FeatureCheck {
     // `None`: the feature the request's scan kind needs.
     feature: Option<Feature>,
-    plans: Arc<Plans>,
-    shadow: bool,
+    common: Common,
 }
 
 impl FeatureGateLayer {
-    /// What this layer decides with (for the stack, which decides in one service).
-    #[inline]
-    pub(crate) fn check(&self) -> &FeatureCheck {
-        &self.gate
-    }
-
     /// Gates scan creation by scan kind: `security` and `full` need
     /// [`Feature::SECURITY_SCANNING`].
     pub fn scans(plans: impl Into<Arc<Plans>>) -> Self {
         Self {
-            gate: FeatureCheck {
-                feature: None,
-                plans: plans.into(),
-                shadow: false,
-            },
+            feature: None,
+            common: Common::new(plans),
         }
     }
 
@@ -96,101 +80,100 @@ impl FeatureGateLayer {
     /// [`Plans::feature`]).
     pub fn require(feature: Feature, plans: impl Into<Arc<Plans>>) -> Self {
         Self {
-            gate: FeatureCheck {
-                feature: Some(feature),
-                plans: plans.into(),
-                shadow: false,
-            },
+            feature: Some(feature),
+            common: Common::new(plans),
         }
     }
 
-    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
-    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
-    /// lets every request through untouched. For rolling out new limits on live traffic.
-    #[must_use]
-    pub fn shadow(mut self, on: bool) -> Self {
-        self.gate.shadow = on;
-        self
+    /// A gate with the stack's plans and shadow mode.
+    pub(crate) fn with_common(feature: Option<Feature>, common: Common) -> Self {
+        Self { feature, common }
+    }
+
+    common_setters!(shadow);
+
+    /// The policy, reported.
+    pub(crate) fn policy(&self) -> Reported<Gate> {
+        Gate::new(self.feature.clone(), &self.common)
     }
 }
 
-impl Gate for FeatureCheck {
-    const LAYER: &'static str = "feature_gate";
+pub(crate) use gate::Gate;
 
-    #[inline]
-    fn shadow(&self) -> bool {
-        self.shadow
+mod gate {
+    use std::sync::Arc;
+
+    use crate::plan::{Feature, Plans};
+
+    /// What [`FeatureGate`](super::FeatureGate) checks: which feature a request needs,
+    /// against the plan table.
+    #[derive(Clone, Debug)]
+    pub struct Gate {
+        // `None`: the feature the request's scan kind needs.
+        pub(crate) feature: Option<Feature>,
+        pub(crate) plans: Arc<Plans>,
     }
+}
 
-    #[inline(always)]
-    fn check<B>(&self, req: &Request<B>) -> Result<(), Rejection> {
-        let needed = match &self.feature {
-            Some(feature) => feature,
-            None => match req.extensions().get::<ScanKind>() {
-                Some(ScanKind::Security | ScanKind::Full) => &Feature::SECURITY_SCANNING,
-                Some(ScanKind::Functional) | None => return Ok(()),
-            },
+impl Gate {
+    /// The gate for `feature` (`None`: the scan kind's), reported.
+    pub(crate) fn new(feature: Option<Feature>, common: &Common) -> Reported<Gate> {
+        let gate = Gate {
+            feature,
+            plans: common.plans.clone(),
         };
-        match Caller::of(req.extensions()) {
-            Caller::Tenant(tenant) => match self.plans.limits(tenant) {
-                Some(limits) if limits.has(needed) => Ok(()),
-                limits => Err(self.refuse(tenant, needed, limits.map(|l| l.plan()))),
-            },
-            Caller::Exempt => Ok(()),
-            Caller::Unknown => Err(refuse(
-                None,
-                NatError::Unauthorized,
-                "no tenant in the request (feature gate fails closed)",
-            )),
-        }
+        Reported::new(gate, "feature_gate", common.shadow)
     }
-}
 
-impl FeatureCheck {
-    /// The refusal of `tenant`, whose plan (`None`: not in the table) lacks `needed`.
+    /// The refusal of `tenant`, whose plan lacks `needed`.
     #[cold]
-    fn refuse(&self, tenant: &Tenant, needed: &Feature, plan: Option<&Plan>) -> Rejection {
-        let Some(plan) = plan else {
-            let reason = "the tenant's plan is not in the plan table";
-            return refuse(Some(tenant.id()), NatError::Internal, reason);
-        };
+    fn refuse(&self, tenant: &Tenant, needed: &Feature, plan: &Plan) -> Rejection {
         // The table's own names, display names included.
         let feature = self.plans.feature(needed.name()).unwrap_or(needed).clone();
         let error = NatError::FeatureNotAvailable {
             feature,
             plan: plan.clone(),
         };
-        refuse(Some(tenant.id()), error, "plan lacks the feature")
+        Rejection::new(error, "plan lacks the feature").tenant(tenant.id())
     }
 }
 
-#[cold]
-fn refuse(tenant: Option<&TenantId>, error: NatError, reason: &'static str) -> Rejection {
-    error.report(tenant, reason);
-    error.into()
-}
+impl<B> Policy<B> for Gate {
+    type Pass = ();
+    type Later = Never;
 
-impl<S> Layer<S> for FeatureGateLayer {
-    type Service = FeatureGate<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        FeatureGate {
-            inner,
-            gate: self.gate.clone(),
+    #[inline(always)]
+    fn decide(&self, req: &mut Request<B>) -> Decision<(), Never> {
+        let needed = match &self.feature {
+            Some(feature) => feature,
+            None => match req.extensions().get::<ScanKind>() {
+                Some(ScanKind::Security | ScanKind::Full) => &Feature::SECURITY_SCANNING,
+                Some(ScanKind::Functional) | None => return Decision::Pass(()),
+            },
+        };
+        match tenant_limits(req, &self.plans) {
+            Ok(Some((_, limits))) if limits.has(needed) => Decision::Pass(()),
+            Ok(Some((tenant, limits))) => {
+                Decision::refuse(self.refuse(tenant, needed, limits.plan()))
+            }
+            Ok(None) => Decision::Pass(()),
+            Err(rejection) => Decision::refuse(rejection),
         }
+    }
+
+    fn resume(&self, never: std::convert::Infallible, _: &mut Request<B>) -> Decision<(), Never> {
+        match never {}
     }
 }
 
 /// Answers 403 `FEATURE_NOT_AVAILABLE` when the tenant's plan lacks a needed feature. See the
 /// [module docs](self).
-#[derive(Clone, Debug)]
-pub struct FeatureGate<S> {
-    inner: S,
-    gate: FeatureCheck,
-}
+pub type FeatureGate<S> = PolicyService<S, Reported<Gate>>;
 
-impl<S> FeatureGate<S> {
-    crate::inner_accessors!();
-}
+impl<S> Layer<S> for FeatureGateLayer {
+    type Service = FeatureGate<S>;
 
-crate::gate::gated_service!(impl<> for FeatureGate<S>, gate = FeatureCheck);
+    fn layer(&self, inner: S) -> Self::Service {
+        PolicyService::new(inner, Arc::new(self.policy()))
+    }
+}

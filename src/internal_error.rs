@@ -2,8 +2,11 @@
 //! 500 `INTERNAL_ERROR` envelope.
 //!
 //! Nothing of the error or the panic reaches the client: the error's text is reported through
-//! `tracing` (target `tower_nat`, level `error`, sampled), and the panic payload too when it
-//! is a string. (Rust's panic hook still prints panics to stderr unless the server replaces it.)
+//! `tracing` (target `tower_nat`, level `error`, sampled). A panic is reported without its
+//! message, since panic messages may carry secrets (`expect` on a value holding a password);
+//! [`InternalErrorGuardLayer::panic_messages`] logs the message too, a choice for servers
+//! whose panics say nothing secret. (Rust's panic hook still prints panics to stderr, message
+//! included, unless the server replaces it: see SECURITY.md.)
 //! The guard's own error type is [`Infallible`], so it also adapts fallible services to
 //! frameworks such as axum that need infallible ones.
 //!
@@ -42,8 +45,7 @@ use std::{
     future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use http::{Request, Response};
@@ -51,21 +53,15 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{
-    body::{NatBody, wrap},
-    error::NatError,
-    guard::Refused,
-    metrics::{Outcome, Requests},
-    report,
-};
+use crate::{engine::NatBody, error::NatError, report};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Applies [`InternalErrorGuard`] to a service.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InternalErrorGuardLayer {
-    // Counts requests into `nat_requests_total` (the outermost guard of `NatLayer`).
-    count: bool,
+    // Logs panic messages.
+    panic_messages: bool,
 }
 
 impl InternalErrorGuardLayer {
@@ -74,9 +70,12 @@ impl InternalErrorGuardLayer {
         Self::default()
     }
 
-    /// Counts every request's outcome into `nat_requests_total`, as `NatLayer` does.
-    pub(crate) fn counting(mut self) -> Self {
-        self.count = true;
+    /// Whether a panic's message (when it is a string) is part of its `ERROR` event (off by
+    /// default: a panic message may carry a secret, and logs are read by more people than
+    /// the secret's owner). The client never sees it either way.
+    #[must_use]
+    pub fn panic_messages(mut self, log: bool) -> Self {
+        self.panic_messages = log;
         self
     }
 }
@@ -88,7 +87,7 @@ impl<S> Layer<S> for InternalErrorGuardLayer {
         InternalErrorGuard {
             inner,
             not_ready: false,
-            count: self.count.then(|| Arc::new(Requests::register())),
+            panic_messages: self.panic_messages,
         }
     }
 }
@@ -100,7 +99,7 @@ pub struct InternalErrorGuard<S> {
     inner: S,
     // The inner service failed to become ready: the next call answers 500 without it.
     not_ready: bool,
-    count: Option<Arc<Requests>>,
+    panic_messages: bool,
 }
 
 impl<S> InternalErrorGuard<S> {
@@ -108,7 +107,7 @@ impl<S> InternalErrorGuard<S> {
 }
 
 /// The 500: in the envelope, or as gRPC `INTERNAL`.
-fn internal<B>(grpc: bool) -> Response<NatBody<B>> {
+pub(crate) fn internal<B>(grpc: bool) -> Response<NatBody<B>> {
     if grpc {
         NatError::Internal.to_grpc_response()
     } else {
@@ -116,28 +115,96 @@ fn internal<B>(grpc: bool) -> Response<NatBody<B>> {
     }
 }
 
-fn count(requests: &Option<Arc<Requests>>, outcome: Outcome) {
-    if let Some(requests) = requests {
-        requests.count(outcome);
-    }
-}
-
-fn report_error(error: &(dyn std::error::Error + Send + Sync + 'static)) {
+/// An inner service's error: reported, never sent.
+pub(crate) fn report_error(error: &(dyn std::error::Error + Send + Sync + 'static)) {
     report::failure("inner service", error);
-    NatError::Internal.report(None, "inner service error");
+    report::rejection(
+        "INTERNAL_ERROR",
+        500,
+        None,
+        "internal_error",
+        "inner service error",
+    );
 }
 
-fn report_panic(payload: &(dyn Any + Send)) {
+/// An inner service's panic: reported (its message only if `with_message`), never sent.
+pub(crate) fn report_panic(payload: &(dyn Any + Send), with_message: bool) {
     static PANICS: report::Sampler = report::Sampler::new();
-    let message = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(non-string panic payload)");
-    if let Some(suppressed) = PANICS.admit() {
-        tracing::error!(target: "tower_nat", panic = message, suppressed, "inner service panicked");
+    log_panic(&PANICS, payload, with_message);
+    report::rejection(
+        "INTERNAL_ERROR",
+        500,
+        None,
+        "internal_error",
+        "inner service panicked",
+    );
+}
+
+/// The `ERROR` event of a panic, sampled by `sampler`: with its message only if asked.
+fn log_panic(sampler: &report::Sampler, payload: &(dyn Any + Send), with_message: bool) {
+    if let Some(suppressed) = sampler.admit() {
+        if with_message {
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(non-string panic payload)");
+            tracing::error!(target: "tower_nat", panic = message, suppressed, "inner service panicked");
+        } else {
+            tracing::error!(target: "tower_nat", suppressed, "inner service panicked");
+        }
     }
-    NatError::Internal.report(None, "inner service panicked");
+}
+
+/// The inner service's future from `call`, or `None` (answer 500) when the inner service was
+/// not ready (`not_ready`, which is reset) or `call` panicked (reported).
+#[inline(always)]
+pub(crate) fn call_caught<F>(
+    not_ready: &mut bool,
+    panic_messages: bool,
+    call: impl FnOnce() -> F,
+) -> Option<F> {
+    if std::mem::take(not_ready) {
+        return None;
+    }
+    match catch_unwind(AssertUnwindSafe(call)) {
+        Ok(future) => Some(future),
+        Err(payload) => {
+            report_panic(&*payload, panic_messages);
+            None
+        }
+    }
+}
+
+/// `inner.poll_ready`, with an error or a panic turned into readiness and `not_ready` set:
+/// the next call answers 500 without the inner service, rather than the connection failing.
+pub(crate) fn poll_ready_guarded<S, R>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    not_ready: &mut bool,
+    panic_messages: bool,
+) -> Poll<Result<(), Infallible>>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    match catch_unwind(AssertUnwindSafe(|| inner.poll_ready(cx))) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(Ok(()))) => {
+            *not_ready = false;
+            Poll::Ready(Ok(()))
+        }
+        Ok(Poll::Ready(Err(error))) => {
+            report_error(&*error.into());
+            *not_ready = true;
+            Poll::Ready(Ok(()))
+        }
+        Err(payload) => {
+            report_panic(&*payload, panic_messages);
+            *not_ready = true;
+            Poll::Ready(Ok(()))
+        }
+    }
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for InternalErrorGuard<S>
@@ -150,52 +217,24 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // An inner service that cannot become ready is reported at call time: the request is
-        // answered with a 500 rather than the connection failing.
-        match catch_unwind(AssertUnwindSafe(|| self.inner.poll_ready(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(Ok(()))) => {
-                self.not_ready = false;
-                Poll::Ready(Ok(()))
-            }
-            Ok(Poll::Ready(Err(error))) => {
-                report_error(&*error.into());
-                self.not_ready = true;
-                Poll::Ready(Ok(()))
-            }
-            Err(payload) => {
-                report_panic(&*payload);
-                self.not_ready = true;
-                Poll::Ready(Ok(()))
-            }
-        }
+        poll_ready_guarded(
+            &mut self.inner,
+            cx,
+            &mut self.not_ready,
+            self.panic_messages,
+        )
     }
 
     #[inline(always)]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let count = self.count.clone();
         let grpc = crate::grpc::wants_grpc(&req);
-        if std::mem::take(&mut self.not_ready) {
-            return ResponseFuture {
-                future: None,
-                count,
-                grpc,
-            };
-        }
-        match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(future) => ResponseFuture {
-                future: Some(future),
-                count,
-                grpc,
-            },
-            Err(payload) => {
-                report_panic(&*payload);
-                ResponseFuture {
-                    future: None,
-                    count,
-                    grpc,
-                }
-            }
+        let panic_messages = self.panic_messages;
+        let inner = &mut self.inner;
+        let future = call_caught(&mut self.not_ready, panic_messages, || inner.call(req));
+        ResponseFuture {
+            future,
+            grpc,
+            panic_messages,
         }
     }
 }
@@ -205,10 +244,44 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: Option<F>,
-        count: Option<Arc<Requests>>,
         // The request wants gRPC answers.
         grpc: bool,
+        panic_messages: bool,
     }
+}
+
+/// What polling an inner future under `catch_unwind` gave.
+pub(crate) enum Caught<T> {
+    /// Its answer.
+    Answer(T),
+    /// It failed or panicked (reported): answer 500.
+    Failed,
+}
+
+/// Polls `future` (if any: none means the inner service already failed), catching its
+/// panic and its error.
+#[inline]
+pub(crate) fn poll_caught<F, T, E>(
+    mut future: Pin<&mut Option<F>>,
+    cx: &mut Context<'_>,
+    panic_messages: bool,
+) -> Poll<Caught<T>>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    let Some(inner) = future.as_mut().as_pin_mut() else {
+        return Poll::Ready(Caught::Failed);
+    };
+    match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+        Ok(Poll::Pending) => return Poll::Pending,
+        Ok(Poll::Ready(Ok(answer))) => return Poll::Ready(Caught::Answer(answer)),
+        Ok(Poll::Ready(Err(error))) => report_error(&*error.into()),
+        Err(payload) => report_panic(&*payload, panic_messages),
+    }
+    // A future that failed or panicked is not polled again.
+    future.set(None);
+    Poll::Ready(Caught::Failed)
 }
 
 impl<F, B, E> Future for ResponseFuture<F>
@@ -220,42 +293,56 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let Some(future) = this.future.as_mut().as_pin_mut() else {
-            count(this.count, Outcome::Error);
-            return Poll::Ready(Ok(internal(*this.grpc)));
-        };
-        let result = match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Ok(response))) => {
-                if let Some(requests) = this.count {
-                    let outcome = match response.extensions().get::<Refused>() {
-                        None => Outcome::Allowed,
-                        Some(Refused("INTERNAL_ERROR")) => Outcome::Error,
-                        Some(_) => Outcome::Rejected,
-                    };
-                    requests.count(outcome);
-                }
-                return Poll::Ready(Ok(wrap(response)));
-            }
-            Ok(Poll::Ready(Err(error))) => {
-                report_error(&*error.into());
-                internal(*this.grpc)
-            }
-            Err(payload) => {
-                report_panic(&*payload);
-                internal(*this.grpc)
-            }
-        };
-        // A future that panicked must not be polled again.
-        this.future.set(None);
-        count(this.count, Outcome::Error);
-        Poll::Ready(Ok(result))
+        let this = self.project();
+        Poll::Ready(Ok(
+            match ready!(poll_caught(this.future, cx, *this.panic_messages)) {
+                Caught::Answer(response) => response.map(NatBody::new),
+                Caught::Failed => internal(*this.grpc),
+            },
+        ))
     }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn panic_messages_are_logged_only_when_asked() {
+        for (with_message, expected) in [(false, false), (true, true)] {
+            let logs = Captured::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                let payload: Box<dyn Any + Send> = Box::new(String::from("password=hunter2"));
+                log_panic(&report::Sampler::new(), &*payload, with_message);
+            });
+            let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+            assert!(text.contains("inner service panicked"), "{text}");
+            assert_eq!(text.contains("hunter2"), expected, "{text}");
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! | 402 | `QUOTA_EXCEEDED` | [`quota::QuotaGuard`] |
 //! | 403 | `FEATURE_NOT_AVAILABLE` | [`feature_gate::FeatureGate`] |
 //! | 404 | `NOT_FOUND` | handlers, via [`NatError::not_found`]; unrouted paths via [`envelope::ErrorEnvelope`] |
-//! | 429 | `RATE_LIMITED` | [`rate_limit::PlanRateLimit`] |
+//! | 429 | `RATE_LIMITED` | [`rate_limit::PlanRateLimit`]; [`concurrency::ConcurrentScans`] |
 //! | 500 | `INTERNAL_ERROR` | [`internal_error::InternalErrorGuard`]; any other 5xx via [`envelope::ErrorEnvelope`] |
 //! | 503 | `STRIPE_NOT_CONFIGURED` | [`billing::BillingConfigured`] |
 //!
@@ -19,7 +19,7 @@
 //! anything), keeps the inner body type inside [`NatBody`], and works alone in any tower
 //! stack. [`NatLayer`] composes them all in the contract's order, outermost first: error
 //! envelope, internal errors, billing, authentication, rate limit, scan validation, feature
-//! gate, quota. Layers behind authentication read the [`Tenant`](tenant::Tenant) it puts in
+//! gate, concurrent scans, quota. Layers behind authentication read the [`Tenant`](tenant::Tenant) it puts in
 //! the request's extensions and fail closed without one; any authentication of your own can
 //! insert it instead.
 //!
@@ -39,7 +39,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let keys = MemoryKeyStore::new();
-//! keys.insert_tenant("acme", Plan::FREE);
+//! keys.insert_tenant("acme", Plan::FREE).unwrap();
 //! let key = keys.issue_key("acme", None).unwrap().key;
 //!
 //! let service = ServiceBuilder::new()
@@ -68,6 +68,33 @@
 //! # }
 //! ```
 //!
+//! # A request's path through the stack
+//!
+//! For a newcomer to the code (`src/engine`, `src/stack.rs`):
+//!
+//! 1. [`NatService`] notes whether the request wants gRPC answers and runs the rest inside
+//!    `catch_unwind` (a panic anywhere is a 500).
+//! 2. The policy decides: seven policies in the contract's order (billing, authentication,
+//!    rate limit, scan validation, feature gate, running scans, quota), each deciding only,
+//!    each wrapped in a reporter that counts its refusals and, in shadow mode, lets them
+//!    through. A policy passes (what it decided travels with the request: the rate limit's
+//!    headers, the quota's reservation, the running scan's slot), refuses (the envelope,
+//!    with what the policies before it decided), or waits (a remote store, a body to read:
+//!    the request, the inner service and the policy wait in one box, then the policy
+//!    resumes).
+//! 3. Passed, the request goes to the inner service. Its response meets the decisions:
+//!    headers are written, and what waits for the outcome is settled: the scan is charged
+//!    and keeps its slot on success, or both are freed. A gRPC answer's success is its
+//!    `grpc-status`; when that comes in the trailers, the settlement waits in the body
+//!    ([`NatBody`]).
+//! 4. Refused, the envelope (or a gRPC status) is the answer, and what passed before is
+//!    settled as a failure.
+//! 5. The outcome is counted (`nat_requests_total`), and every error response that is not
+//!    JSON already is put in the envelope ([`envelope`]).
+//!
+//! With in-memory stores the whole path runs inside `call`: no clone of the inner service,
+//! no box. Each layer used alone is the same engine with one policy ([`PolicyService`]).
+//!
 //! # Features
 //!
 //! - `axum`: axum's `IntoResponse` for [`NatError`], the [`Tenant`](tenant::Tenant) extractor,
@@ -75,6 +102,8 @@
 //! - `redis`: Redis-backed rate-limit and quota stores, shared by every instance.
 //! - `postgres`: `auth::PgKeyStore`, tenants and API keys in PostgreSQL (put
 //!   [`auth::CachedKeyStore`] in front of it).
+//! - `tonic`: tonic handlers read the tenant and the scan slot from a `tonic::Request`
+//!   (`grpc::GrpcRequestExt`), and return a `NatError` as a `tonic::Status`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `get_ref`, `get_mut` and `into_inner` for a middleware service whose inner service is the
@@ -99,19 +128,19 @@ macro_rules! inner_accessors {
 }
 pub(crate) use inner_accessors;
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 pub mod auth;
 pub mod billing;
-mod body;
-mod chain;
 pub mod clock;
+mod common;
 pub mod concurrency;
+mod engine;
 pub mod envelope;
 mod error;
 pub mod feature_gate;
-pub mod future;
-mod gate;
 pub mod grpc;
-mod guard;
 pub mod headers;
 pub mod internal_error;
 pub mod metrics;
@@ -124,10 +153,13 @@ pub mod scan_request;
 mod stack;
 pub mod store;
 pub mod tenant;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 
-pub use body::NatBody;
+pub use engine::{NatBody, PolicyFuture, PolicyService};
 pub use error::{NatError, StoreError};
-pub use stack::{NatGuard, NatLayer, NatPolicy, NatService, ScanCreation, ScanCreationLayer};
+pub use stack::{NatFuture, NatLayer, NatService, ScanCreation, ScanCreationLayer};
 
 /// The README's examples, compiled and run as doc tests (they use every feature).
 #[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]

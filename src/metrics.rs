@@ -16,6 +16,10 @@
 //! | `nat_store_abandoned_total` | counter | `store`, `op` | Redis settlements and releases retried in the background until their time ran out (a charge or a release lost) |
 //! | `nat_store_local_answers_total` | counter | `store`: `rate`, `quota`; `why`: `refused` (a 429 known locally), `exhausted` (a 402 known locally), `fallback` (the local limit while Redis fails) | answers a store gave without asking its backend (the Redis stores, `LocalFallback`) |
 //! | `nat_fail_open_total` | counter | `layer` | requests let through because a store failed ([`OnStoreError::Allow`](crate::store::OnStoreError::Allow)) |
+//! | `nat_auth_throttle_overflow_total` | counter | none | failed authentications counted in the allowance that addresses share while the throttle's table is full (a flood from many addresses) |
+//! | `nat_auth_unthrottled_failures_total` | counter | none | failed authentications the throttle could not count: the request carried no client address (also a `WARN` event, once) |
+//! | `nat_admin_changes_total` | counter | `action`: `tenant.create`, `tenant.update`, `tenant.delete`, `key.issue`, `key.revoke`, `key.rotate`, `key.update` | changes made through the admin API (feature `admin`) (each also an audit event) |
+//! | `nat_admin_auth_failures_total` | counter | none | admin API requests refused for their token (401) or their address (429) |
 //!
 //! `layer` is one of `billing`, `auth`, `rate_limit`, `scan_request`, `feature_gate`,
 //! `concurrency`, `quota`. `store`/`op` is one of `key`/`lookup`; `rate`/`check`,
@@ -38,7 +42,7 @@ use std::time::Duration;
 
 use http::Request;
 
-use crate::{guard::Rejection, tenant::Tenant};
+use crate::tenant::Tenant;
 
 /// `nat_requests_total`.
 pub const REQUESTS: &str = "nat_requests_total";
@@ -58,23 +62,28 @@ pub const STORE_ABANDONED: &str = "nat_store_abandoned_total";
 pub const LOCAL_ANSWERS: &str = "nat_store_local_answers_total";
 /// `nat_fail_open_total`.
 pub const FAIL_OPEN: &str = "nat_fail_open_total";
+/// `nat_auth_throttle_overflow_total`.
+pub const THROTTLE_OVERFLOW: &str = "nat_auth_throttle_overflow_total";
+/// `nat_auth_unthrottled_failures_total`.
+pub const THROTTLE_UNATTRIBUTED: &str = "nat_auth_unthrottled_failures_total";
+
+/// `nat_admin_changes_total`.
+pub const ADMIN_CHANGES: &str = "nat_admin_changes_total";
+/// `nat_admin_auth_failures_total`.
+pub const ADMIN_AUTH_FAILURES: &str = "nat_admin_auth_failures_total";
 
 /// The plan label of a request: its tenant's plan, or `none`.
 fn plan_of<B>(req: &Request<B>) -> String {
     Tenant::of(req).map_or_else(|| "none".to_owned(), |t| t.plan().name().to_owned())
 }
 
-/// A layer refused `req` (or would have, in shadow mode).
+/// `layer` refused a request of a tenant on `plan` (`None`: no tenant yet) with `code` (or
+/// would have, in shadow mode).
 #[cold]
-pub(crate) fn rejected<B>(
-    layer: &'static str,
-    rejection: &Rejection,
-    req: &Request<B>,
-    shadow: bool,
-) {
+pub(crate) fn rejected(layer: &'static str, code: &'static str, plan: Option<&str>, shadow: bool) {
     let labels = [
-        ("code", rejection.error().code().to_owned()),
-        ("plan", plan_of(req)),
+        ("code", code.to_owned()),
+        ("plan", plan.unwrap_or("none").to_owned()),
         ("layer", layer.to_owned()),
         ("shadow", if shadow { "true" } else { "false" }.to_owned()),
     ];

@@ -1,85 +1,95 @@
-//! [`NatLayer`]: the whole stack in one layer, and [`ScanCreationLayer`], its scan part.
+//! [`NatLayer`]: the whole stack in one layer, its service [`NatService`] and future
+//! [`NatFuture`]; and [`ScanCreationLayer`], its scan part for a route of its own.
+//!
+//! [`ErrorEnvelope`]: crate::envelope::ErrorEnvelope
+//! [`InternalErrorGuard`]: crate::internal_error::InternalErrorGuard
+//! [`InternalErrorGuardLayer::panic_messages`]: crate::internal_error::InternalErrorGuardLayer::panic_messages
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
-use http::HeaderName;
-
+use http::{HeaderName, Request, Response};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::{
-    auth::layer::Authenticate,
-    auth::{ApiKeyAuthLayer, IpNet, KeyFormat, MemoryKeyStore},
-    billing::{BillingCheck, BillingConfiguredLayer},
-    chain::{Chain, GatePolicy},
-    clock::{self, SharedClock},
-    concurrency::Occupy,
-    concurrency::{ConcurrentScans, ConcurrentScansLayer, MemorySlotStore, SlotStore},
-    envelope::{ErrorEnvelope, ErrorEnvelopeLayer},
+    auth::{
+        ApiKeyAuthLayer, IpNet, KeyFormat, KeyStore, MemoryKeyStore,
+        layer::{self as auth, Authenticate},
+    },
+    billing::{self, BillingConfiguredLayer},
+    common::Common,
+    concurrency::{self, ConcurrentScansLayer, MemorySlotStore, SlotStore},
+    engine::{Chain, NatBody, Policy, PolicyFuture, PolicyService, Refused, Reported},
+    envelope::{Enveloped, Explaining, envelope_response},
     error::StoreError,
-    feature_gate::FeatureCheck,
-    feature_gate::{FeatureGate, FeatureGateLayer},
-    internal_error::{InternalErrorGuard, InternalErrorGuardLayer},
+    feature_gate::{FeatureGateLayer, Gate},
+    internal_error::{BoxError, Caught, call_caught, internal, poll_caught, poll_ready_guarded},
+    metrics::{Outcome, Requests},
     plan::{Plans, PlansError},
-    quota::layer::Reserve,
-    quota::{MemoryQuotaStore, QuotaGuard, QuotaGuardLayer, QuotaStore, Usage, UsageReader},
-    rate_limit::PlanResolver,
-    rate_limit::layer::Limit,
-    rate_limit::{MemoryRateStore, PlanRateLimitLayer, RateDecision, RateStore},
-    scan_request::layer::ValidateScan,
-    scan_request::{ValidateScanRequest, ValidateScanRequestLayer},
+    quota::{
+        MemoryQuotaStore, QuotaGuardLayer, QuotaStore, Usage, UsageReader,
+        layer::{self as quota, Reserve},
+    },
+    rate_limit::{
+        MemoryRateStore, PlanRateLimitLayer, PlanResolver, RateDecision, RateStore,
+        layer::{self as rate_limit, Limit},
+    },
+    scan_request::{
+        ValidateScanRequestLayer,
+        layer::{self as scan_request, ValidateScan},
+    },
     store::OnStoreError,
     tenant::Tenant,
 };
 
-/// The service [`NatLayer`] wraps around `S`: the error envelope and the internal-error
-/// guard around [`NatGuard`], which makes every other decision of the stack.
-pub type NatService<
-    S,
-    K = MemoryKeyStore,
-    R = MemoryRateStore,
-    Q = MemoryQuotaStore,
-    C = MemorySlotStore,
-> = ErrorEnvelope<InternalErrorGuard<NatGuard<S, NatPolicy<K, R, Q, C>>>>;
-
-/// Every decision of the stack in the contract's order: billing, authentication, rate limit,
-/// scan validation, the feature gate for scan kinds, running scans, quota.
-pub type NatPolicy<K, R, Q, C> = Chain<
-    GatePolicy<BillingCheck>,
-    Chain<
-        Authenticate<K>,
-        Chain<
-            Limit<R, PlanResolver>,
-            Chain<ValidateScan, Chain<GatePolicy<FeatureCheck>, Chain<Occupy<C>, Reserve<Q>>>>,
-        >,
-    >,
+/// Every decision of the stack in the contract's order.
+type NatPolicy<K, R, Q, C> = Chain<
+    Reported<billing::Config>,
+    Chain<Reported<Authenticate<K>>, Chain<Reported<Limit<R, PlanResolver>>, ScanPolicy<Q, C>>>,
 >;
 
-/// The stack's decisions as one service: the same decisions, metrics and answers as the
-/// layers composed one by one, with one response future and one response body for all of
-/// them (each layer of its own costs a state machine, a body wrapper and moves of the
-/// request and the response).
+/// The decisions that give a scan creation its meaning: validation, the feature gate for
+/// scan kinds, running scans, quota.
+type ScanPolicy<Q, C> = Chain<
+    Reported<ValidateScan>,
+    Chain<Reported<Gate>, Chain<Reported<concurrency::layer::Occupy<C>>, Reported<Reserve<Q>>>>,
+>;
+
+/// Everything but the stores: one value, whatever the stores' types.
 #[derive(Clone, Debug)]
-pub struct NatGuard<S, P> {
-    inner: S,
-    policy: P,
+struct Settings {
+    common: Common,
+    auth: auth::Config,
+    rate: rate_limit::Config,
+    validation: scan_request::Config,
+    concurrency: concurrency::Config,
+    quota: quota::Config,
+    billing: billing::Config,
+    envelope: bool,
+    panic_messages: bool,
 }
-
-crate::guard::guarded_service!(impl<P> for NatGuard<S, P>, policy = P);
-
-/// The service [`ScanCreationLayer`] wraps around `S`.
-pub type ScanCreation<S, Q = MemoryQuotaStore, C = MemorySlotStore> =
-    ValidateScanRequest<FeatureGate<ConcurrentScans<QuotaGuard<S, Q>, C>>>;
 
 /// The whole NAT stack in one layer: every middleware of this crate, composed in the
 /// contract's order from one configuration.
 ///
-/// Outermost first: [`ErrorEnvelope`] → [`InternalErrorGuard`] →
-/// [`BillingConfigured`](crate::billing::BillingConfigured) →
+/// Outermost first: the error envelope ([`ErrorEnvelope`](crate::envelope::ErrorEnvelope)) → internal errors
+/// ([`InternalErrorGuard`](crate::internal_error::InternalErrorGuard)) → [`BillingConfigured`](crate::billing::BillingConfigured) →
 /// [`ApiKeyAuth`](crate::auth::ApiKeyAuth) → [`PlanRateLimit`](crate::rate_limit::PlanRateLimit)
-/// → [`ValidateScanRequest`] → [`FeatureGate`] (scan kinds) → [`ConcurrentScans`] →
-/// [`QuotaGuard`] → your service. The middle seven decide inside one service ([`NatGuard`]),
-/// exactly as the layers one by one would (the same answers, headers and metrics), with one
-/// response future and one response body. So a Free tenant asking for a security scan with
+/// → [`ValidateScanRequest`](crate::scan_request::ValidateScanRequest) →
+/// [`FeatureGate`](crate::feature_gate::FeatureGate) (scan kinds) →
+/// [`ConcurrentScans`](crate::concurrency::ConcurrentScans) →
+/// [`QuotaGuard`](crate::quota::QuotaGuard) → your service. They all run inside one service
+/// ([`NatService`]), exactly as the layers one by one would (the same answers, headers and
+/// metrics), with one response future and one response body ([`NatBody`]). So a Free tenant asking for a security scan with
 /// no quota left gets 403, not 402; a rate-limited request never reaches the quota; the Stripe webhook
 /// (exempt from key auth) still gets 503 when billing is off; and every error, the
 /// framework's own included, is in the envelope.
@@ -129,6 +139,11 @@ pub type ScanCreation<S, Q = MemoryQuotaStore, C = MemorySlotStore> =
 /// # }
 /// ```
 ///
+/// # Configuration
+///
+/// The plan table, the clock and shadow mode are one setting each, for every layer: the
+/// order of the calls that set them does not matter.
+///
 /// # Defaults
 ///
 /// NAT's plan table, in-memory rate-limit and quota stores, the system clock, scan
@@ -143,34 +158,32 @@ pub struct NatLayer<
     Q = MemoryQuotaStore,
     C = MemorySlotStore,
 > {
-    auth: ApiKeyAuthLayer<K>,
-    rate: PlanRateLimitLayer<R>,
-    scans: ScanCreationLayer<Q, C>,
-    billing: BillingConfiguredLayer,
-    envelope: bool,
-    shadow: bool,
-    plans: Arc<Plans>,
-    clock: SharedClock,
+    keys: K,
+    rates: R,
+    quotas: Q,
+    slots: C,
+    settings: Settings,
 }
 
 impl<K> NatLayer<K> {
     /// The stack with `keys` as key store and every other setting at its default.
     pub fn new(keys: K) -> Self {
-        let plans = Arc::new(Plans::default());
         Self {
-            auth: ApiKeyAuthLayer::new(keys),
-            rate: PlanRateLimitLayer::new(plans.clone()),
-            scans: ScanCreationLayer {
-                validation: ValidateScanRequestLayer::new(),
-                features: FeatureGateLayer::scans(plans.clone()),
-                concurrency: ConcurrentScansLayer::new(plans.clone()),
-                quota: QuotaGuardLayer::new(plans.clone()),
+            keys,
+            rates: MemoryRateStore::new(),
+            quotas: MemoryQuotaStore::new(),
+            slots: MemorySlotStore::new(),
+            settings: Settings {
+                common: Common::default(),
+                auth: auth::Config::default(),
+                rate: rate_limit::Config::default(),
+                validation: ValidateScanRequestLayer::new().config().clone(),
+                concurrency: concurrency::Config::default(),
+                quota: quota::Config::default(),
+                billing: BillingConfiguredLayer::new(false).config().clone(),
+                envelope: true,
+                panic_messages: false,
             },
-            billing: BillingConfiguredLayer::new(false),
-            envelope: true,
-            shadow: false,
-            plans,
-            clock: clock::system(),
         }
     }
 }
@@ -179,92 +192,74 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
     /// Uses this plan table everywhere.
     #[must_use]
     pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
-        let plans = plans.into();
-        self.rate = self.rate.plans(plans.clone());
-        self.scans.features = FeatureGateLayer::scans(plans.clone()).shadow(self.shadow);
-        self.scans.concurrency = self.scans.concurrency.plans(plans.clone());
-        self.scans.quota = self.scans.quota.plans(plans.clone());
-        self.plans = plans;
+        self.settings.common.plans = plans.into();
         self
     }
 
-    /// Reads time from `clock` everywhere: key expiry, rate limits and quota periods.
+    /// Reads time from `clock` everywhere: key expiry, rate limits, quota periods and slot
+    /// lapses.
     #[must_use]
-    pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.auth = self.auth.clock(clock.clone());
-        self.rate = self.rate.clock(clock.clone());
-        self.scans.concurrency = self.scans.concurrency.clock(clock.clone());
-        self.scans.quota = self.scans.quota.clock(clock.clone());
-        self.clock = clock;
+    pub fn clock(mut self, clock: crate::clock::SharedClock) -> Self {
+        self.settings.common.clock = clock;
         self
+    }
+
+    /// Runs the whole stack in shadow mode (or not): every layer decides as usual and reports
+    /// what it would have refused (`nat_rejections_total{shadow="true"}`, a `DEBUG` event
+    /// "would reject"), and every request reaches the server untouched: no refusal, no
+    /// rate-limit headers, no quota charge. A request whose key was refused reaches the server
+    /// without a `Tenant`. It applies to every layer of the stack, and to those it makes
+    /// ([`scan_creation`](Self::scan_creation), [`require_feature`](Self::require_feature)).
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.settings.common.shadow = on;
+        self
+    }
+
+    /// The same stack over other stores, made by `f` from these.
+    fn stores<K2, R2, Q2, C2>(
+        self,
+        f: impl FnOnce(K, R, Q, C) -> (K2, R2, Q2, C2),
+    ) -> NatLayer<K2, R2, Q2, C2> {
+        let (keys, rates, quotas, slots) = f(self.keys, self.rates, self.quotas, self.slots);
+        NatLayer {
+            keys,
+            rates,
+            quotas,
+            slots,
+            settings: self.settings,
+        }
     }
 
     /// Keeps rate-limit state in `store` (e.g. Redis, shared by several instances).
     #[must_use]
     pub fn with_rate_store<R2>(self, store: R2) -> NatLayer<K, R2, Q, C> {
-        NatLayer {
-            auth: self.auth,
-            rate: self.rate.with_store(store),
-            scans: self.scans,
-            billing: self.billing,
-            envelope: self.envelope,
-            shadow: self.shadow,
-            plans: self.plans,
-            clock: self.clock,
-        }
+        self.stores(|keys, _, quotas, slots| (keys, store, quotas, slots))
     }
 
     /// Keeps scan usage in `store`.
     #[must_use]
     pub fn with_quota_store<Q2>(self, store: Q2) -> NatLayer<K, R, Q2, C> {
-        NatLayer {
-            auth: self.auth,
-            rate: self.rate,
-            scans: ScanCreationLayer {
-                validation: self.scans.validation,
-                features: self.scans.features,
-                concurrency: self.scans.concurrency,
-                quota: self.scans.quota.with_store(store),
-            },
-            billing: self.billing,
-            envelope: self.envelope,
-            shadow: self.shadow,
-            plans: self.plans,
-            clock: self.clock,
-        }
+        self.stores(|keys, rates, _, slots| (keys, rates, store, slots))
     }
 
     /// Keeps running scans in `store` (e.g. `RedisSlotStore`, shared by several instances).
     #[must_use]
     pub fn with_slot_store<C2>(self, store: C2) -> NatLayer<K, R, Q, C2> {
-        NatLayer {
-            auth: self.auth,
-            rate: self.rate,
-            scans: ScanCreationLayer {
-                validation: self.scans.validation,
-                features: self.scans.features,
-                concurrency: self.scans.concurrency.with_store(store),
-                quota: self.scans.quota,
-            },
-            billing: self.billing,
-            envelope: self.envelope,
-            shadow: self.shadow,
-            plans: self.plans,
-            clock: self.clock,
-        }
+        self.stores(|keys, rates, quotas, _| (keys, rates, quotas, store))
     }
 
     /// The `Retry-After` hint of a scan creation refused for concurrency (10 s by default).
     #[must_use]
     pub fn scan_retry_after(mut self, hint: Duration) -> Self {
-        self.scans.concurrency = self.scans.concurrency.retry_after(hint);
+        self.settings.concurrency.retry_after = hint;
         self
     }
 
     /// How long a running scan holds its slot at most (1 hour by default).
     #[must_use]
     pub fn max_scan_duration(mut self, lapse: Duration) -> Self {
-        self.scans.concurrency = self.scans.concurrency.max_scan_duration(lapse);
+        self.settings.concurrency.lapse = lapse;
         self
     }
 
@@ -272,34 +267,29 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
     /// tenant, quota and period (see [`QuotaEvents`](crate::quota::QuotaEvents)).
     #[must_use]
     pub fn quota_events(mut self, events: impl crate::quota::QuotaEvents) -> Self {
-        self.scans.quota = self.scans.quota.events(events);
+        self.settings.quota.events = Some(quota::Listener::new(events));
         self
-    }
-
-    /// The concurrent-scan limit: release slots by id, count running scans.
-    pub fn scan_slots(&self) -> &ConcurrentScansLayer<C> {
-        &self.scans.concurrency
     }
 
     /// Lets requests to exactly `path` (as the client sent it) through without a key, rate
     /// limit or quota.
     #[must_use]
     pub fn exempt(mut self, path: impl Into<String>) -> Self {
-        self.auth = self.auth.exempt(path);
+        self.settings.auth.exempt(path);
         self
     }
 
     /// Like [`exempt`](Self::exempt) for `prefix` and everything below it.
     #[must_use]
     pub fn exempt_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.auth = self.auth.exempt_prefix(prefix);
+        self.settings.auth.exempt_prefix(prefix);
         self
     }
 
     /// Accepts API keys of this format (give the key store the same format to issue them).
     #[must_use]
     pub fn key_format(mut self, format: KeyFormat) -> Self {
-        self.auth = self.auth.key_format(format);
+        self.settings.auth.key_format(format);
         self
     }
 
@@ -307,7 +297,7 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
     /// [`ApiKeyAuthLayer::key_header`]).
     #[must_use]
     pub fn key_header(mut self, header: HeaderName) -> Self {
-        self.auth = self.auth.key_header(header);
+        self.settings.auth.key_header(header);
         self
     }
 
@@ -315,14 +305,30 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
     /// minute by default; see [`ApiKeyAuthLayer::failed_auth_limit`]).
     #[must_use]
     pub fn failed_auth_limit(mut self, limit: u32, period: Duration) -> Self {
-        self.auth = self.auth.failed_auth_limit(limit, period);
+        self.settings.auth.failed_auth_limit(limit, period);
+        self
+    }
+
+    /// Counts IPv6 clients of the failed-auth throttle by their first `prefix` bits (/64 by
+    /// default; see [`ApiKeyAuthLayer::failed_auth_ipv6_prefix`]).
+    #[must_use]
+    pub fn failed_auth_ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.settings.auth.failed_auth_ipv6_prefix(prefix);
+        self
+    }
+
+    /// How many client addresses the failed-auth throttle remembers (65,536 by default; see
+    /// [`ApiKeyAuthLayer::failed_auth_capacity`]).
+    #[must_use]
+    pub fn failed_auth_capacity(mut self, addresses: usize) -> Self {
+        self.settings.auth.failed_auth_capacity(addresses);
         self
     }
 
     /// Turns throttling of failed authentication off.
     #[must_use]
     pub fn without_failed_auth_limit(mut self) -> Self {
-        self.auth = self.auth.without_failed_auth_limit();
+        self.settings.auth.without_failed_auth_limit();
         self
     }
 
@@ -330,51 +336,45 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
     /// (none by default; see [`ApiKeyAuthLayer::trusted_proxies`]).
     #[must_use]
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
-        self.auth = self.auth.trusted_proxies(proxies);
+        self.settings.auth.trusted_proxies(proxies);
         self
     }
 
     /// The billing check (by default: not configured, on `/api/v1/billing`). Pass
-    /// [`BillingConfiguredLayer::from_env`] to read the Stripe variables.
+    /// [`BillingConfiguredLayer::from_env`] to read the Stripe variables. (The stack's shadow
+    /// mode applies to it, whatever its own.)
     #[must_use]
     pub fn billing(mut self, billing: BillingConfiguredLayer) -> Self {
-        self.billing = if self.shadow {
-            billing.shadow(true)
-        } else {
-            billing
-        };
+        self.settings.billing = billing.config().clone();
         self
     }
 
-    /// The scan validation to use (routes, body limit, default mode).
+    /// The scan validation to use (routes, body limit, default mode, gRPC kinds). (The
+    /// stack's shadow mode applies to it, whatever its own.)
     #[must_use]
     pub fn scan_validation(mut self, validation: ValidateScanRequestLayer) -> Self {
-        self.scans.validation = if self.shadow {
-            validation.shadow(true)
-        } else {
-            validation
-        };
+        self.settings.validation = validation.config().clone();
         self
     }
 
     /// Also sends the IETF draft `RateLimit` and `RateLimit-Policy` headers.
     #[must_use]
     pub fn draft_rate_limit_headers(mut self, enabled: bool) -> Self {
-        self.rate = self.rate.draft_headers(enabled);
+        self.settings.rate.draft_headers = enabled;
         self
     }
 
     /// What rate limiting does when its store fails (default: let requests through).
     #[must_use]
     pub fn rate_limit_on_store_error(mut self, choice: OnStoreError) -> Self {
-        self.rate = self.rate.on_store_error(choice);
+        self.settings.rate.on_store_error = choice;
         self
     }
 
     /// What quota enforcement does when its store fails (default: 500).
     #[must_use]
     pub fn quota_on_store_error(mut self, choice: OnStoreError) -> Self {
-        self.scans.quota = self.scans.quota.on_store_error(choice);
+        self.settings.quota.on_store_error = choice;
         self
     }
 
@@ -384,63 +384,76 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
     /// both this and [`quota_on_store_error`](Self::quota_on_store_error).
     #[must_use]
     pub fn slots_on_store_error(mut self, choice: OnStoreError) -> Self {
-        self.scans.concurrency = self.scans.concurrency.on_store_error(choice);
-        self
-    }
-
-    /// Runs the whole stack in shadow mode (or not): every layer decides as usual and reports
-    /// what it would have refused (`nat_rejections_total{shadow="true"}`, a `DEBUG` event
-    /// "would reject"), and every request reaches the server untouched: no refusal, no
-    /// rate-limit headers, no quota charge. A request whose key was refused reaches the server
-    /// without a `Tenant`. Layers given afterwards (`billing`, `scan_validation`) run in the
-    /// same mode.
-    #[must_use]
-    pub fn shadow(mut self, on: bool) -> Self {
-        self.shadow = on;
-        self.auth = self.auth.shadow(on);
-        self.rate = self.rate.shadow(on);
-        self.billing = self.billing.shadow(on);
-        self.scans.validation = self.scans.validation.shadow(on);
-        self.scans.features = self.scans.features.shadow(on);
-        self.scans.concurrency = self.scans.concurrency.shadow(on);
-        self.scans.quota = self.scans.quota.shadow(on);
+        self.settings.concurrency.on_store_error = choice;
         self
     }
 
     /// Whether every error response that is not already JSON is put in the envelope
-    /// ([`ErrorEnvelope`], on by default).
+    /// ([`ErrorEnvelope`](crate::envelope::ErrorEnvelope), on by default).
     #[must_use]
     pub fn error_envelope(mut self, enabled: bool) -> Self {
-        self.envelope = enabled;
+        self.settings.envelope = enabled;
+        self
+    }
+
+    /// Whether a panic's message is part of its `ERROR` event (off by default: panic
+    /// messages may carry secrets; see [`InternalErrorGuardLayer::panic_messages`](crate::internal_error::InternalErrorGuardLayer::panic_messages)).
+    #[must_use]
+    pub fn log_panic_messages(mut self, log: bool) -> Self {
+        self.settings.panic_messages = log;
         self
     }
 
     /// The plan table.
     pub fn plan_table(&self) -> Arc<Plans> {
-        self.plans.clone()
+        self.settings.common.plans.clone()
     }
 
     /// The key store.
     pub fn key_store(&self) -> &K {
-        self.auth.store()
+        &self.keys
     }
 
     /// The rate-limit store.
     pub fn rate_store(&self) -> &R {
-        self.rate.store()
+        &self.rates
     }
 
     /// The quota store.
     pub fn quota_store(&self) -> &Q {
-        self.scans.quota.store()
+        &self.quotas
+    }
+
+    /// A feature gate for routes that need `feature` (built in, or defined by this layer's
+    /// plan table), with this stack's plans and shadow mode:
+    /// `.route_layer(nat.require_feature("exports")?)`. An unknown name is an error here,
+    /// when the app is built, never a 403 later.
+    pub fn require_feature(&self, feature: &str) -> Result<FeatureGateLayer, PlansError> {
+        let common = &self.settings.common;
+        let feature = common
+            .plans
+            .feature(feature)
+            .cloned()
+            .ok_or_else(|| PlansError::unknown_feature(feature))?;
+        Ok(FeatureGateLayer::with_common(Some(feature), common.clone()))
     }
 }
 
 impl<K, R, Q: Clone, C: Clone> NatLayer<K, R, Q, C> {
-    /// Validation, feature gate and quota for a layer placed on the scan route itself: every
-    /// request it sees is a scan creation, whatever its path. It shares this layer's quota
-    /// store, plans and clock, and a scan this layer already validated and reserved (by path)
-    /// is neither read nor charged twice.
+    /// The concurrent-scan limit: release slots by id, count running scans.
+    pub fn scan_slots(&self) -> ConcurrentScansLayer<C> {
+        let settings = &self.settings;
+        ConcurrentScansLayer::from_parts(
+            self.slots.clone(),
+            settings.concurrency.clone(),
+            settings.common.clone(),
+        )
+    }
+
+    /// Validation, feature gate, running scans and quota for a layer placed on the scan route
+    /// itself: every request it sees is a scan creation, whatever its path. It shares this
+    /// layer's stores, plans, clock and shadow mode, and a scan this layer already validated
+    /// and reserved (by path) is neither read nor charged twice.
     ///
     /// ```
     /// use axum::{Router, routing::post};
@@ -458,26 +471,15 @@ impl<K, R, Q: Clone, C: Clone> NatLayer<K, R, Q, C> {
     ///     .layer(nat);
     /// ```
     pub fn scan_creation(&self) -> ScanCreationLayer<Q, C> {
+        let settings = &self.settings;
         ScanCreationLayer {
-            validation: self.scans.validation.clone().every_request(),
-            features: self.scans.features.clone(),
-            concurrency: self.scans.concurrency.clone(),
-            quota: self.scans.quota.clone(),
+            quotas: self.quotas.clone(),
+            slots: self.slots.clone(),
+            validation: settings.validation.every_request(),
+            concurrency: settings.concurrency.clone(),
+            quota: settings.quota.clone(),
+            common: settings.common.clone(),
         }
-    }
-}
-
-impl<K, R, Q, C> NatLayer<K, R, Q, C> {
-    /// A feature gate for routes that need `feature` (built in, or defined by this layer's
-    /// plan table), sharing the table: `.route_layer(nat.require_feature("exports")?)`. An
-    /// unknown name is an error here, when the app is built, never a 403 later.
-    pub fn require_feature(&self, feature: &str) -> Result<FeatureGateLayer, PlansError> {
-        let feature = self
-            .plans
-            .feature(feature)
-            .cloned()
-            .ok_or_else(|| PlansError::unknown_feature(feature))?;
-        Ok(FeatureGateLayer::require(feature, self.plans.clone()))
     }
 }
 
@@ -487,7 +489,7 @@ impl<K, R: RateStore, Q, C> NatLayer<K, R, Q, C> {
         &self,
         tenant: &Tenant,
     ) -> Result<Option<RateDecision>, StoreError> {
-        self.rate.peek(tenant).await
+        rate_limit::peek(&self.rates, &self.settings.common, tenant).await
     }
 }
 
@@ -500,62 +502,301 @@ impl<K, R, Q: QuotaStore, C: SlotStore> NatLayer<K, R, Q, C> {
     /// A cheap, cloneable handle that reads usage snapshots (running scans included), for
     /// handlers; its type names no store.
     pub fn usage_reader(&self) -> UsageReader {
-        let running = Arc::new(self.scans.concurrency.clone());
-        self.scans.quota.usage_reader().counting(running)
+        let settings = &self.settings;
+        let quota = QuotaGuardLayer::from_parts(
+            self.quotas.clone(),
+            settings.quota.clone(),
+            settings.common.clone(),
+        );
+        quota.usage_reader().counting(Arc::new(self.scan_slots()))
     }
 }
 
-impl<S, K: Clone, R: Clone, Q: Clone, C: Clone> Layer<S> for NatLayer<K, R, Q, C> {
+/// The scan part of the policy, from the stack's settings.
+fn scan_policy<Q: QuotaStore, C: SlotStore>(
+    quotas: Q,
+    slots: C,
+    validation: &scan_request::Config,
+    concurrency: &concurrency::Config,
+    quota: &quota::Config,
+    common: &Common,
+) -> ScanPolicy<Q, C> {
+    Chain(
+        validation.policy(common.shadow),
+        Chain(
+            Gate::new(None, common),
+            Chain(
+                ConcurrentScansLayer::policy(slots, concurrency, common),
+                QuotaGuardLayer::policy(quotas, quota, common),
+            ),
+        ),
+    )
+}
+
+impl<S, K, R, Q, C> Layer<S> for NatLayer<K, R, Q, C>
+where
+    K: KeyStore,
+    R: RateStore,
+    Q: QuotaStore,
+    C: SlotStore,
+{
     type Service = NatService<S, K, R, Q, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let scans = &self.scans;
+        let s = &self.settings;
+        let common = &s.common;
         let policy = Chain(
-            GatePolicy(self.billing.check().clone()),
+            s.billing.policy(common.shadow),
             Chain(
-                self.auth.policy().clone(),
+                ApiKeyAuthLayer::policy(self.keys.clone(), &s.auth, common),
                 Chain(
-                    self.rate.policy().clone(),
-                    Chain(
-                        scans.validation.policy().clone(),
-                        Chain(
-                            GatePolicy(scans.features.check().clone()),
-                            Chain(
-                                scans.concurrency.policy().clone(),
-                                scans.quota.policy().clone(),
-                            ),
-                        ),
+                    PlanRateLimitLayer::policy(
+                        self.rates.clone(),
+                        PlanResolver::new(common.plans.clone()),
+                        &s.rate,
+                        common,
+                    ),
+                    scan_policy(
+                        self.quotas.clone(),
+                        self.slots.clone(),
+                        &s.validation,
+                        &s.concurrency,
+                        &s.quota,
+                        common,
                     ),
                 ),
             ),
         );
-        let service = NatGuard { inner, policy };
-        let service = InternalErrorGuardLayer::new().counting().layer(service);
-        ErrorEnvelopeLayer::new()
-            .enabled(self.envelope)
-            .layer(service)
+        NatService {
+            inner,
+            policy: Arc::new(policy),
+            requests: Arc::new(Requests::register()),
+            envelope: s.envelope,
+            panic_messages: s.panic_messages,
+            not_ready: false,
+        }
+    }
+}
+
+/// The service [`NatLayer`] wraps around `S`: every decision of the stack, the error envelope
+/// and the internal-error guard, in one service with one response body ([`NatBody`]).
+/// Cloning it is a clone of `S` and two reference counts.
+pub struct NatService<
+    S,
+    K = MemoryKeyStore,
+    R = MemoryRateStore,
+    Q = MemoryQuotaStore,
+    C = MemorySlotStore,
+> {
+    inner: S,
+    policy: Arc<NatPolicy<K, R, Q, C>>,
+    requests: Arc<Requests>,
+    envelope: bool,
+    panic_messages: bool,
+    // The inner service failed to become ready: the next call answers 500 without it.
+    not_ready: bool,
+}
+
+impl<S, K, R, Q, C> NatService<S, K, R, Q, C> {
+    crate::inner_accessors!();
+}
+
+impl<S: Clone, K, R, Q, C> Clone for NatService<S, K, R, Q, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            policy: self.policy.clone(),
+            requests: self.requests.clone(),
+            envelope: self.envelope,
+            panic_messages: self.panic_messages,
+            not_ready: self.not_ready,
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, R, Q, C> fmt::Debug for NatService<S, K, R, Q, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatService")
+            .field("inner", &self.inner)
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, R, Q, C, ReqB, ResB> Service<Request<ReqB>> for NatService<S, K, R, Q, C>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    NatPolicy<K, R, Q, C>: Policy<ReqB>,
+    ResB: http_body::Body,
+    ResB::Data: From<bytes::Bytes>,
+{
+    type Response = Response<NatBody<ResB>>;
+    type Error = Infallible;
+    type Future = NatFuture<S, ReqB, K, R, Q, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        poll_ready_guarded(
+            &mut self.inner,
+            cx,
+            &mut self.not_ready,
+            self.panic_messages,
+        )
+    }
+
+    #[inline(always)]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let grpc = crate::grpc::wants_grpc(&req);
+        let panic_messages = self.panic_messages;
+        let (inner, policy) = (&mut self.inner, &self.policy);
+        let future = call_caught(&mut self.not_ready, panic_messages, || {
+            crate::engine::service::call(inner, policy, req)
+        });
+        NatFuture {
+            state: NatState::Decide { future },
+            requests: self.requests.clone(),
+            grpc,
+            envelope: self.envelope,
+            panic_messages,
+        }
+    }
+}
+
+/// The body type of a response type.
+pub trait ResponseBody {
+    /// The body.
+    type Body;
+}
+
+impl<B> ResponseBody for Response<B> {
+    type Body = B;
+}
+
+pin_project! {
+    /// The response future of [`NatService`].
+    pub struct NatFuture<S, ReqB, K, R, Q, C>
+    where
+        S: Service<Request<ReqB>>,
+        S::Response: ResponseBody,
+        NatPolicy<K, R, Q, C>: Policy<ReqB>,
+    {
+        #[pin]
+        state: NatState<S, ReqB, K, R, Q, C>,
+        requests: Arc<Requests>,
+        grpc: bool,
+        envelope: bool,
+        panic_messages: bool,
+    }
+}
+
+pin_project! {
+    #[project = NatStateProj]
+    enum NatState<S, ReqB, K, R, Q, C>
+    where
+        S: Service<Request<ReqB>>,
+        S::Response: ResponseBody,
+        NatPolicy<K, R, Q, C>: Policy<ReqB>,
+    {
+        // The decisions and the inner service (none: it failed already).
+        Decide { #[pin] future: Option<PolicyFuture<S, NatPolicy<K, R, Q, C>, ReqB>> },
+        // A framework's error body read for its explanation.
+        Explain {
+            explaining: Pin<Box<Explaining<NatBody<<S::Response as ResponseBody>::Body>>>>,
+        },
+    }
+}
+
+impl<S, ReqB, ResB, K, R, Q, C> Future for NatFuture<S, ReqB, K, R, Q, C>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    NatPolicy<K, R, Q, C>: Policy<ReqB>,
+    ResB: http_body::Body,
+    ResB::Data: From<bytes::Bytes>,
+{
+    type Output = Result<Response<NatBody<ResB>>, Infallible>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.as_mut().project();
+        let response = match this.state.project() {
+            NatStateProj::Decide { future } => {
+                match ready!(poll_caught(future, cx, *this.panic_messages)) {
+                    Caught::Answer(response) => {
+                        this.requests
+                            .count(match response.extensions().get::<Refused>() {
+                                None => Outcome::Allowed,
+                                Some(Refused("INTERNAL_ERROR")) => Outcome::Error,
+                                Some(_) => Outcome::Rejected,
+                            });
+                        response
+                    }
+                    Caught::Failed => {
+                        this.requests.count(Outcome::Error);
+                        return Poll::Ready(Ok(internal(*this.grpc)));
+                    }
+                }
+            }
+            NatStateProj::Explain { explaining } => {
+                return explaining.as_mut().poll_explained(cx).map(Ok);
+            }
+        };
+        if !*this.envelope {
+            return Poll::Ready(Ok(response));
+        }
+        match envelope_response(response, *this.grpc, |body| body) {
+            Enveloped::Done(response) => Poll::Ready(Ok(response)),
+            Enveloped::Explain(explaining) => {
+                self.as_mut()
+                    .project()
+                    .state
+                    .set(NatState::Explain { explaining });
+                self.poll(cx)
+            }
+        }
+    }
+}
+
+impl<S, ReqB, K, R, Q, C> fmt::Debug for NatFuture<S, ReqB, K, R, Q, C>
+where
+    S: Service<Request<ReqB>>,
+    S::Response: ResponseBody,
+    NatPolicy<K, R, Q, C>: Policy<ReqB>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatFuture").finish_non_exhaustive()
     }
 }
 
 /// Scan validation, the feature gate for scan kinds, the concurrent-scan limit and the quota,
-/// in that order: the part of
-/// the stack that gives a scan creation its meaning. [`NatLayer`] runs it on the scan routes
-/// it finds by path; [`NatLayer::scan_creation`] makes one for the scan route itself.
+/// in that order: the part of the stack that gives a scan creation its meaning, for a layer
+/// on the scan route itself ([`NatLayer::scan_creation`]).
 #[derive(Clone, Debug)]
 pub struct ScanCreationLayer<Q = MemoryQuotaStore, C = MemorySlotStore> {
-    validation: ValidateScanRequestLayer,
-    features: FeatureGateLayer,
-    concurrency: ConcurrentScansLayer<C>,
-    quota: QuotaGuardLayer<Q>,
+    quotas: Q,
+    slots: C,
+    validation: scan_request::Config,
+    concurrency: concurrency::Config,
+    quota: quota::Config,
+    common: Common,
 }
 
-impl<S, Q: Clone, C: Clone> Layer<S> for ScanCreationLayer<Q, C> {
+/// The service [`ScanCreationLayer`] wraps around `S`.
+pub type ScanCreation<S, Q = MemoryQuotaStore, C = MemorySlotStore> =
+    PolicyService<S, ScanPolicy<Q, C>>;
+
+impl<S, Q: QuotaStore, C: SlotStore> Layer<S> for ScanCreationLayer<Q, C> {
     type Service = ScanCreation<S, Q, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let service = self.quota.layer(inner);
-        let service = self.concurrency.layer(service);
-        let service = self.features.layer(service);
-        self.validation.layer(service)
+        let policy = scan_policy(
+            self.quotas.clone(),
+            self.slots.clone(),
+            &self.validation,
+            &self.concurrency,
+            &self.quota,
+            &self.common,
+        );
+        PolicyService::new(inner, Arc::new(policy))
     }
 }

@@ -167,24 +167,6 @@ impl fmt::Debug for Tenant {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AuthExempt;
 
-/// What a tenant-scoped layer finds in a request's extensions.
-pub(crate) enum Caller<'a> {
-    Tenant(&'a Tenant),
-    Exempt,
-    Unknown,
-}
-
-impl<'a> Caller<'a> {
-    #[inline]
-    pub(crate) fn of(extensions: &'a http::Extensions) -> Self {
-        match extensions.get::<Tenant>() {
-            Some(t) => Caller::Tenant(t),
-            None if extensions.get::<AuthExempt>().is_some() => Caller::Exempt,
-            None => Caller::Unknown,
-        }
-    }
-}
-
 #[cfg(feature = "axum")]
 mod extract {
     use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};

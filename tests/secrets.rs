@@ -55,7 +55,7 @@ async fn no_log_line_response_or_debug_output_carries_a_key() {
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("acme", Plan::FREE);
+    keys.insert_tenant("acme", Plan::FREE).unwrap();
     let live = keys.issue_key("acme", None).unwrap().key;
     let expiring = keys
         .issue_key("acme", Some(Duration::from_secs(10)))
@@ -139,6 +139,17 @@ async fn no_log_line_response_or_debug_output_carries_a_key() {
     assert!(logs.contains("RATE_LIMITED") && logs.contains("QUOTA_EXCEEDED"));
     assert!(logs.contains("INTERNAL_ERROR") && logs.contains("STRIPE_NOT_CONFIGURED"));
     assert!(logs.contains("tenant=\"acme\""));
+    // These requests carry no client address: failed authentication cannot be throttled,
+    // and that is said once, at WARN, not once per failure.
+    let unthrottled: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("failed authentication is not throttled"))
+        .collect();
+    assert_eq!(unthrottled.len(), 1, "{logs}");
+    assert!(unthrottled[0].contains(" WARN "), "{}", unthrottled[0]);
+    // A panic is reported without its message (which may carry a secret) by default.
+    assert!(logs.contains("inner service panicked"));
+    assert!(!logs.contains("the handler failed"), "{logs}");
     let debug = [
         format!("{live:?}"),
         format!("{:?}", live.hash()),

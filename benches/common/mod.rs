@@ -235,7 +235,7 @@ pub fn fixture(tenants: usize) -> Fixture {
     let requests = (0..tenants)
         .map(|i| {
             let id = format!("tenant-{i:07}");
-            keys.insert_tenant(id.as_str(), Plan::ENTERPRISE);
+            keys.insert_tenant(id.as_str(), Plan::ENTERPRISE).unwrap();
             let key = keys.issue_key(&id, None).unwrap().key;
             let mut req = Request::get("/api/v1/scans")
                 .header("x-api-key", key.expose())

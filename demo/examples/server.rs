@@ -17,12 +17,19 @@
 //! - `NAT_REDIS_URL`: keep rate limits, quotas and running scans in Redis
 //!   (`redis://127.0.0.1:6379/`), shared by every instance; for a Redis Cluster, several
 //!   comma-separated URLs or `redis+cluster://host:port,host:port`; needs `--features redis`.
+//!   Over TLS: `rediss://` (or `rediss+cluster://`), with `--features redis,tls`. Redis must
+//!   answer at start (a wrong certificate, password or address stops the demo there).
 //! - `NAT_INSTANCES`: with Redis, the number of instances; while Redis fails, each enforces
 //!   its share of every rate limit locally (unset: requests pass while Redis is down).
 //! - `NAT_METRICS`: Prometheus metrics at `/metrics` (no key needed), on unless `0`.
 //! - `NAT_DATABASE_URL`: keep tenants and keys in PostgreSQL
-//!   (`postgres://user:password@127.0.0.1/nat`), behind a cache; the schema is created on
-//!   start and the demo tenants and keys are added.
+//!   (`postgres://user:password@127.0.0.1/nat`; over TLS, with `--features tls`, add
+//!   `?sslmode=verify-full&sslrootcert=/path/ca.pem`), behind a cache; the schema is created on
+//!   start and the demo tenants and keys are added. Changes made elsewhere (the `nat` CLI,
+//!   SQL, another instance) reach the cache within a second.
+//! - `NAT_ADMIN_TOKENS`: serve the admin API at `/admin` for these tokens (`name:secret`,
+//!   comma-separated; secrets of 32 characters or more), e.g.
+//!   `NAT_ADMIN_TOKENS=ops:$(openssl rand -hex 24)`.
 //!
 //! On start it prints the address and one key per plan (`free key: nat_pk_...`). They are
 //! demo keys, printed so you can use them; a real server never prints or logs keys.
@@ -44,7 +51,11 @@ fn exit(code: i32, message: &str) -> ! {
 /// The demo app with keys from `nat`'s key store, and rate limits, quotas and running scans
 /// in Redis if `settings` name one.
 #[cfg(feature = "redis")]
-fn app<K: KeyStore>(demo: &Demo, nat: NatLayer<K>, settings: &Settings) -> Result<Router, String> {
+async fn app<K: KeyStore>(
+    demo: &Demo,
+    nat: NatLayer<K>,
+    settings: &Settings,
+) -> Result<Router, String> {
     use tower_nat::{
         concurrency::RedisSlotStore,
         quota::RedisQuotaStore,
@@ -54,9 +65,15 @@ fn app<K: KeyStore>(demo: &Demo, nat: NatLayer<K>, settings: &Settings) -> Resul
     let Some(url) = settings.redis_url.as_deref() else {
         return Ok(demo.router(nat));
     };
-    // The URL may carry a password: it is not echoed.
-    let backend = RedisBackend::from_config(url)
-        .map_err(|_| "NAT_REDIS_URL is not a Redis URL or a list of cluster nodes")?;
+    // The URL may carry a password: the error never repeats it.
+    let backend =
+        RedisBackend::from_config(url).map_err(|e| nat_demo::refused("NAT_REDIS_URL", &e))?;
+    // A wrong certificate, password or address fails here, at start, rather than as a 500
+    // on every request.
+    backend
+        .ping()
+        .await
+        .map_err(|e| nat_demo::refused("NAT_REDIS_URL", &e))?;
     let nat = nat
         .with_quota_store(RedisQuotaStore::new(backend.clone()))
         .with_slot_store(RedisSlotStore::new(backend.clone()));
@@ -68,7 +85,11 @@ fn app<K: KeyStore>(demo: &Demo, nat: NatLayer<K>, settings: &Settings) -> Resul
 }
 
 #[cfg(not(feature = "redis"))]
-fn app<K: KeyStore>(demo: &Demo, nat: NatLayer<K>, settings: &Settings) -> Result<Router, String> {
+async fn app<K: KeyStore>(
+    demo: &Demo,
+    nat: NatLayer<K>,
+    settings: &Settings,
+) -> Result<Router, String> {
     match settings.redis_url.as_deref() {
         None => Ok(demo.router(nat)),
         Some(_) => Err(
@@ -93,12 +114,27 @@ async fn main() {
             .unwrap_or_else(|e| exit(1, &format!("cannot install the metrics recorder: {e}")));
         demo = demo.with_metrics(handle);
     }
+    let tokens = settings.admin_tokens.as_deref();
     let app = match settings.database_url.as_deref() {
         Some(url) => {
             let keys = demo.postgres(url).await.unwrap_or_else(|m| exit(2, &m));
-            app(&demo, demo.nat_with(keys), &settings)
+            if let Some(tokens) = tokens {
+                // The admin API changes the database; the cache hears of it at once.
+                demo = demo
+                    .with_admin(keys.store().clone(), tokens)
+                    .unwrap_or_else(|m| exit(2, &m));
+            }
+            app(&demo, demo.nat_with(keys), &settings).await
         }
-        None => app(&demo, demo.nat(), &settings),
+        None => {
+            if let Some(tokens) = tokens {
+                let keys = demo.key_store.clone();
+                demo = demo
+                    .with_admin(keys, tokens)
+                    .unwrap_or_else(|m| exit(2, &m));
+            }
+            app(&demo, demo.nat(), &settings).await
+        }
     }
     .unwrap_or_else(|m| exit(2, &m));
     let listener = tokio::net::TcpListener::bind(settings.addr)
@@ -122,6 +158,9 @@ async fn main() {
     }
     if settings.metrics {
         println!("metrics: http://{addr}/metrics (NAT_METRICS=0 turns them off)");
+    }
+    if tokens.is_some() {
+        println!("admin API: http://{addr}/admin (tokens from NAT_ADMIN_TOKENS)");
     }
     if settings.redis_url.is_some() {
         println!("stores: Redis (NAT_REDIS_URL)");

@@ -44,7 +44,8 @@ use tower::ServiceExt;
 use tower_http::timeout::TimeoutLayer;
 use tower_nat::{
     NatError, NatLayer,
-    auth::{ApiKey, CachedKeyStore, KeyStore, MemoryKeyStore, PgKeyStore},
+    admin::AdminApi,
+    auth::{ApiKey, CachedKeyStore, KeyAdmin, KeyStore, MemoryKeyStore, PgKeyStore},
     billing::BillingConfiguredLayer,
     clock::{SharedClock, SystemClock, UtcDate},
     concurrency::{ScanSlot, SlotStore},
@@ -124,6 +125,18 @@ pub struct Demo {
     pub billing: BillingConfiguredLayer,
     /// Where `/metrics` reads the Prometheus text from (none: no `/metrics` route).
     pub metrics: Option<PrometheusHandle>,
+    /// The admin API to mount at `/admin`, given the layers' usage reader.
+    admin: Option<AdminMount>,
+}
+
+/// Builds the admin router once the layers' stores are known (for its usage route).
+#[derive(Clone)]
+struct AdminMount(Arc<dyn Fn(UsageReader) -> Router + Send + Sync>);
+
+impl std::fmt::Debug for AdminMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminMount")
+    }
 }
 
 impl Demo {
@@ -136,11 +149,13 @@ impl Demo {
         fixed: [Option<ApiKey>; 4],
         scan_duration: Duration,
     ) -> Self {
-        let key_store = MemoryKeyStore::new();
+        let key_store = MemoryKeyStore::new().plans(plans.clone());
         let mut keys = Vec::new();
         for (plan, fixed) in Plan::BUILT_IN.into_iter().zip(fixed) {
             let tenant = format!("demo-{plan}");
-            key_store.insert_tenant(tenant.as_str(), plan.clone());
+            key_store
+                .insert_tenant(tenant.as_str(), plan.clone())
+                .unwrap();
             let key = fixed.unwrap_or_else(ApiKey::generate);
             key_store.add_key(&tenant, &key, None);
             keys.push((plan, key));
@@ -153,7 +168,22 @@ impl Demo {
             scan_duration,
             billing,
             metrics: None,
+            admin: None,
         }
+    }
+
+    /// Mounts the admin API at `/admin` (outside the NAT stack: admins are not tenants), over
+    /// `store`, for the `name:secret` tokens of `tokens` (`NAT_ADMIN_TOKENS`). The error says
+    /// what is wrong with the tokens, never repeating one.
+    pub fn with_admin<S: KeyAdmin>(mut self, store: S, tokens: &str) -> Result<Self, String> {
+        let api = AdminApi::new(store)
+            .clock(self.clock.clone())
+            .tokens(tokens)
+            .map_err(|e| format!("NAT_ADMIN_TOKENS: {e}"))?;
+        self.admin = Some(AdminMount(Arc::new(move |usage| {
+            api.clone().usage(usage).into_router()
+        })));
+        Ok(self)
     }
 
     /// Serves the metrics `handle` renders at `/metrics` (Prometheus text, no key needed).
@@ -188,11 +218,18 @@ impl Demo {
     /// The demo's tenants and keys in PostgreSQL at `url` (schema migrated, tenants and keys
     /// added if missing), behind a cache. The error never repeats the URL.
     pub async fn postgres(&self, url: &str) -> Result<CachedKeyStore<PgKeyStore>, String> {
-        let db = PgKeyStore::new(url).map_err(|_| "NAT_DATABASE_URL is not a PostgreSQL URL")?;
-        let failed = |e: tower_nat::StoreError| {
-            let cause = std::error::Error::source(&e).map(ToString::to_string);
-            format!("NAT_DATABASE_URL: {}", cause.unwrap_or_default())
-        };
+        // The error never repeats the URL: an invalid one, or a refused `sslmode`.
+        let db = PgKeyStore::new(url)
+            .map_err(|e| refused("NAT_DATABASE_URL", &e))?
+            .plans(self.plans.clone());
+        // The deepest cause: the driver's words, never the URL.
+        fn failed(e: impl std::error::Error) -> String {
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(source) = cause.source() {
+                cause = source;
+            }
+            format!("NAT_DATABASE_URL: {cause}")
+        }
         db.migrate().await.map_err(failed)?;
         for (plan, key) in &self.keys {
             let tenant = format!("demo-{plan}");
@@ -241,13 +278,17 @@ impl Demo {
                 }),
             );
         }
-        app.with_state(state)
-            .layer(nat)
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                REQUEST_TIMEOUT,
-            ))
-            .layer(ErrorEnvelopeLayer::new())
+        let usage = state.usage.clone();
+        let mut app = app.with_state(state).layer(nat);
+        if let Some(admin) = &self.admin {
+            // After the stack's layer: the admin routes are outside it.
+            app = app.nest("/admin", (admin.0)(usage));
+        }
+        app.layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(ErrorEnvelopeLayer::new())
     }
 }
 
@@ -275,6 +316,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// `NAT_METRICS`: serve Prometheus metrics at `/metrics` (on unless `0`).
     pub metrics: bool,
+    /// `NAT_ADMIN_TOKENS`: the admin API at `/admin`, for these `name:secret` tokens.
+    pub admin_tokens: Option<String>,
 }
 
 impl Settings {
@@ -331,6 +374,7 @@ impl Settings {
             redis_url: var("NAT_REDIS_URL"),
             database_url: var("NAT_DATABASE_URL"),
             metrics: var("NAT_METRICS").is_none_or(|v| v != "0"),
+            admin_tokens: var("NAT_ADMIN_TOKENS"),
         })
     }
 
@@ -530,4 +574,16 @@ async fn checkout(tenant: Tenant, body: Bytes) -> Json<Value> {
 
 async fn webhook() -> Json<Value> {
     Json(json!({"received": true, "demo": true}))
+}
+
+/// Why the store named by the environment variable `var` was refused (never its URL), and
+/// what to do when it asks for TLS that this build lacks.
+pub fn refused(var: &str, error: &tower_nat::StoreError) -> String {
+    let cause =
+        std::error::Error::source(error).map_or_else(|| error.to_string(), |c| c.to_string());
+    let mut message = format!("{var}: {cause}");
+    if message.contains("`tls` feature") {
+        message.push_str(": run the demo with --features tls");
+    }
+    message
 }

@@ -85,6 +85,9 @@ async fn metrics_are_served_in_prometheus_text_without_a_key() {
     assert_eq!(
         samples,
         [
+            // The app is called without a client address: its failed authentication could
+            // not be throttled, and says so.
+            "nat_auth_unthrottled_failures_total 1",
             r#"nat_rejections_total{code="FEATURE_NOT_AVAILABLE",plan="free",layer="feature_gate",shadow="false"} 1"#,
             r#"nat_rejections_total{code="UNAUTHORIZED",plan="none",layer="auth",shadow="false"} 1"#,
             r#"nat_requests_total{outcome="allowed"} 1"#,

@@ -530,3 +530,193 @@ async fn pro_runs_three_scans_at_once_and_a_finished_scan_frees_its_slot() {
             .ends_with(r#""scans_running":1,"concurrent_scans_limit":3}"#)
     );
 }
+
+/// The trial's critical finding, as it was found: a Free key and a gRPC `Content-Type` on the
+/// demo's REST scan route created a security scan (202, charged as functional). Every
+/// variant is now refused, the gRPC ones in gRPC form, and nothing is charged.
+#[tokio::test]
+async fn a_grpc_content_type_on_the_scan_route_is_refused() {
+    let s = demo(BillingConfiguredLayer::new(false)).await;
+    let free = s.key(Plan::FREE).to_owned();
+    let send = |content_type: &'static str, body: &'static str| {
+        let req = Request::post(format!("http://{}/api/v1/scan", s.addr))
+            .header("x-api-key", &free)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let client = s.client.clone();
+        async move {
+            let response = client.request(req).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (parts.status, parts.headers, body)
+        }
+    };
+    let security = r#"{"url":"https://example.com","mode":"security"}"#;
+    // (Free has 8 requests a minute here: seven of them are spent below.)
+    let no_url = r#"{"mode":"functional"}"#;
+    for (content_type, body) in [
+        ("application/grpc", security),
+        ("application/grpc+json", security),
+        ("application/grpc+proto", no_url),
+        ("APPLICATION/GRPC", no_url),
+    ] {
+        let (status, headers, bytes) = send(content_type, body).await;
+        assert_eq!(status, 200, "{content_type}");
+        assert_eq!(headers["grpc-status"], "3", "{content_type}");
+        // This client speaks HTTP/1.1, where a gRPC call's final status cannot arrive.
+        assert_eq!(headers["grpc-message"], "gRPC calls need HTTP/2.");
+        assert!(bytes.is_empty());
+    }
+    for content_type in ["application/grpc-web", "application/grpcx"] {
+        let (status, _, bytes) = send(content_type, security).await;
+        assert_eq!(status, 400);
+        assert_eq!(bytes, invalid("Content-Type must be application/json."));
+    }
+    let usage = s
+        .call(Method::GET, "/api/v1/usage", Some(&free), None)
+        .await;
+    assert!(
+        usage
+            .body
+            .contains(r#""scans_used":0,"scans_limit":2,"security_scan_count":0"#),
+        "{}",
+        usage.body
+    );
+}
+
+/// The demo with `NAT_ADMIN_TOKENS`: the admin API at `/admin`, outside the stack, behind its
+/// own token; a key it issues works at once and stops at once when revoked, and a tenant on a
+/// plan the table lacks is refused.
+#[tokio::test]
+async fn the_admin_api_issues_and_revokes_keys() {
+    let token = "ops-0123456789abcdef0123456789abcdef";
+    let clock = FakeClock::at_date(UtcDate::new(2025, 1, 20).unwrap());
+    let demo = Demo::new(
+        Plans::default(),
+        Arc::new(clock.clone()),
+        BillingConfiguredLayer::new(false),
+        [None, None, None, None],
+        Duration::from_secs(3),
+    );
+    let keys = demo.key_store.clone();
+    let demo = demo.with_admin(keys, &format!("ops:{token}")).unwrap();
+    let s = Running::start(demo.router(demo.nat()), demo.keys, clock).await;
+    let admin = |method: Method, path: &str, body: Option<&str>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", s.addr))
+            .header("authorization", format!("Bearer {token}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+            .unwrap();
+        let client = s.client.clone();
+        async move {
+            let response = client.request(req).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    // The admin API takes no API key, and an API key does not open it.
+    let pro = s.key(Plan::PRO).to_owned();
+    s.call(Method::GET, "/admin/tenants", Some(&pro), None)
+        .await
+        .assert_envelope(401, UNAUTHORIZED);
+    let (status, body) = admin(Method::GET, "/admin/tenants?limit=2", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with(r#"{"items":[{"id":"demo-enterprise","plan":"enterprise""#),
+        "{body}"
+    );
+    assert!(body.ends_with(r#""next":"demo-free"}"#), "{body}");
+
+    let (status, body) = admin(
+        Method::POST,
+        "/admin/tenants",
+        Some(r#"{"id":"acme","plan":"gold"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, invalid("Unknown plan: gold.").as_str())
+    );
+    let (status, _) = admin(
+        Method::POST,
+        "/admin/tenants",
+        Some(r#"{"id":"acme","plan":"team"}"#),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = admin(Method::POST, "/admin/tenants/acme/keys", None).await;
+    assert_eq!(status, 201);
+    let issued: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let reply = s.call(Method::GET, "/api/v1/usage", Some(&key), None).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .body
+            .starts_with(r#"{"tenant_id":"acme","plan":"team""#),
+        "{}",
+        reply.body
+    );
+    let (status, body) = admin(Method::GET, "/admin/tenants/acme/usage", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with(r#"{"tenant_id":"acme","plan":"team","scans_used":0"#),
+        "{body}"
+    );
+
+    let path = format!("/admin/keys/{}", issued["id"].as_str().unwrap());
+    assert_eq!(
+        admin(Method::DELETE, &path, None).await,
+        (204, String::new())
+    );
+    s.call(Method::GET, "/api/v1/usage", Some(&key), None)
+        .await
+        .assert_envelope(401, UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn database_urls_are_refused_with_the_reason_and_never_echoed() {
+    let demo = Demo::new(
+        Plans::default(),
+        Arc::new(FakeClock::at_date(UtcDate::new(2025, 1, 20).unwrap())),
+        BillingConfiguredLayer::new(false),
+        [None, None, None, None],
+        Duration::from_secs(3),
+    );
+    let refused = |url: &'static str| {
+        let demo = &demo;
+        async move {
+            let message = demo.postgres(url).await.expect_err("refused");
+            assert!(!message.contains("hunter2"), "{message}");
+            message
+        }
+    };
+    assert_eq!(
+        refused("not a url").await,
+        "NAT_DATABASE_URL: postgres: invalid connection string"
+    );
+    let prefer = refused("postgres://nat:hunter2@127.0.0.1:1/nat?sslmode=prefer").await;
+    assert!(
+        prefer.starts_with("NAT_DATABASE_URL: postgres: sslmode=prefer is refused"),
+        "{prefer}"
+    );
+    let tls = refused("postgres://nat:hunter2@127.0.0.1:1/nat?sslmode=verify-full").await;
+    if cfg!(feature = "tls") {
+        // The system's roots load; the database is not there.
+        assert!(tls.starts_with("NAT_DATABASE_URL: "), "{tls}");
+        assert!(!tls.contains("`tls` feature"), "{tls}");
+    } else {
+        assert_eq!(
+            tls,
+            "NAT_DATABASE_URL: postgres: sslmode=verify-full needs tower-nat's `tls` feature: \
+             run the demo with --features tls"
+        );
+    }
+}

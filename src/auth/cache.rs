@@ -45,9 +45,12 @@ const USE_INTERVAL: Duration = Duration::from_secs(60);
 ///   at once in this process: the store announces them ([`KeyStore::changes`]) and the cache
 ///   forgets the entries. A lookup that was in flight when a key was revoked answers the
 ///   request that started it, but its answer is not cached and no later request gets it.
-///   Changes made by other processes (or behind the store's back) take effect when entries
-///   expire, within the TTL; [`invalidate`](Self::invalidate) and
-///   [`invalidate_tenant`](Self::invalidate_tenant) forget entries by hand.
+///   Changes made by other processes reach it through the store's feed (`PgKeyStore` listens
+///   to PostgreSQL's `NOTIFY`: within a second); while the feed is down, no entry is served
+///   older than [`offline_ttl`](Self::offline_ttl) (2 s). A store without a feed sees changes
+///   made behind its back when entries expire, within the TTL;
+///   [`invalidate`](Self::invalidate) and [`invalidate_tenant`](Self::invalidate_tenant)
+///   forget entries by hand.
 /// - **Expiry** is still checked on every request by the auth layer against its clock: a
 ///   cached key never outlives its `expires_at`.
 /// - **Outages.** With [`serve_stale`](Self::serve_stale), a key whose entry has expired keeps
@@ -67,7 +70,7 @@ const USE_INTERVAL: Duration = Duration::from_secs(60);
 ///
 /// // Any KeyStore: a database-backed one is where a cache pays.
 /// let store = MemoryKeyStore::new();
-/// store.insert_tenant("acme", Plan::PRO);
+/// store.insert_tenant("acme", Plan::PRO).unwrap();
 /// let keys = CachedKeyStore::new(store.clone())
 ///     .ttl(Duration::from_secs(30))
 ///     .serve_stale(Duration::from_secs(300));
@@ -92,6 +95,9 @@ struct Cache {
     /// Counts the changes announced so far: a lookup caches its answer only if none came
     /// while it ran.
     changes: AtomicU64,
+    /// Whether the store's feed of changes made elsewhere is up (none: the store has no
+    /// feed, and its TTLs hold).
+    live: Option<Arc<std::sync::atomic::AtomicBool>>,
     settings: Settings,
 }
 
@@ -99,6 +105,7 @@ struct Cache {
 struct Settings {
     ttl: Duration,
     negative_ttl: Duration,
+    offline_ttl: Duration,
     stale_for: Duration,
     capacity: usize,
     clock: SharedClock,
@@ -109,6 +116,8 @@ type Entry = Arc<Cached>;
 
 struct Cached {
     record: Option<KeyRecord>,
+    /// When the store gave it.
+    loaded_at: Duration,
     /// Served without a query until then.
     fresh_until: Duration,
     /// Served while the store fails until then.
@@ -134,22 +143,27 @@ impl Forget for Cache {
                 .is_none_or(|record| record.tenant.id() != tenant)
         });
     }
+
+    fn all(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+    }
 }
 
 impl<K: KeyStore> CachedKeyStore<K> {
     /// A cache in front of `store`: live keys for 60 s, unknown keys for 5 s, at most 100,000
     /// entries, no stale answers, the system clock.
     pub fn new(store: K) -> Self {
-        let cached = Self {
-            store,
-            cache: Arc::new(Cache::new(Settings {
-                ttl: Duration::from_secs(60),
-                negative_ttl: Duration::from_secs(5),
-                stale_for: Duration::ZERO,
-                capacity: 100_000,
-                clock: clock::system(),
-            })),
+        let settings = Settings {
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            offline_ttl: Duration::from_secs(2),
+            stale_for: Duration::ZERO,
+            capacity: 100_000,
+            clock: clock::system(),
         };
+        let cache = Arc::new(Cache::new(settings, store.changes()));
+        let cached = Self { store, cache };
         cached.subscribe();
         cached
     }
@@ -166,9 +180,10 @@ impl<K: KeyStore> CachedKeyStore<K> {
     fn rebuild(self, change: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = self.cache.settings.clone();
         change(&mut settings);
+        let cache = Arc::new(Cache::new(settings, self.store.changes()));
         let cached = Self {
             store: self.store,
-            cache: Arc::new(Cache::new(settings)),
+            cache,
         };
         cached.subscribe();
         cached
@@ -186,6 +201,14 @@ impl<K: KeyStore> CachedKeyStore<K> {
     #[must_use]
     pub fn negative_ttl(self, ttl: Duration) -> Self {
         self.rebuild(|c| c.negative_ttl = ttl)
+    }
+
+    /// How long an entry is served without a query while the store's feed of changes made
+    /// elsewhere is down (2 s by default; see [`KeyChanges`]): how long a key revoked by
+    /// another instance may still work here then. A store without a feed is not concerned.
+    #[must_use]
+    pub fn offline_ttl(self, ttl: Duration) -> Self {
+        self.rebuild(|c| c.offline_ttl = ttl)
     }
 
     /// Keeps serving a live key whose entry expired while the store fails, for at most `for_`
@@ -242,9 +265,10 @@ impl<K> CachedKeyStore<K> {
 }
 
 impl Cache {
-    fn new(settings: Settings) -> Self {
+    fn new(settings: Settings, changes: Option<&KeyChanges>) -> Self {
         let capacity = settings.capacity;
         Self {
+            live: changes.map(KeyChanges::live_flag),
             entries: Entries::with(
                 capacity,
                 capacity as u64,
@@ -271,11 +295,24 @@ impl Cache {
         };
         Arc::new(Cached {
             record,
+            loaded_at: now,
             fresh_until,
             stale_until,
             changes,
             used: AtomicU64::new(0),
         })
+    }
+
+    /// Whether `entry` is served without a query at `now`: within its TTL, and while the
+    /// store's feed is down, within the offline TTL of its loading.
+    #[inline]
+    fn fresh(&self, entry: &Cached, now: Duration) -> bool {
+        now < entry.fresh_until
+            && (self
+                .live
+                .as_ref()
+                .is_none_or(|live| live.load(Ordering::Relaxed))
+                || now < entry.loaded_at.saturating_add(self.settings.offline_ttl))
     }
 
     /// Caches `entry` unless a change was announced since its lookup started; a change
@@ -317,12 +354,12 @@ impl<K: KeyStore> CachedKeyStore<K> {
         let started = cache.changes.load(Ordering::SeqCst);
         let now = cache.settings.clock.now();
         // An expired entry makes way for a placeholder (the one this lookup may fill).
-        cache.entries.remove_if(&hash, |e| now >= e.fresh_until);
+        cache.entries.remove_if(&hash, |e| !cache.fresh(e, now));
         let guard = match cache.entries.get_value_or_guard_async(&hash).await {
             Ok(entry) => {
                 let now = cache.settings.clock.now();
                 // Filled by a lookup that started no earlier than this one: its answer holds.
-                if entry.changes >= started && now < entry.fresh_until {
+                if entry.changes >= started && cache.fresh(&entry, now) {
                     self.used(&entry, now);
                     return Ok(entry.record.clone());
                 }
@@ -361,6 +398,7 @@ impl<K: KeyStore> CachedKeyStore<K> {
                             &hash,
                             Arc::new(Cached {
                                 record: record.clone(),
+                                loaded_at: now,
                                 fresh_until: retry,
                                 stale_until: stale.stale_until,
                                 changes: started,
@@ -384,7 +422,7 @@ impl<K: KeyStore> KeyStore for CachedKeyStore<K> {
         let now = self.cache.settings.clock.now();
         let seen = self.cache.entries.get(hash);
         if let Some(entry) = &seen {
-            if now < entry.fresh_until {
+            if self.cache.fresh(entry, now) {
                 self.used(entry, now);
                 return Answer::Ready(Ok(entry.record.clone()));
             }
@@ -395,7 +433,7 @@ impl<K: KeyStore> KeyStore for CachedKeyStore<K> {
     fn known(&self, hash: &KeyHash) -> Option<Answer<Option<KeyRecord>, Self::Future>> {
         let entry = self.cache.entries.peek(hash)?;
         let record = entry.record.clone()?;
-        if self.cache.settings.clock.now() < entry.fresh_until {
+        if self.cache.fresh(&entry, self.cache.settings.clock.now()) {
             Some(Answer::Ready(Ok(Some(record))))
         } else {
             Some(self.lookup(hash))
@@ -429,6 +467,7 @@ impl<K: fmt::Debug> fmt::Debug for CachedKeyStore<K> {
             .field("capacity", &c.capacity)
             .field("ttl", &c.ttl)
             .field("negative_ttl", &c.negative_ttl)
+            .field("offline_ttl", &c.offline_ttl)
             .field("stale_for", &c.stale_for)
             .finish()
     }

@@ -9,15 +9,15 @@ use tower_layer::Layer;
 use super::{
     key::{KeyFormat, KeyHash},
     store::{KeyRecord, KeyStore, MemoryKeyStore},
-    throttle::{IpNet, Throttle},
+    throttle::{IpNet, Provisional, Throttle},
 };
 use crate::{
-    clock::{self, SharedClock},
+    clock::SharedClock,
+    common::{Common, common_setters},
+    engine::{Decision, Policy, PolicyService, Rejection, Reported, StoreCall},
     error::{NatError, StoreError},
-    guard::{Policy, Rejection, Step},
     headers::X_API_KEY,
     path::{Routes, client_path},
-    report,
     store::Answer,
     tenant::{AuthExempt, Tenant},
 };
@@ -25,69 +25,96 @@ use crate::{
 /// Applies [`ApiKeyAuth`] to a service.
 #[derive(Clone, Debug)]
 pub struct ApiKeyAuthLayer<K = MemoryKeyStore> {
-    policy: Authenticate<K>,
-}
-
-/// How [`ApiKeyAuth`] decides. Shared by every clone of the layer and its services.
-#[derive(Clone, Debug)]
-pub struct Authenticate<K> {
     store: K,
-    config: Arc<Config>,
+    config: Config,
+    common: Common,
 }
 
+/// How keys are read and failures throttled.
 #[derive(Clone, Debug)]
-struct Config {
+pub(crate) struct Config {
     exempt: Routes,
     format: KeyFormat,
     header: HeaderName,
-    clock: SharedClock,
     throttle: Option<Throttle>,
-    shadow: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            exempt: Routes::default(),
+            format: KeyFormat::default(),
+            header: X_API_KEY,
+            throttle: Some(Throttle::new(20, Duration::from_secs(60))),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn exempt(&mut self, path: impl Into<String>) {
+        self.exempt.add_exact(path);
+    }
+
+    pub(crate) fn exempt_prefix(&mut self, prefix: impl Into<String>) {
+        self.exempt.add_prefix(prefix);
+    }
+
+    pub(crate) fn key_format(&mut self, format: KeyFormat) {
+        self.format = format;
+    }
+
+    pub(crate) fn key_header(&mut self, header: HeaderName) {
+        self.header = header;
+    }
+
+    pub(crate) fn failed_auth_limit(&mut self, limit: u32, period: Duration) {
+        match &mut self.throttle {
+            Some(throttle) => throttle.set_limit(limit, period),
+            None => self.throttle = Some(Throttle::new(limit, period)),
+        }
+    }
+
+    pub(crate) fn failed_auth_ipv6_prefix(&mut self, prefix: u8) {
+        if let Some(throttle) = &mut self.throttle {
+            throttle.ipv6_prefix(prefix);
+        }
+    }
+
+    pub(crate) fn failed_auth_capacity(&mut self, addresses: usize) {
+        if let Some(throttle) = &mut self.throttle {
+            throttle.capacity(addresses);
+        }
+    }
+
+    pub(crate) fn without_failed_auth_limit(&mut self) {
+        self.throttle = None;
+    }
+
+    pub(crate) fn trusted_proxies(&mut self, proxies: impl IntoIterator<Item = IpNet>) {
+        if let Some(throttle) = &mut self.throttle {
+            throttle.trust(proxies);
+        }
+    }
 }
 
 impl<K> ApiKeyAuthLayer<K> {
-    /// What this layer decides with (for the stack, which decides in one service).
-    #[inline]
-    pub(crate) fn policy(&self) -> &Authenticate<K> {
-        &self.policy
-    }
-
     /// Authenticates against `store`, with the default key format, no exempt routes, failed
     /// authentication throttled at 20 a minute per client address, and the system clock.
     pub fn new(store: K) -> Self {
         Self {
-            policy: Authenticate {
-                store,
-                config: Arc::new(Config {
-                    exempt: Routes::default(),
-                    format: KeyFormat::default(),
-                    header: X_API_KEY,
-                    clock: clock::system(),
-                    throttle: Some(Throttle::new(20, Duration::from_secs(60))),
-                    shadow: false,
-                }),
-            },
+            store,
+            config: Config::default(),
+            common: Common::default(),
         }
     }
 
-    fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.policy.config)
-    }
-
-    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
-    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
-    /// lets every request through untouched. For rolling out new limits on live traffic.
-    #[must_use]
-    pub fn shadow(mut self, on: bool) -> Self {
-        self.config_mut().shadow = on;
-        self
-    }
+    common_setters!(clock, shadow);
 
     /// Lets requests to `path` (as the client sent it, written as an axum route: `/healthz`,
     /// `/public/{id}`) through without a key.
     #[must_use]
     pub fn exempt(mut self, path: impl Into<String>) -> Self {
-        self.config_mut().exempt.add_exact(path);
+        self.config.exempt(path);
         self
     }
 
@@ -95,14 +122,14 @@ impl<K> ApiKeyAuthLayer<K> {
     /// (`/public` exempts `/public` and `/public/...`, not `/publicity`).
     #[must_use]
     pub fn exempt_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config_mut().exempt.add_prefix(prefix);
+        self.config.exempt_prefix(prefix);
         self
     }
 
     /// Accepts keys of this format (by default exactly 32 characters after `nat_pk_`).
     #[must_use]
     pub fn key_format(mut self, format: KeyFormat) -> Self {
-        self.config_mut().format = format;
+        self.config.key_format(format);
         self
     }
 
@@ -111,30 +138,50 @@ impl<K> ApiKeyAuthLayer<K> {
     /// by accident: the value must be the bare key).
     #[must_use]
     pub fn key_header(mut self, header: HeaderName) -> Self {
-        self.config_mut().header = header;
+        self.config.key_header(header);
         self
     }
-
     /// Throttles failed authentication: once a client address has failed `limit` times within
     /// `period`, its requests get 429 `RATE_LIMITED` with an honest `Retry-After` before any
     /// store lookup, unless their key is already known to be live (a cache hit, so customers
     /// behind one gateway address keep working); it may fail once more every
     /// `period / limit`. The default is 20 a minute. The address is
     /// [`ClientAddr`](super::ClientAddr) or axum's `ConnectInfo<SocketAddr>`; requests with
-    /// neither are not throttled.
+    /// neither cannot be throttled (each such failure is counted in
+    /// `nat_auth_unthrottled_failures_total`, and the first is reported at `WARN`).
+    ///
+    /// An address that used up its failures stays refused for the rest of its window,
+    /// whatever other addresses send. Memory is bounded
+    /// ([`failed_auth_capacity`](Self::failed_auth_capacity) addresses); when the table is
+    /// full of addresses that failed lately, new addresses share one allowance of the same
+    /// size, so a flood from many addresses is refused together rather than known
+    /// addresses being forgotten (counted in `nat_auth_throttle_overflow_total`).
     #[must_use]
     pub fn failed_auth_limit(mut self, limit: u32, period: Duration) -> Self {
-        let trusted = self.trusted_proxies_now();
-        let mut throttle = Throttle::new(limit, period);
-        throttle.trust(trusted);
-        self.config_mut().throttle = Some(throttle);
+        self.config.failed_auth_limit(limit, period);
+        self
+    }
+
+    /// Counts IPv6 clients by their first `prefix` bits (a /64 by default: a single host
+    /// may hold a whole /64); IPv4 clients by their address.
+    #[must_use]
+    pub fn failed_auth_ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.config.failed_auth_ipv6_prefix(prefix);
+        self
+    }
+
+    /// Remembers at most about `addresses` client addresses that failed lately (65,536 by
+    /// default, about 1 MiB, allocated on the first failure).
+    #[must_use]
+    pub fn failed_auth_capacity(mut self, addresses: usize) -> Self {
+        self.config.failed_auth_capacity(addresses);
         self
     }
 
     /// Turns throttling of failed authentication off.
     #[must_use]
     pub fn without_failed_auth_limit(mut self) -> Self {
-        self.config_mut().throttle = None;
+        self.config.without_failed_auth_limit();
         self
     }
 
@@ -143,58 +190,49 @@ impl<K> ApiKeyAuthLayer<K> {
     /// No proxy is trusted by default, and headers from untrusted peers are ignored.
     #[must_use]
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
-        if let Some(throttle) = &mut self.config_mut().throttle {
-            throttle.trust(proxies);
-        }
-        self
-    }
-
-    fn trusted_proxies_now(&self) -> Vec<IpNet> {
-        self.policy
-            .config
-            .throttle
-            .as_ref()
-            .map(|t| t.trusted().to_vec())
-            .unwrap_or_default()
-    }
-
-    /// Checks key expiry against `clock` instead of the system clock.
-    #[must_use]
-    pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.config_mut().clock = clock;
+        self.config.trusted_proxies(proxies);
         self
     }
 
     /// The key store.
     pub fn store(&self) -> &K {
-        &self.policy.store
+        &self.store
     }
 }
 
-impl<S, K: Clone> Layer<S> for ApiKeyAuthLayer<K> {
+impl<K: Clone> ApiKeyAuthLayer<K> {
+    /// The policy, with `common`'s clock and shadow mode.
+    pub(crate) fn policy(store: K, config: &Config, common: &Common) -> Reported<Authenticate<K>> {
+        let policy = Authenticate {
+            store,
+            config: config.clone(),
+            clock: common.clock.clone(),
+        };
+        Reported::new(policy, "auth", common.shadow)
+    }
+}
+
+/// Authenticates every request by its `X-API-Key` header and puts its
+/// [`Tenant`](crate::tenant::Tenant) into the request's extensions; answers 401
+/// `UNAUTHORIZED` otherwise. See the [module docs](super).
+pub type ApiKeyAuth<S, K = MemoryKeyStore> = PolicyService<S, Reported<Authenticate<K>>>;
+
+impl<S, K: KeyStore> Layer<S> for ApiKeyAuthLayer<K> {
     type Service = ApiKeyAuth<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ApiKeyAuth {
-            inner,
-            policy: self.policy.clone(),
-        }
+        let policy = Self::policy(self.store.clone(), &self.config, &self.common);
+        PolicyService::new(inner, Arc::new(policy))
     }
 }
 
-/// Authenticates every request by its `X-API-Key` header and puts its [`Tenant`](crate::tenant::Tenant) into the
-/// request's extensions; answers 401 `UNAUTHORIZED` otherwise. See the [module docs](super).
+/// How [`ApiKeyAuth`] decides.
 #[derive(Clone, Debug)]
-pub struct ApiKeyAuth<S, K = MemoryKeyStore> {
-    inner: S,
-    policy: Authenticate<K>,
+pub struct Authenticate<K> {
+    store: K,
+    config: Config,
+    clock: SharedClock,
 }
-
-impl<S, K> ApiKeyAuth<S, K> {
-    crate::inner_accessors!();
-}
-
-crate::guard::guarded_service!(impl<K> for ApiKeyAuth<S, K>, policy = Authenticate<K>);
 
 /// The hash of the request's one well-formed `X-API-Key`, or why there is none (only
 /// reported, never sent: the client sees one 401 for every cause).
@@ -211,139 +249,222 @@ fn key_hash<B>(req: &Request<B>, config: &Config) -> Result<KeyHash, &'static st
     Ok(KeyHash::of(bytes))
 }
 
-impl Config {
+/// The 401, for every cause.
+#[cold]
+fn unauthorized(reason: &'static str) -> Rejection {
+    Rejection::new(NatError::Unauthorized, reason)
+}
+
+/// A key lookup under way, and what its answer is for.
+type Lookup<F> = StoreCall<F, Awaiting>;
+
+/// What a key lookup's answer is for.
+#[derive(Debug)]
+pub enum Awaiting {
+    /// A client that failed too often: the refusal it gets unless the key is live.
+    Throttled(Throttled),
+    /// A failure counted in advance, given back if the key is live.
+    Counted(Provisional),
+    /// Nothing counted yet: a failure is counted at the answer.
+    Plain,
+}
+
+/// A client that failed too often: its limit and how long it waits.
+#[derive(Clone, Copy, Debug)]
+pub struct Throttled {
+    limit: u32,
+    wait: Duration,
+}
+
+impl Throttled {
+    /// The 429 (with an honest `Retry-After`).
+    #[cold]
+    fn refusal(self) -> Rejection {
+        let error = NatError::RateLimited {
+            retry_after: self.wait.as_secs() + u64::from(self.wait.subsec_nanos() > 0),
+            limit: self.limit,
+        };
+        Rejection::new(error, "too many failed authentications from this address")
+    }
+}
+
+impl<K: KeyStore> Authenticate<K> {
     /// What a lookup's answer means: the tenant goes into the request, or the request is
     /// refused.
     fn admit<B>(
         &self,
         req: &mut Request<B>,
         answer: Result<Option<KeyRecord>, StoreError>,
+        counted: Option<Provisional>,
     ) -> Result<(), Rejection> {
-        let error = match answer {
+        match answer {
             Ok(Some(record)) => match record.expires_at {
                 Some(at) if self.clock.now() >= at => {
-                    let error = NatError::Unauthorized;
-                    error.report(Some(record.tenant.id()), "expired key");
-                    self.failed(req);
-                    return Err(error.into());
+                    self.failed_unless(req, counted);
+                    Err(unauthorized("expired key").tenant(record.tenant.id()))
                 }
                 _ => {
+                    self.forgive(counted);
                     req.extensions_mut().insert(record.tenant);
-                    return Ok(());
+                    Ok(())
                 }
             },
             Ok(None) => {
-                let error = NatError::Unauthorized;
-                error.report(None, "unknown, revoked or deleted key");
-                self.failed(req);
-                error
+                self.failed_unless(req, counted);
+                Err(unauthorized("unknown, revoked or deleted key"))
             }
-            Err(err) => {
-                report::failure("key store", &err);
-                crate::metrics::store_error("key", "lookup");
-                let error = NatError::Internal;
-                error.report(None, "key store failed");
-                error
+            Err(error) => {
+                self.forgive(counted);
+                let key = ("auth", "key", "lookup");
+                crate::common::store_failed(crate::store::OnStoreError::Reject, key, &error, None)
             }
-        };
-        Err(error.into())
+        }
     }
-}
 
-impl Config {
+    /// Counts a failed authentication, unless it was counted in advance.
+    fn failed_unless<B>(&self, req: &Request<B>, counted: Option<Provisional>) {
+        if counted.is_none() {
+            self.failed(req);
+        }
+    }
+
+    /// Gives back a failure counted in advance.
+    fn forgive(&self, counted: Option<Provisional>) {
+        if let (Some(throttle), Some(counted)) = (&self.config.throttle, counted) {
+            throttle.forgive(counted, self.clock.now());
+        }
+    }
+
     /// Counts a failed authentication against the request's client address.
     fn failed<B>(&self, req: &Request<B>) {
-        if let Some(throttle) = &self.throttle {
-            if let Some(ip) = throttle.client(req) {
-                throttle.failed(ip, self.clock.now());
+        if let Some(throttle) = &self.config.throttle {
+            match throttle.client(req) {
+                Some(ip) => throttle.failed(ip, self.clock.now()),
+                None => super::throttle::unattributed(),
             }
+        }
+    }
+
+    /// A lookup's answer, now or later; for a throttled client (`throttled`) only a live key
+    /// passes, and anything else (unknown, expired, a failing store) is the 429: the answer
+    /// says nothing about the key.
+    fn lookup<B>(
+        &self,
+        req: &mut Request<B>,
+        answer: Answer<Option<KeyRecord>, K::Future>,
+        throttled: Option<Throttled>,
+    ) -> Decision<(), Lookup<K::Future>> {
+        let awaiting = match throttled {
+            Some(throttled) => Awaiting::Throttled(throttled),
+            None => Awaiting::Plain,
+        };
+        match answer {
+            Answer::Ready(answer) => self.answered(req, answer, awaiting),
+            Answer::Pending(lookup) => {
+                Decision::Later(StoreCall::new(lookup, awaiting, "key", "lookup"))
+            }
+        }
+    }
+
+    /// A lookup that goes to the store for `hash`: its failure is counted before it starts
+    /// (one per key in flight), so a burst of lookups from one address cannot outrun the
+    /// throttle.
+    fn query<B>(&self, req: &Request<B>, hash: KeyHash, lookup: K::Future) -> Lookup<K::Future> {
+        let counted = self.config.throttle.as_ref().and_then(|throttle| {
+            let ip = throttle.client(req)?;
+            throttle.provisional(ip, hash, self.clock.now())
+        });
+        let awaiting = counted.map_or(Awaiting::Plain, Awaiting::Counted);
+        StoreCall::new(lookup, awaiting, "key", "lookup")
+    }
+
+    /// What a lookup's answer means.
+    fn answered<B>(
+        &self,
+        req: &mut Request<B>,
+        answer: Result<Option<KeyRecord>, StoreError>,
+        awaiting: Awaiting,
+    ) -> Decision<(), Lookup<K::Future>> {
+        let throttled = match awaiting {
+            Awaiting::Throttled(throttled) => throttled,
+            Awaiting::Counted(counted) => {
+                return Decision::of(self.admit(req, answer, Some(counted)));
+            }
+            Awaiting::Plain => return Decision::of(self.admit(req, answer, None)),
+        };
+        match answer {
+            Ok(Some(record)) if record.expires_at.is_none_or(|at| self.clock.now() < at) => {
+                req.extensions_mut().insert(record.tenant);
+                Decision::Pass(())
+            }
+            Err(error) => {
+                crate::report::failure("key", &error);
+                crate::metrics::store_error("key", "lookup");
+                Decision::refuse(throttled.refusal())
+            }
+            Ok(_) => Decision::refuse(throttled.refusal()),
         }
     }
 
     /// The answer to a client that failed too often: 429, unless the store vouches for its
     /// key (known live, or known live before and looked up again).
     #[cold]
-    fn throttled<B, K: KeyStore>(
+    fn throttled<B>(
         &self,
         req: &mut Request<B>,
-        store: &K,
-        limit: u32,
-        wait: Duration,
-    ) -> Step<(), K::Future> {
-        if let Ok(hash) = key_hash(req, self) {
-            match store.known(&hash) {
-                Some(Answer::Ready(answer)) => return Step::of(self.admit(req, answer)),
-                Some(Answer::Pending(lookup)) => return Step::Later(lookup),
-                None => {}
+        throttled: Throttled,
+    ) -> Decision<(), Lookup<K::Future>> {
+        if let Ok(hash) = key_hash(req, &self.config) {
+            if let Some(answer) = self.store.known(&hash) {
+                return self.lookup(req, answer, Some(throttled));
             }
         }
-        let error = NatError::RateLimited {
-            retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            limit,
-        };
-        error.report(None, "too many failed authentications from this address");
-        Step::Reject(error.into())
+        Decision::refuse(throttled.refusal())
     }
 }
 
 impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
     type Pass = ();
-    type Later = K::Future;
-
-    const LAYER: &'static str = "auth";
+    type Later = Lookup<K::Future>;
 
     #[inline]
-    fn shadow(&self) -> bool {
-        self.config.shadow
-    }
-
-    fn store_call(
-        &self,
-        answer: &Result<Option<KeyRecord>, StoreError>,
-    ) -> Option<(&'static str, &'static str, bool)> {
-        Some(("key", "lookup", answer.is_ok()))
-    }
-
-    #[inline]
-    fn decide(&self, req: &mut Request<B>) -> Step<(), K::Future> {
+    fn decide(&self, req: &mut Request<B>) -> Decision<(), Self::Later> {
         // Authenticated (or exempted) by a layer of the server's own outside this one.
         let extensions = req.extensions();
         if extensions.get::<Tenant>().is_some() || extensions.get::<AuthExempt>().is_some() {
-            return Step::Pass(());
+            return Decision::Pass(());
         }
-        if self.config.exempt.matches(client_path(req)) {
+        let config = &self.config;
+        if config.exempt.matches(client_path(req)) {
             req.extensions_mut().insert(AuthExempt);
-            return Step::Pass(());
+            return Decision::Pass(());
         }
-        let config = &*self.config;
         if let Some(throttle) = &config.throttle {
             if let Some(ip) = throttle.client(req) {
-                if let Some(wait) = throttle.wait(ip, || config.clock.now()) {
+                if let Some(wait) = throttle.wait(ip, || self.clock.now()) {
                     let limit = throttle.limit();
-                    return config.throttled(req, &self.store, limit, wait);
+                    return self.throttled(req, Throttled { limit, wait });
                 }
             }
         }
         let hash = match key_hash(req, config) {
             Ok(hash) => hash,
             Err(reason) => {
-                let error = NatError::Unauthorized;
-                error.report(None, reason);
-                config.failed(req);
-                return Step::Reject(error.into());
+                self.failed(req);
+                return Decision::refuse(unauthorized(reason));
             }
         };
         match self.store.lookup(&hash) {
-            Answer::Ready(answer) => Step::of(self.config.admit(req, answer)),
-            Answer::Pending(lookup) => Step::Later(lookup),
+            Answer::Ready(answer) => self.answered(req, answer, Awaiting::Plain),
+            Answer::Pending(lookup) => Decision::Later(self.query(req, hash, lookup)),
         }
     }
 
     fn resume(
         &self,
-        answer: Result<Option<KeyRecord>, StoreError>,
+        (answer, awaiting): (Result<Option<KeyRecord>, StoreError>, Awaiting),
         req: &mut Request<B>,
-    ) -> Step<(), K::Future> {
-        Step::of(self.config.admit(req, answer))
+    ) -> Decision<(), Self::Later> {
+        self.answered(req, answer, awaiting)
     }
 }

@@ -46,7 +46,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let store = MemoryKeyStore::new();
-//! store.insert_tenant("acme", Plan::PRO);
+//! store.insert_tenant("acme", Plan::PRO).unwrap();
 //! let key = store.issue_key("acme", None).unwrap().key;
 //!
 //! let service = ServiceBuilder::new()
@@ -76,6 +76,7 @@
 //! # }
 //! ```
 
+mod admin;
 mod cache;
 mod key;
 pub(crate) mod layer;
@@ -83,8 +84,9 @@ pub(crate) mod layer;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 mod postgres;
 mod store;
-mod throttle;
+pub(crate) mod throttle;
 
+pub use admin::{AdminError, KeyAdmin, Page, TenantInfo, valid_tenant_id};
 pub use cache::CachedKeyStore;
 pub use key::{ApiKey, CHECKSUM_LEN, GENERATED_KEY_LEN, KEY_PREFIX, KeyFormat, KeyHash};
 pub use layer::{ApiKeyAuth, ApiKeyAuthLayer};

@@ -3,17 +3,23 @@
 use std::{
     fmt,
     future::Future,
-    sync::{Arc, RwLock, Weak},
+    sync::{
+        Arc, RwLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use dashmap::DashMap;
 
-use super::key::{ApiKey, HashOfHash, KeyFormat, KeyHash};
+use super::{
+    admin::{AdminError, KeyAdmin, Page, TenantInfo, known_plan, valid_tenant_id},
+    key::{ApiKey, HashOfHash, KeyFormat, KeyHash},
+};
 use crate::{
     clock::{self, SharedClock},
     error::StoreError,
-    plan::{LimitOverrides, Plan},
+    plan::{LimitOverrides, Plan, Plans},
     store::Answer,
     tenant::{KeyId, Tenant, TenantId},
 };
@@ -100,9 +106,41 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
 /// after each change is committed; it returns it from [`KeyStore::changes`]. Every
 /// [`CachedKeyStore`](super::CachedKeyStore) built over the store (or a clone of it) then
 /// drops what it cached at once. Clones share the listeners.
-#[derive(Clone, Default)]
+///
+/// **Changes made elsewhere** (another instance, an operator's SQL) reach the caches of this
+/// process through a *feed*: a subscription to the database's or a broker's notifications
+/// (`PgKeyStore` listens to PostgreSQL's `NOTIFY`; a store of your own may subscribe to Redis
+/// pub/sub and call these methods for each message). A store with a feed makes its
+/// announcements with [`KeyChanges::with_feed`], and reports the feed's state: while it is
+/// down ([`feed_down`](Self::feed_down)) the caches serve no entry older than their
+/// `offline_ttl` (2 s by default), since changes may be missed; when it is back
+/// ([`feed_up`](Self::feed_up)) they forget everything they cached.
+///
+/// ```
+/// use tower_nat::auth::{CachedKeyStore, KeyChanges, KeyHash};
+///
+/// // What a subscriber to a broker's channel does with each message and state change.
+/// let changes = KeyChanges::with_feed();
+/// assert!(!changes.is_live()); // down until the subscription is confirmed
+/// changes.feed_up();
+/// changes.key_changed(&KeyHash::of(b"nat_pk_...")); // a key revoked elsewhere
+/// changes.feed_down(); // the subscription broke: caches fall back to a short TTL
+/// ```
+#[derive(Clone)]
 pub struct KeyChanges {
     listeners: Arc<RwLock<Vec<Weak<dyn Forget>>>>,
+    /// Whether changes made elsewhere arrive (always, for a store without a feed: all its
+    /// changes are made in this process).
+    live: Arc<AtomicBool>,
+}
+
+impl Default for KeyChanges {
+    fn default() -> Self {
+        Self {
+            listeners: Arc::default(),
+            live: Arc::new(AtomicBool::new(true)),
+        }
+    }
 }
 
 /// What a cache does when a store announces a change.
@@ -111,12 +149,22 @@ pub(crate) trait Forget: Send + Sync {
     fn key(&self, hash: &KeyHash);
     /// Forgets every key of a tenant.
     fn tenant(&self, tenant: &TenantId);
+    /// Forgets everything.
+    fn all(&self);
 }
 
 impl KeyChanges {
-    /// No listeners yet.
+    /// No listeners yet, for a store whose changes are all made in this process.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No listeners yet, for a store whose changes made elsewhere arrive through a feed:
+    /// down until [`feed_up`](Self::feed_up).
+    pub fn with_feed() -> Self {
+        let changes = Self::default();
+        changes.live.store(false, Ordering::SeqCst);
+        changes
     }
 
     /// Tells every cache that the key with this hash changed (revoked, expiry changed).
@@ -127,6 +175,29 @@ impl KeyChanges {
     /// Tells every cache that a tenant changed (its plan or limits, or it was deleted).
     pub fn tenant_changed(&self, tenant: &TenantId) {
         self.each(|l| l.tenant(tenant));
+    }
+
+    /// The feed is up (again): changes made elsewhere arrive. Every cache forgets what it
+    /// holds, since changes made while the feed was down were missed.
+    pub fn feed_up(&self) {
+        self.live.store(true, Ordering::SeqCst);
+        self.each(|l| l.all());
+    }
+
+    /// The feed is down: changes made elsewhere may be missed, so the caches serve no entry
+    /// older than their `offline_ttl` until it is back.
+    pub fn feed_down(&self) {
+        self.live.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether changes made elsewhere arrive (the feed is up, or there is none to need).
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// The flag the caches read on each hit.
+    pub(crate) fn live_flag(&self) -> Arc<AtomicBool> {
+        self.live.clone()
     }
 
     fn each(&self, f: impl Fn(&dyn Forget)) {
@@ -148,6 +219,7 @@ impl fmt::Debug for KeyChanges {
         let listeners = self.listeners.read().map_or(0, |l| l.len());
         f.debug_struct("KeyChanges")
             .field("listeners", &listeners)
+            .field("live", &self.is_live())
             .finish()
     }
 }
@@ -162,19 +234,24 @@ pub struct IssuedKey {
     pub key: ApiKey,
 }
 
-/// What a store tells about one of a tenant's keys (never the key itself).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a store tells about one of a tenant's keys (never the key itself). In JSON, times
+/// are RFC 3339 (`2026-03-01T12:00:00Z`) or `null`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KeyInfo {
     /// The key's id.
     pub id: KeyId,
     /// When it was issued (time since the Unix epoch).
+    #[serde(serialize_with = "super::admin::rfc3339")]
     pub created_at: Duration,
     /// When it stops working, if ever.
+    #[serde(serialize_with = "super::admin::rfc3339_or_null")]
     pub expires_at: Option<Duration>,
     /// When it was revoked, if it was (stores that keep revoked keys).
+    #[serde(serialize_with = "super::admin::rfc3339_or_null")]
     pub revoked_at: Option<Duration>,
     /// When it was last used, as recorded through [`KeyStore::record_use`] (at most once a
     /// minute per key, so up to a minute old).
+    #[serde(serialize_with = "super::admin::rfc3339_or_null")]
     pub last_used_at: Option<Duration>,
 }
 
@@ -190,7 +267,7 @@ pub struct KeyInfo {
 /// use tower_nat::{auth::MemoryKeyStore, plan::Plan};
 ///
 /// let store = MemoryKeyStore::new();
-/// store.insert_tenant("acme", Plan::PRO);
+/// store.insert_tenant("acme", Plan::PRO).unwrap();
 /// let issued = store.issue_key("acme", None).unwrap();
 /// assert!(issued.key.expose().starts_with("nat_pk_"));
 /// store.set_plan("acme", Plan::TEAM);
@@ -211,6 +288,7 @@ pub struct MemoryKeyStore {
 struct Settings {
     format: KeyFormat,
     clock: SharedClock,
+    plans: Option<Arc<Plans>>,
 }
 
 impl Default for Settings {
@@ -218,6 +296,7 @@ impl Default for Settings {
         Self {
             format: KeyFormat::default(),
             clock: clock::system(),
+            plans: None,
         }
     }
 }
@@ -228,6 +307,9 @@ struct Inner {
     ids: DashMap<KeyId, KeyMeta>,
     tenants: DashMap<TenantId, TenantEntry>,
     changes: KeyChanges,
+    /// Held through a rotation (read the old key, issue its successor, shorten it), so two
+    /// rotations of one key at once make one successor.
+    rotating: std::sync::Mutex<()>,
 }
 
 /// What the store keeps about a key besides its record.
@@ -243,9 +325,20 @@ struct TenantEntry {
     plan: Plan,
     overrides: LimitOverrides,
     keys: Vec<KeyHash>,
+    created_at: Duration,
 }
 
 impl TenantEntry {
+    /// The tenant as an administrator sees it.
+    fn info(&self, id: TenantId) -> TenantInfo {
+        TenantInfo {
+            id,
+            plan: self.plan.clone(),
+            overrides: self.overrides,
+            created_at: self.created_at,
+        }
+    }
+
     /// The tenant as key `key_id` presents it.
     fn tenant(&self, id: TenantId, key_id: KeyId) -> Tenant {
         let mut tenant = Tenant::new(id, self.plan.clone(), key_id);
@@ -275,26 +368,44 @@ impl MemoryKeyStore {
         self
     }
 
+    /// Knows the plan table: tenants are refused a plan it lacks
+    /// ([`AdminError::UnknownPlan`]), rather than put on a plan every request of which would
+    /// be a 500. Give it the table the layers use.
+    #[must_use]
+    pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
+        Arc::make_mut(&mut self.settings).plans = Some(plans.into());
+        self
+    }
+
     /// Adds a tenant, or changes its plan if it exists. A plan change applies to the next
-    /// request.
-    pub fn insert_tenant(&self, tenant: impl Into<TenantId>, plan: Plan) {
+    /// request. Fails only for a plan the store's table lacks ([`plans`](Self::plans)).
+    pub fn insert_tenant(&self, tenant: impl Into<TenantId>, plan: Plan) -> Result<(), AdminError> {
         let id = tenant.into();
-        if !self.set_plan(id.as_str(), plan.clone()) {
-            self.inner.tenants.entry(id).or_insert(TenantEntry {
-                plan,
-                overrides: LimitOverrides::default(),
-                keys: Vec::new(),
-            });
+        let plan = known_plan(self.settings.plans.as_ref(), &plan)?;
+        match self.set_plan(id.as_str(), plan.clone()) {
+            Err(AdminError::UnknownTenant) => {
+                self.inner.tenants.entry(id).or_insert(TenantEntry {
+                    plan,
+                    overrides: LimitOverrides::default(),
+                    keys: Vec::new(),
+                    created_at: self.settings.clock.now(),
+                });
+                Ok(())
+            }
+            done => done,
         }
     }
 
-    /// Changes a tenant's plan; `false` if there is no such tenant.
-    pub fn set_plan(&self, tenant: &str, plan: Plan) -> bool {
+    /// Changes a tenant's plan: [`AdminError::UnknownTenant`] if there is no such tenant,
+    /// [`AdminError::UnknownPlan`] for a plan the store's table lacks.
+    pub fn set_plan(&self, tenant: &str, plan: Plan) -> Result<(), AdminError> {
+        let plan = known_plan(self.settings.plans.as_ref(), &plan)?;
         self.update(tenant, |entry| entry.plan = plan)
     }
 
-    /// Sets a tenant's own limits (replacing any it had); `false` if there is no such tenant.
-    pub fn set_overrides(&self, tenant: &str, overrides: LimitOverrides) -> bool {
+    /// Sets a tenant's own limits (replacing any it had); [`AdminError::UnknownTenant`] if
+    /// there is no such tenant.
+    pub fn set_overrides(&self, tenant: &str, overrides: LimitOverrides) -> Result<(), AdminError> {
         self.update(tenant, |entry| entry.overrides = overrides)
     }
 
@@ -310,9 +421,13 @@ impl MemoryKeyStore {
 
     /// Changes a tenant and rewrites its keys' records, under the tenant's entry lock (so
     /// changes to one tenant apply in order).
-    fn update(&self, tenant: &str, change: impl FnOnce(&mut TenantEntry)) -> bool {
+    fn update(
+        &self,
+        tenant: &str,
+        change: impl FnOnce(&mut TenantEntry),
+    ) -> Result<(), AdminError> {
         let Some(mut entry) = self.inner.tenants.get_mut(tenant) else {
-            return false;
+            return Err(AdminError::UnknownTenant);
         };
         change(&mut entry);
         for hash in &entry.keys {
@@ -324,7 +439,7 @@ impl MemoryKeyStore {
         let id = entry.key().clone();
         drop(entry);
         self.inner.changes.tenant_changed(&id);
-        true
+        Ok(())
     }
 
     /// Deletes a tenant and all its keys; `false` if there was no such tenant.
@@ -392,15 +507,26 @@ impl MemoryKeyStore {
 
     /// Issues a new key for the tenant of key `key_id`, with the old key's expiry; the old key
     /// keeps working for `grace` and then stops (its expiry becomes now + `grace` if that is
-    /// sooner). `None` if there is no such key.
+    /// sooner). `None` if there is no such live key (revoked, or expired). Two rotations of
+    /// one key at once run one after the other: with no grace, the second finds it expired.
     pub fn rotate(&self, key_id: &KeyId, grace: Duration) -> Option<IssuedKey> {
+        let _rotating = self
+            .inner
+            .rotating
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = self.settings.clock.now();
         let hash = self.inner.ids.get(key_id)?.hash;
         let (tenant, expires_at) = {
             let record = self.inner.keys.get(&hash)?;
             (record.tenant.id().clone(), record.expires_at)
         };
+        // An expired key (one rotated with no grace, too) has no successor to make.
+        if expires_at.is_some_and(|at| at <= now) {
+            return None;
+        }
         let issued = self.issue_key(tenant.as_str(), expires_at)?;
-        let until = self.settings.clock.now().saturating_add(grace);
+        let until = now.saturating_add(grace);
         self.set_expiry(key_id, Some(expires_at.map_or(until, |at| at.min(until))));
         Some(issued)
     }
@@ -443,21 +569,35 @@ impl MemoryKeyStore {
         let mut keys: Vec<KeyInfo> = entry
             .keys
             .iter()
-            .filter_map(|hash| {
-                let record = self.inner.keys.get(hash)?;
-                let id = record.tenant.key_id().clone();
-                let meta = self.inner.ids.get(&id)?;
-                Some(KeyInfo {
-                    created_at: meta.created_at,
-                    expires_at: record.expires_at,
-                    revoked_at: None,
-                    last_used_at: meta.last_used_at,
-                    id,
-                })
-            })
+            .filter_map(|hash| Some(self.info(hash)?.1))
             .collect();
-        keys.sort_by_key(|k| k.created_at);
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         keys
+    }
+
+    /// The tenant and what an administrator sees of the key with this hash.
+    fn info(&self, hash: &KeyHash) -> Option<(TenantId, KeyInfo)> {
+        let record = self.inner.keys.get(hash)?;
+        let id = record.tenant.key_id().clone();
+        let meta = self.inner.ids.get(&id)?;
+        let info = KeyInfo {
+            created_at: meta.created_at,
+            expires_at: record.expires_at,
+            revoked_at: None,
+            last_used_at: meta.last_used_at,
+            id,
+        };
+        Some((record.tenant.id().clone(), info))
+    }
+
+    /// A tenant as an administrator sees it.
+    fn info_of(&self, tenant: &str) -> Result<TenantInfo, AdminError> {
+        let entry = self
+            .inner
+            .tenants
+            .get(tenant)
+            .ok_or(AdminError::UnknownTenant)?;
+        Ok(entry.info(entry.key().clone()))
     }
 
     /// The number of stored keys.
@@ -490,6 +630,166 @@ impl KeyStore for MemoryKeyStore {
         if let Some(mut meta) = self.inner.ids.get_mut(key_id) {
             meta.last_used_at = Some(meta.last_used_at.map_or(at, |t| t.max(at)));
         }
+    }
+}
+
+/// Answers at once.
+fn now<T: Send>(value: T) -> std::future::Ready<T> {
+    std::future::ready(value)
+}
+
+/// The items of `all` (in id order) after `page.after`, at most `page.size()` of them.
+fn page_of<T>(mut all: Vec<(String, T)>, page: &Page) -> Vec<T> {
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.into_iter()
+        .filter(|(id, _)| {
+            page.after
+                .as_deref()
+                .is_none_or(|after| id.as_str() > after)
+        })
+        .take(page.size())
+        .map(|(_, item)| item)
+        .collect()
+}
+
+impl KeyAdmin for MemoryKeyStore {
+    fn create_tenant(
+        &self,
+        id: &str,
+        plan: &Plan,
+        overrides: LimitOverrides,
+    ) -> impl Future<Output = Result<TenantInfo, AdminError>> + Send {
+        let plan = match valid_tenant_id(id) {
+            true => known_plan(self.settings.plans.as_ref(), plan),
+            false => Err(AdminError::InvalidTenantId),
+        };
+        let created = plan.and_then(|plan| match self.inner.tenants.entry(TenantId::from(id)) {
+            dashmap::Entry::Occupied(_) => Err(AdminError::TenantExists),
+            dashmap::Entry::Vacant(vacant) => {
+                let entry = TenantEntry {
+                    plan,
+                    overrides,
+                    keys: Vec::new(),
+                    created_at: self.settings.clock.now(),
+                };
+                let info = entry.info(vacant.key().clone());
+                vacant.insert(entry);
+                Ok(info)
+            }
+        });
+        now(created)
+    }
+
+    fn tenant(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<TenantInfo>, AdminError>> + Send {
+        let entry = self.inner.tenants.get(id);
+        now(Ok(entry.map(|e| e.info(e.key().clone()))))
+    }
+
+    fn tenants(
+        &self,
+        page: &Page,
+    ) -> impl Future<Output = Result<Vec<TenantInfo>, AdminError>> + Send {
+        let all = self
+            .inner
+            .tenants
+            .iter()
+            .map(|e| (e.key().to_string(), e.info(e.key().clone())))
+            .collect();
+        now(Ok(page_of(all, page)))
+    }
+
+    fn change_plan(
+        &self,
+        id: &str,
+        plan: &Plan,
+    ) -> impl Future<Output = Result<TenantInfo, AdminError>> + Send {
+        let changed = self
+            .set_plan(id, plan.clone())
+            .and_then(|()| self.info_of(id));
+        now(changed)
+    }
+
+    fn change_overrides(
+        &self,
+        id: &str,
+        overrides: LimitOverrides,
+    ) -> impl Future<Output = Result<TenantInfo, AdminError>> + Send {
+        let changed = self
+            .set_overrides(id, overrides)
+            .and_then(|()| self.info_of(id));
+        now(changed)
+    }
+
+    fn remove_tenant(&self, id: &str) -> impl Future<Output = Result<(), AdminError>> + Send {
+        now(self
+            .delete_tenant(id)
+            .then_some(())
+            .ok_or(AdminError::UnknownTenant))
+    }
+
+    fn issue(
+        &self,
+        tenant: &str,
+        expires_at: Option<Duration>,
+    ) -> impl Future<Output = Result<IssuedKey, AdminError>> + Send {
+        now(self
+            .issue_key(tenant, expires_at)
+            .ok_or(AdminError::UnknownTenant))
+    }
+
+    fn list_keys(
+        &self,
+        tenant: &str,
+        page: &Page,
+    ) -> impl Future<Output = Result<Vec<KeyInfo>, AdminError>> + Send {
+        let listed = match self.inner.tenants.get(tenant) {
+            None => Err(AdminError::UnknownTenant),
+            Some(entry) => {
+                let hashes = entry.keys.clone();
+                drop(entry);
+                let all = hashes
+                    .iter()
+                    .filter_map(|hash| self.info(hash))
+                    .map(|(_, info)| (info.id.to_string(), info))
+                    .collect();
+                Ok(page_of(all, page))
+            }
+        };
+        now(listed)
+    }
+
+    fn key(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<(TenantId, KeyInfo)>, AdminError>> + Send {
+        let hash = self.inner.ids.get(id).map(|meta| meta.hash);
+        now(Ok(hash.and_then(|hash| self.info(&hash))))
+    }
+
+    fn revoke_key(&self, id: &KeyId) -> impl Future<Output = Result<(), AdminError>> + Send {
+        now(self.revoke(id).then_some(()).ok_or(AdminError::UnknownKey))
+    }
+
+    fn rotate_key(
+        &self,
+        id: &KeyId,
+        grace: Duration,
+    ) -> impl Future<Output = Result<IssuedKey, AdminError>> + Send {
+        now(self.rotate(id, grace).ok_or(AdminError::UnknownKey))
+    }
+
+    fn change_expiry(
+        &self,
+        id: &KeyId,
+        expires_at: Option<Duration>,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send {
+        now(self
+            .set_expiry(id, expires_at)
+            .then_some(())
+            .ok_or(AdminError::UnknownKey))
     }
 }
 

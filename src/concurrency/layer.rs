@@ -9,42 +9,46 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response};
+use http::Request;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 
 use super::store::{Acquired, MemorySlotStore, Slot, SlotStore};
 use crate::{
-    clock::{self, SharedClock},
+    clock::SharedClock,
+    common::{Common, common_setters, tenant_limits},
+    engine::{Decision, Finish, Policy, PolicyService, Rejection, Reported, StoreCall},
     error::{NatError, StoreError},
-    guard::{Finish, Policy, Rejection, Step, With},
     plan::{Plan, Plans, ScanKind},
     report,
     store::{Answer, OnStoreError},
-    tenant::{Caller, Tenant, TenantId},
+    tenant::TenantId,
 };
 
 /// Applies [`ConcurrentScans`] to a service; also releases slots by id and counts them.
 #[derive(Clone, Debug)]
 pub struct ConcurrentScansLayer<C = MemorySlotStore> {
-    policy: Occupy<C>,
-}
-
-/// How [`ConcurrentScans`] decides. Shared by every clone of the layer and its services.
-#[derive(Clone, Debug)]
-pub struct Occupy<C> {
     store: C,
-    config: Arc<Config>,
+    config: Config,
+    common: Common,
 }
 
+/// How the running-scan limit behaves.
 #[derive(Clone, Debug)]
-struct Config {
-    plans: Arc<Plans>,
-    clock: SharedClock,
-    retry_after: Duration,
-    lapse: Duration,
-    on_store_error: OnStoreError,
-    shadow: bool,
+pub(crate) struct Config {
+    pub(crate) retry_after: Duration,
+    pub(crate) lapse: Duration,
+    pub(crate) on_store_error: OnStoreError,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            retry_after: Duration::from_secs(10),
+            lapse: Duration::from_secs(3600),
+            on_store_error: OnStoreError::Reject,
+        }
+    }
 }
 
 /// A scan creation whose slot is taken already (by a layer outside this one).
@@ -56,60 +60,38 @@ impl ConcurrentScansLayer {
     /// to retry after 10 s; a slot lapses after an hour.
     pub fn new(plans: impl Into<Arc<Plans>>) -> Self {
         Self {
-            policy: Occupy {
-                store: MemorySlotStore::new(),
-                config: Arc::new(Config {
-                    plans: plans.into(),
-                    clock: clock::system(),
-                    retry_after: Duration::from_secs(10),
-                    lapse: Duration::from_secs(3600),
-                    on_store_error: OnStoreError::Reject,
-                    shadow: false,
-                }),
-            },
+            store: MemorySlotStore::new(),
+            config: Config::default(),
+            common: Common::new(plans),
         }
     }
 }
 
 impl<C> ConcurrentScansLayer<C> {
-    /// What this layer decides with (for the stack, which decides in one service).
-    #[inline]
-    pub(crate) fn policy(&self) -> &Occupy<C> {
-        &self.policy
+    /// The layer over `store`, with `config` and `common` (a stack's).
+    pub(crate) fn from_parts(store: C, config: Config, common: Common) -> Self {
+        Self {
+            store,
+            config,
+            common,
+        }
     }
 
-    fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.policy.config)
-    }
+    common_setters!(plans, clock, shadow);
 
     /// Keeps slots in `store` (e.g. Redis, shared by several instances).
     pub fn with_store<C2>(self, store: C2) -> ConcurrentScansLayer<C2> {
         ConcurrentScansLayer {
-            policy: Occupy {
-                store,
-                config: self.policy.config,
-            },
+            store,
+            config: self.config,
+            common: self.common,
         }
-    }
-
-    /// Limits from `plans`.
-    #[must_use]
-    pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
-        self.config_mut().plans = plans.into();
-        self
-    }
-
-    /// Reads `clock` instead of the system clock.
-    #[must_use]
-    pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.config_mut().clock = clock;
-        self
     }
 
     /// The `Retry-After` hint of a refused creation (10 s by default; at least 1 s).
     #[must_use]
     pub fn retry_after(mut self, hint: Duration) -> Self {
-        self.config_mut().retry_after = hint;
+        self.config.retry_after = hint;
         self
     }
 
@@ -117,31 +99,20 @@ impl<C> ConcurrentScansLayer<C> {
     /// (a crashed worker) frees its slot then.
     #[must_use]
     pub fn max_scan_duration(mut self, lapse: Duration) -> Self {
-        self.config_mut().lapse = lapse;
+        self.config.lapse = lapse;
         self
     }
 
     /// What happens when the store fails: 500 (the default) or the scan is let through.
     #[must_use]
     pub fn on_store_error(mut self, on_error: OnStoreError) -> Self {
-        self.config_mut().on_store_error = on_error;
-        self
-    }
-
-    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
-    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
-    /// lets every request through. Scans within the limit still hold their slot (so running
-    /// scans are counted); those beyond it run without one. For rolling out new limits on
-    /// live traffic.
-    #[must_use]
-    pub fn shadow(mut self, on: bool) -> Self {
-        self.config_mut().shadow = on;
+        self.config.on_store_error = on_error;
         self
     }
 
     /// The slot store.
     pub fn store(&self) -> &C {
-        &self.policy.store
+        &self.store
     }
 }
 
@@ -153,7 +124,7 @@ impl<C: SlotStore> ConcurrentScansLayer<C> {
             tenant: tenant.clone(),
             id: slot_id.to_owned(),
         };
-        match self.policy.store.release(&slot) {
+        match self.store.release(&slot) {
             Answer::Ready(done) => done,
             Answer::Pending(release) => release.await,
         }
@@ -161,11 +132,22 @@ impl<C: SlotStore> ConcurrentScansLayer<C> {
 
     /// How many scans of `tenant` hold a slot now.
     pub async fn running(&self, tenant: &TenantId) -> Result<u32, StoreError> {
-        let now = self.policy.config.clock.now();
-        match self.policy.store.running(tenant, now) {
+        let now = self.common.clock.now();
+        match self.store.running(tenant, now) {
             Answer::Ready(count) => count,
             Answer::Pending(count) => count.await,
         }
+    }
+
+    /// The policy, with `common`'s plans, clock and shadow mode.
+    pub(crate) fn policy(store: C, config: &Config, common: &Common) -> Reported<Occupy<C>> {
+        let policy = Occupy {
+            store,
+            config: config.clone(),
+            plans: common.plans.clone(),
+            clock: common.clock.clone(),
+        };
+        Reported::new(policy, "concurrency", common.shadow)
     }
 }
 
@@ -178,30 +160,27 @@ impl<C: SlotStore> crate::quota::CountRunning for ConcurrentScansLayer<C> {
     }
 }
 
-impl<S, C: Clone> Layer<S> for ConcurrentScansLayer<C> {
+impl<S, C: SlotStore> Layer<S> for ConcurrentScansLayer<C> {
     type Service = ConcurrentScans<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ConcurrentScans {
-            inner,
-            policy: self.policy.clone(),
-        }
+        let policy = Self::policy(self.store.clone(), &self.config, &self.common);
+        PolicyService::new(inner, Arc::new(policy))
     }
 }
 
 /// Lets a tenant's scan creation through only while fewer than its plan's concurrent scans
 /// run; answers 429 `RATE_LIMITED` otherwise. See the [module docs](super).
+pub type ConcurrentScans<S, C = MemorySlotStore> = PolicyService<S, Reported<Occupy<C>>>;
+
+/// How [`ConcurrentScans`] decides.
 #[derive(Clone, Debug)]
-pub struct ConcurrentScans<S, C = MemorySlotStore> {
-    inner: S,
-    policy: Occupy<C>,
+pub struct Occupy<C> {
+    store: C,
+    config: Config,
+    plans: Arc<Plans>,
+    clock: SharedClock,
 }
-
-impl<S, C> ConcurrentScans<S, C> {
-    crate::inner_accessors!();
-}
-
-crate::guard::guarded_service!(impl<C> for ConcurrentScans<S, C>, policy = Occupy<C>);
 
 /// The slot a scan creation holds, in the request's extensions for the handler: keep it with
 /// the scan and [`release`](Self::release) it when the scan finishes (or keep its
@@ -266,10 +245,14 @@ impl<C: SlotStore> fmt::Debug for Hold<C> {
 impl<C: SlotStore> Finish for Hold<C> {
     type Settle = Released<C::ReleaseFuture>;
 
-    fn finish<B>(self, response: &mut Response<B>) -> Option<Self::Settle> {
+    fn waits(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn settle(self, success: bool) -> Option<Self::Settle> {
         let mut held = self.0?;
         let slot = held.slot.take()?;
-        if response.status().is_success() {
+        if success {
             // The scan runs: the slot is its own until released or lapsed.
             return None;
         }
@@ -319,16 +302,20 @@ impl<F: Future<Output = Result<(), StoreError>>> Future for Released<F> {
     }
 }
 
+/// What an acquisition is for: the tenant, its limit and its plan.
+type For = (TenantId, u32, Plan);
+
+/// An acquisition under way.
+type Acquiring<F> = StoreCall<F, For>;
+
 impl<C: SlotStore> Occupy<C> {
     /// What the store's answer means for the request.
-    #[allow(clippy::result_large_err)] // consumed at once by the caller
     fn admit<B>(
         &self,
         req: &mut Request<B>,
         answer: Result<Acquired, StoreError>,
-        limit: u32,
-    ) -> Result<Hold<C>, Rejection> {
-        let config = &self.config;
+        (tenant, limit, plan): For,
+    ) -> Decision<Hold<C>, Acquiring<C::AcquireFuture>> {
         match answer {
             Ok(Acquired::Granted(slot)) => {
                 let store = self.store.clone();
@@ -339,93 +326,69 @@ impl<C: SlotStore> Occupy<C> {
                 let extensions = req.extensions_mut();
                 extensions.insert(handle);
                 extensions.insert(Occupied);
-                Ok(Hold(Some(Box::new(Held {
+                Decision::Pass(Hold(Some(Box::new(Held {
                     store: self.store.clone(),
                     slot: Some(slot),
                 }))))
             }
-            Ok(Acquired::Full) => {
-                let tenant = Tenant::of(req);
-                let error = NatError::ScansRunning {
-                    limit,
-                    plan: tenant.map_or(Plan::FREE, |t| t.plan().clone()),
-                    retry_after: config.retry_after.as_secs().max(1),
-                };
-                error.report(tenant.map(Tenant::id), "concurrent scan limit reached");
-                Err(error.into())
-            }
-            Err(err) => {
-                report::failure("slot store", &err);
-                crate::metrics::store_error("slots", "acquire");
-                match config.on_store_error {
-                    OnStoreError::Allow => {
-                        crate::metrics::fail_open("concurrency");
-                        Ok(Hold(None))
-                    }
-                    OnStoreError::Reject => {
-                        let error = NatError::Internal;
-                        error.report(Tenant::of(req).map(Tenant::id), "slot store failed");
-                        Err(error.into())
-                    }
+            Ok(Acquired::Full) => Decision::refuse(self.full(limit, plan, &tenant)),
+            Err(error) => {
+                let call = ("concurrency", "slots", "acquire");
+                let choice = self.config.on_store_error;
+                match crate::common::store_failed(choice, call, &error, Some(&tenant)) {
+                    Ok(()) => Decision::Pass(Hold(None)),
+                    Err(rejection) => Decision::refuse(rejection),
                 }
             }
         }
+    }
+
+    #[cold]
+    fn full(&self, limit: u32, plan: Plan, tenant: &TenantId) -> Rejection {
+        let error = NatError::ScansRunning {
+            limit,
+            plan,
+            retry_after: self.config.retry_after.as_secs().max(1),
+        };
+        Rejection::new(error, "concurrent scan limit reached").tenant(tenant)
     }
 }
 
 impl<C: SlotStore, B> Policy<B> for Occupy<C> {
     type Pass = Hold<C>;
-    type Later = With<C::AcquireFuture, u32>;
-
-    const LAYER: &'static str = "concurrency";
+    type Later = Acquiring<C::AcquireFuture>;
 
     #[inline]
-    fn shadow(&self) -> bool {
-        self.config.shadow
-    }
-
-    fn store_call(
-        &self,
-        (answer, _): &(Result<Acquired, StoreError>, u32),
-    ) -> Option<(&'static str, &'static str, bool)> {
-        Some(("slots", "acquire", answer.is_ok()))
-    }
-
-    #[inline]
-    fn decide(&self, req: &mut Request<B>) -> Step<Hold<C>, Self::Later> {
+    fn decide(&self, req: &mut Request<B>) -> Decision<Hold<C>, Self::Later> {
         let extensions = req.extensions();
         // Only scan creation takes a slot, and only once.
         if extensions.get::<ScanKind>().is_none() || extensions.get::<Occupied>().is_some() {
-            return Step::Pass(Hold(None));
+            return Decision::Pass(Hold(None));
         }
-        let tenant = match Caller::of(extensions) {
-            Caller::Tenant(t) => t,
-            Caller::Exempt => return Step::Pass(Hold(None)),
-            Caller::Unknown => {
-                let reason = "no tenant in the request (concurrency fails closed)";
-                return Step::refused(None, NatError::Unauthorized, reason);
-            }
-        };
-        let Some(limits) = self.config.plans.limits(tenant) else {
-            let reason = "the tenant's plan is not in the plan table";
-            return Step::refused(Some(tenant.id()), NatError::Internal, reason);
+        let (tenant, limits) = match tenant_limits(req, &self.plans) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Decision::Pass(Hold(None)),
+            Err(rejection) => return Decision::refuse(rejection),
         };
         let limit = limits.concurrent_scans();
-        let now = self.config.clock.now();
+        let context = (tenant.id().clone(), limit, limits.plan().clone());
+        let now = self.clock.now();
         match self
             .store
-            .acquire(tenant.id(), limit, now, self.config.lapse)
+            .acquire(&context.0, limit, now, self.config.lapse)
         {
-            Answer::Ready(answer) => Step::of(self.admit(req, answer, limit)),
-            Answer::Pending(acquire) => Step::Later(With::new(acquire, limit)),
+            Answer::Ready(answer) => self.admit(req, answer, context),
+            Answer::Pending(acquire) => {
+                Decision::Later(StoreCall::new(acquire, context, "slots", "acquire"))
+            }
         }
     }
 
     fn resume(
         &self,
-        (answer, limit): (Result<Acquired, StoreError>, u32),
+        (answer, context): (Result<Acquired, StoreError>, For),
         req: &mut Request<B>,
-    ) -> Step<Hold<C>, Self::Later> {
-        Step::of(self.admit(req, answer, limit))
+    ) -> Decision<Hold<C>, Self::Later> {
+        self.admit(req, answer, context)
     }
 }

@@ -76,13 +76,14 @@
 //! # }
 //! ```
 
-mod layer;
+pub(crate) mod layer;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 mod redis;
 mod store;
 
-pub use layer::{ConcurrentScans, ConcurrentScansLayer, Hold, Occupy, Released, ScanSlot};
+pub(crate) use layer::Config;
+pub use layer::{ConcurrentScans, ConcurrentScansLayer, ScanSlot};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisSlotStore;

@@ -14,44 +14,14 @@ use crate::{
     tenant::TenantId,
 };
 
-/// KEYS: the tenant's slots (a sorted set: slot id → lapse time in µs), its void slot ids
-/// (id → until when it is remembered). ARGV: limit, id, lapse_us, now_us ('' for Redis
-/// `TIME`). A voided id takes nothing (2). Lapsed slots are dropped first. 1 when taken.
-const ACQUIRE: &str = r"
-if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 2 end
-local now
-if ARGV[4] ~= '' then now = tonumber(ARGV[4]) else
-  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000000 + tonumber(t[2]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-local lapse = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], now + lapse, ARGV[2])
-local longest = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
-redis.call('PEXPIRE', KEYS[1], math.ceil((longest - now) / 1000) + 1000)
-return 1
-";
+/// The script (its keys, arguments and answer are described in its file).
+const ACQUIRE: &str = include_str!("../../scripts/redis/slots_acquire.lua");
 
-/// KEYS as for ACQUIRE; ARGV: id, keep_us, now_us. Frees the slot `id` and stops it from
-/// being taken if its acquisition is still on its way.
-const VOID: &str = r"
-local now
-if ARGV[3] ~= '' then now = tonumber(ARGV[3]) else
-  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000000 + tonumber(t[2]) end
-local keep = tonumber(ARGV[2])
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZADD', KEYS[2], now + keep, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], math.ceil(keep / 1000) + 1000)
-return 1
-";
+/// The script (its keys, arguments and answer are described in its file).
+const VOID: &str = include_str!("../../scripts/redis/slots_void.lua");
 
-/// KEYS as for ACQUIRE; ARGV: now_us ('' for Redis `TIME`). The slots held now.
-const RUNNING: &str = r"
-local now
-if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
-  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000000 + tonumber(t[2]) end
-return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-";
+/// The script (its keys, arguments and answer are described in its file).
+const RUNNING: &str = include_str!("../../scripts/redis/slots_running.lua");
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 

@@ -42,7 +42,7 @@ pub trait SlotStore: Clone + Send + Sync + 'static {
     /// The future of an acquisition that cannot answer at once.
     type AcquireFuture: Future<Output = Result<Acquired, StoreError>> + Send;
     /// The future of a release.
-    type ReleaseFuture: Future<Output = Result<(), StoreError>> + Send;
+    type ReleaseFuture: Future<Output = Result<(), StoreError>> + Send + 'static;
     /// The future of a count.
     type CountFuture: Future<Output = Result<u32, StoreError>> + Send;
 

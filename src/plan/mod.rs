@@ -28,6 +28,8 @@ mod scan_kind;
 mod table;
 
 pub use limits::{Allowance, LimitOverrides, Limits, PlanLimits};
+#[cfg(feature = "admin")]
+pub(crate) use name::valid_name;
 pub use name::{Feature, Plan};
 pub use scan_kind::ScanKind;
 pub use table::{Plans, PlansBuilder, PlansError};

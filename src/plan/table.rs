@@ -33,13 +33,14 @@ use crate::tenant::Tenant;
 ///     "plans": {
 ///         "free": {"requests_per_minute": 10},
 ///         "startup": {"extends": "pro", "display_name": "Startup", "requests_per_minute": 60,
-///                     "features": ["security_scanning", "sso"]}
+///                     "features": {"add": ["sso"]}}
 ///     }
 /// }"#).unwrap();
 /// let startup = plans.get(&Plan::new("startup")).unwrap();
 /// assert_eq!(startup.requests_per_minute, 60);
 /// assert_eq!(startup.functional_scans_per_month, Allowance::Limited(500)); // from pro
 /// assert!(startup.has(plans.feature("sso").unwrap()));
+/// assert!(startup.has(&Feature::SECURITY_SCANNING)); // from pro too
 /// assert_eq!(plans.get(&Plan::FREE).unwrap().requests_per_minute, 10);
 ///
 /// // The same in code:
@@ -62,6 +63,12 @@ use crate::tenant::Tenant;
 /// // Unknown features are refused when the table is read.
 /// let error = Plans::from_json(r#"{"plans": {"pro": {"features": ["ssso"]}}}"#).unwrap_err();
 /// assert_eq!(error.to_string(), "invalid plan table: plan `pro` lists the unknown feature `ssso`");
+/// // So is removing a feature the plan does not have.
+/// let json = r#"{"plans": {"lite": {"extends": "free", "features": {"remove": ["security_scanning"]}}}}"#;
+/// assert_eq!(
+///     Plans::from_json(json).unwrap_err().to_string(),
+///     "invalid plan table: plan `lite` removes the feature `security_scanning`, which it does not inherit"
+/// );
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plans {
@@ -123,7 +130,12 @@ impl Plans {
     ///   `features` defaults to none and `concurrent_scans` to 1.
     /// - Fields: `display_name`, `requests_per_minute` (at least 1),
     ///   `functional_scans_per_month` and `security_scans_per_month` (a number or
-    ///   `"unlimited"`), `features` (a list of names, replacing the plan's), `concurrent_scans`.
+    ///   `"unlimited"`), `features`, `concurrent_scans`.
+    /// - `features` is a list of names, which replaces the features the plan extends (or
+    ///   redefines), or `{"add": [...], "remove": [...]}`, which changes them: "startup
+    ///   extends pro and adds exports" is `{"extends": "pro", "features": {"add":
+    ///   ["exports"]}}`, and keeps security scanning. Removing a feature the plan does not
+    ///   inherit is an error.
     /// - Names are 1 to 64 characters from `[a-z0-9_-]`. Unknown fields, unknown features and
     ///   unknown `extends` are errors.
     pub fn from_json(json: &str) -> Result<Self, PlansError> {
@@ -306,8 +318,49 @@ struct PartialPlan {
     requests_per_minute: Option<u32>,
     functional_scans_per_month: Option<Allowance>,
     security_scans_per_month: Option<Allowance>,
-    features: Option<Vec<String>>,
+    /// A list (the plan's features) or `{"add": [...], "remove": [...]}` (changes to the
+    /// features it extends or redefines).
+    features: Option<serde_json::Value>,
     concurrent_scans: Option<u32>,
+}
+
+/// What a plan's `features` says.
+enum FeatureChange {
+    /// These, replacing the inherited ones.
+    Replace(Vec<String>),
+    /// The inherited ones, with these added and removed.
+    Edit {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+}
+
+impl FeatureChange {
+    fn read(value: serde_json::Value, plan: &str) -> Result<Self, PlansError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Edit {
+            #[serde(default)]
+            add: Vec<String>,
+            #[serde(default)]
+            remove: Vec<String>,
+        }
+        let wrong = |e: serde_json::Error| {
+            PlansError::new(format!(
+                "plan `{plan}`: `features` is a list of names, or {{\"add\": [...], \"remove\": [...]}} ({e})"
+            ))
+        };
+        if value.is_array() {
+            return serde_json::from_value(value)
+                .map(Self::Replace)
+                .map_err(wrong);
+        }
+        let edit: Edit = serde_json::from_value(value).map_err(wrong)?;
+        Ok(Self::Edit {
+            add: edit.add,
+            remove: edit.remove,
+        })
+    }
 }
 
 impl PartialPlan {
@@ -356,15 +409,38 @@ impl PartialPlan {
             },
         };
         let mut limits = limits;
-        if let Some(names) = self.features {
-            limits.features = names
-                .iter()
-                .map(|f| {
-                    builder.plans.feature(f).cloned().ok_or_else(|| {
-                        PlansError::new(format!("plan `{name}` lists the unknown feature `{f}`"))
-                    })
-                })
-                .collect::<Result<_, _>>()?;
+        let feature = |f: &String| {
+            builder.plans.feature(f).cloned().ok_or_else(|| {
+                PlansError::new(format!("plan `{name}` lists the unknown feature `{f}`"))
+            })
+        };
+        match self
+            .features
+            .map(|v| FeatureChange::read(v, name))
+            .transpose()?
+        {
+            None => {}
+            Some(FeatureChange::Replace(names)) => {
+                limits.features = names.iter().map(feature).collect::<Result<_, _>>()?;
+            }
+            Some(FeatureChange::Edit { add, remove }) => {
+                for f in &remove {
+                    let gone = feature(f)?;
+                    let before = limits.features.len();
+                    limits.features.retain(|had| *had != gone);
+                    if limits.features.len() == before {
+                        return Err(PlansError::new(format!(
+                            "plan `{name}` removes the feature `{f}`, which it does not inherit"
+                        )));
+                    }
+                }
+                for f in &add {
+                    let added = feature(f)?;
+                    if !limits.features.contains(&added) {
+                        limits.features.push(added);
+                    }
+                }
+            }
         }
         if let Some(display) = self.display_name {
             plan = Plan::named(plan.name(), &display);

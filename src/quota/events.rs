@@ -3,7 +3,7 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use super::store::{Period, QuotaLimits, QuotaStore, Reservation};
+use super::store::{OnceMark, Period, QuotaLimits, QuotaStore, Reservation};
 use crate::{
     plan::{Allowance, Plan},
     tenant::TenantId,
@@ -110,7 +110,10 @@ fn over_80(used: u64, limit: u64) -> bool {
 }
 
 impl Notify {
-    /// Sends the events the charged `reservation` crossed, each once per period.
+    /// Sends the events the charged `reservation` crossed, each once per period, in order:
+    /// the scan that reaches a quota also claims its 80 % event if no scan has yet (two
+    /// scans settling at once, the one past 80 % may finish after the one that exhausts the
+    /// quota), so `approaching` always comes before `exhausted`.
     pub(crate) fn charged<Q: QuotaStore>(&self, store: &Q, reservation: &Reservation) {
         let ahead = reservation.ahead();
         let kind = reservation.kind();
@@ -129,8 +132,7 @@ impl Notify {
             ),
         ];
         let period = reservation.period();
-        // A mark outlives the period by a day: late charges of the period still find it.
-        let until = Duration::from_secs(period.end.unix_seconds() + 86_400);
+        let mut marks = Vec::new();
         for (quota, allowance, before, cost) in quotas {
             let Allowance::Limited(limit) = allowance else {
                 continue;
@@ -139,12 +141,13 @@ impl Notify {
                 continue;
             }
             let after = before + cost;
+            let exhausts = before < limit && after >= limit;
             let crossed = [
                 (
                     Threshold::Approaching,
-                    !over_80(before, limit) && over_80(after, limit),
+                    over_80(after, limit) && (exhausts || !over_80(before, limit)),
                 ),
-                (Threshold::Exhausted, before < limit && after >= limit),
+                (Threshold::Exhausted, exhausts),
             ];
             for (threshold, _) in crossed.into_iter().filter(|(_, c)| *c) {
                 let event = QuotaEvent {
@@ -164,13 +167,15 @@ impl Notify {
                     event.tenant
                 );
                 let events = self.events.clone();
-                store.once(
-                    &mark,
-                    self.now,
-                    until,
-                    Box::new(move || events.on_quota_event(event)),
-                );
+                let then = Box::new(move || events.on_quota_event(event));
+                marks.push(OnceMark { mark, then });
             }
         }
+        if marks.is_empty() {
+            return;
+        }
+        // A mark outlives the period by a day: late charges of the period still find it.
+        let until = Duration::from_secs(period.end.unix_seconds() + 86_400);
+        store.once(marks, self.now, until);
     }
 }

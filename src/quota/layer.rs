@@ -8,7 +8,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::{Request, Response};
+use http::Request;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 
@@ -18,27 +18,41 @@ use super::{
     usage::{Usage, UsageReader},
 };
 use crate::{
-    clock::{self, SharedClock},
+    clock::SharedClock,
+    common::{Common, common_setters, tenant_limits},
+    engine::{Decision, Finish, Policy, PolicyService, Rejection, Reported, StoreCall},
     error::{NatError, StoreError},
-    guard::{Finish, Policy, Rejection, Step, With},
     plan::{Plans, ScanKind},
     report,
     store::{Answer, OnStoreError},
-    tenant::{Caller, Tenant, TenantId},
+    tenant::{Tenant, TenantId},
 };
 
+/// How quota enforcement behaves.
 #[derive(Clone, Debug)]
-pub(super) struct Config {
-    pub(super) plans: Arc<Plans>,
-    pub(super) clock: SharedClock,
-    on_store_error: OnStoreError,
-    shadow: bool,
-    events: Option<Listener>,
+pub(crate) struct Config {
+    pub(crate) on_store_error: OnStoreError,
+    pub(crate) events: Option<Listener>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            on_store_error: OnStoreError::Reject,
+            events: None,
+        }
+    }
 }
 
 /// The server's [`QuotaEvents`].
 #[derive(Clone)]
-struct Listener(Arc<dyn QuotaEvents>);
+pub(crate) struct Listener(Arc<dyn QuotaEvents>);
+
+impl Listener {
+    pub(crate) fn new(events: impl QuotaEvents) -> Self {
+        Self(Arc::new(events))
+    }
+}
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,97 +63,62 @@ impl std::fmt::Debug for Listener {
 /// Applies [`QuotaGuard`] to a service; also answers usage queries ([`QuotaGuardLayer::usage`]).
 #[derive(Clone, Debug)]
 pub struct QuotaGuardLayer<Q = MemoryQuotaStore> {
-    policy: Reserve<Q>,
-}
-
-/// How [`QuotaGuard`] decides. Shared by every clone of the layer and its services.
-#[derive(Clone, Debug)]
-pub struct Reserve<Q> {
     store: Q,
-    config: Arc<Config>,
+    config: Config,
+    common: Common,
 }
 
 impl QuotaGuardLayer {
     /// Quotas from `plans`, usage in memory, calendar months on the system clock.
     pub fn new(plans: impl Into<Arc<Plans>>) -> Self {
         Self {
-            policy: Reserve {
-                store: MemoryQuotaStore::new(),
-                config: Arc::new(Config {
-                    plans: plans.into(),
-                    clock: clock::system(),
-                    on_store_error: OnStoreError::Reject,
-                    shadow: false,
-                    events: None,
-                }),
-            },
+            store: MemoryQuotaStore::new(),
+            config: Config::default(),
+            common: Common::new(plans),
         }
     }
 }
 
 impl<Q> QuotaGuardLayer<Q> {
-    /// What this layer decides with (for the stack, which decides in one service).
-    #[inline]
-    pub(crate) fn policy(&self) -> &Reserve<Q> {
-        &self.policy
+    /// The layer over `store`, with `config` and `common` (a stack's).
+    pub(crate) fn from_parts(store: Q, config: Config, common: Common) -> Self {
+        Self {
+            store,
+            config,
+            common,
+        }
     }
+
+    common_setters!(plans, clock, shadow);
 
     /// Keeps usage in `store` (e.g. Redis, shared by several instances).
     #[must_use]
     pub fn with_store<Q2>(self, store: Q2) -> QuotaGuardLayer<Q2> {
         QuotaGuardLayer {
-            policy: Reserve {
-                store,
-                config: self.policy.config,
-            },
+            store,
+            config: self.config,
+            common: self.common,
         }
-    }
-
-    fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.policy.config)
     }
 
     /// Tells `events` when a tenant goes past 80 % or reaches 100 % of a quota, once per
     /// tenant, quota and period (see [`QuotaEvents`]).
     #[must_use]
     pub fn events(mut self, events: impl QuotaEvents) -> Self {
-        self.config_mut().events = Some(Listener(Arc::new(events)));
-        self
-    }
-
-    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
-    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
-    /// lets every request through untouched. For rolling out new limits on live traffic.
-    #[must_use]
-    pub fn shadow(mut self, on: bool) -> Self {
-        self.config_mut().shadow = on;
-        self
-    }
-
-    /// Reads each tenant's quotas from `plans`.
-    #[must_use]
-    pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
-        self.config_mut().plans = plans.into();
-        self
-    }
-
-    /// Takes the current time (and so the period) from `clock`.
-    #[must_use]
-    pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.config_mut().clock = clock;
+        self.config.events = Some(Listener::new(events));
         self
     }
 
     /// What to do when the store fails; by default answer 500 (never give scans away).
     #[must_use]
     pub fn on_store_error(mut self, choice: OnStoreError) -> Self {
-        self.config_mut().on_store_error = choice;
+        self.config.on_store_error = choice;
         self
     }
 
     /// The store.
     pub fn store(&self) -> &Q {
-        &self.policy.store
+        &self.store
     }
 }
 
@@ -151,35 +130,46 @@ impl<Q: QuotaStore> QuotaGuardLayer<Q> {
 
     /// A cheap, cloneable handle that reads usage snapshots, for handlers.
     pub fn usage_reader(&self) -> UsageReader {
-        UsageReader::new(self.policy.store.clone(), self.policy.config.clone())
+        UsageReader::new(self.store.clone(), self.common.clone())
+    }
+
+    /// The policy, with `common`'s plans, clock and shadow mode.
+    pub(crate) fn policy(store: Q, config: &Config, common: &Common) -> Reported<Reserve<Q>> {
+        let policy = Reserve {
+            store,
+            config: config.clone(),
+            plans: common.plans.clone(),
+            clock: common.clock.clone(),
+            count_exhausted: !common.shadow,
+        };
+        Reported::new(policy, "quota", common.shadow)
     }
 }
 
-impl<S, Q: Clone> Layer<S> for QuotaGuardLayer<Q> {
+impl<S, Q: QuotaStore> Layer<S> for QuotaGuardLayer<Q> {
     type Service = QuotaGuard<S, Q>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        QuotaGuard {
-            inner,
-            policy: self.policy.clone(),
-        }
+        let policy = Self::policy(self.store.clone(), &self.config, &self.common);
+        PolicyService::new(inner, Arc::new(policy))
     }
 }
 
 /// Reserves a scan before a scan-creation request reaches the handler, charges it when the
 /// handler answers 2xx, and releases it otherwise; answers 402 `QUOTA_EXCEEDED` when the quota
 /// has no room. See the [module docs](super).
+pub type QuotaGuard<S, Q = MemoryQuotaStore> = PolicyService<S, Reported<Reserve<Q>>>;
+
+/// How [`QuotaGuard`] decides.
 #[derive(Clone, Debug)]
-pub struct QuotaGuard<S, Q = MemoryQuotaStore> {
-    inner: S,
-    policy: Reserve<Q>,
+pub struct Reserve<Q> {
+    store: Q,
+    config: Config,
+    plans: Arc<Plans>,
+    clock: SharedClock,
+    // Counts refusals in `nat_quota_exhausted_total` (not in shadow mode).
+    count_exhausted: bool,
 }
-
-impl<S, Q> QuotaGuard<S, Q> {
-    crate::inner_accessors!();
-}
-
-crate::guard::guarded_service!(impl<Q> for QuotaGuard<S, Q>, policy = Reserve<Q>);
 
 /// Marks a request whose scan a quota guard reserved, so a second guard on its way (a
 /// per-route one inside [`NatLayer`](crate::NatLayer)'s) does not charge it again.
@@ -222,121 +212,81 @@ impl<Q: QuotaStore> Drop for Held<Q> {
 #[derive(Debug)]
 pub struct Charge<Q: QuotaStore>(Option<Box<Held<Q>>>);
 
-impl Config {
+/// What a reservation is for: the tenant, the period, and where events go.
+type For = (TenantId, Period, Option<Notify>);
+
+impl<Q: QuotaStore> Reserve<Q> {
     /// What a store's answer means for the request.
-    #[allow(clippy::result_large_err)] // consumed at once by the caller
-    fn admit<Q: QuotaStore>(
+    fn admit<B>(
         &self,
-        store: &Q,
-        (tenant, period, notify): (&TenantId, Period, Option<Notify>),
+        req: &mut Request<B>,
+        (tenant, period, notify): For,
         answer: Result<Reserved, StoreError>,
-    ) -> Result<Charge<Q>, Rejection> {
+    ) -> Decision<Charge<Q>, StoreCall<Q::ReserveFuture, For>> {
         match answer {
-            Ok(Reserved::Granted(reservation)) => Ok(Charge(Some(Box::new(Held {
-                store: store.clone(),
-                reservation: Some(reservation),
-                charge_on_drop: false,
-                notify,
-            })))),
-            Ok(Reserved::Exhausted) => {
-                let error = NatError::QuotaExceeded {
-                    resets_on: period.end,
-                };
-                error.report(Some(tenant), "scan quota exhausted");
-                Err(error.into())
+            Ok(Reserved::Granted(reservation)) => {
+                // Marked, so no second guard on its way charges it again.
+                req.extensions_mut().insert(Charged);
+                Decision::Pass(Charge(Some(Box::new(Held {
+                    store: self.store.clone(),
+                    reservation: Some(reservation),
+                    charge_on_drop: false,
+                    notify,
+                }))))
             }
-            Err(err) => {
-                report::failure("quota store", &err);
-                crate::metrics::store_error("quota", "reserve");
-                match self.on_store_error {
-                    OnStoreError::Allow => {
-                        crate::metrics::fail_open("quota");
-                        Ok(Charge(None))
-                    }
-                    OnStoreError::Reject => {
-                        let error = NatError::Internal;
-                        error.report(Some(tenant), "quota store failed");
-                        Err(error.into())
-                    }
+            Ok(Reserved::Exhausted) => Decision::refuse(self.exhausted(req, &tenant, period)),
+            Err(error) => {
+                let call = ("quota", "quota", "reserve");
+                let choice = self.config.on_store_error;
+                match crate::common::store_failed(choice, call, &error, Some(&tenant)) {
+                    Ok(()) => Decision::Pass(Charge(None)),
+                    Err(rejection) => Decision::refuse(rejection),
                 }
             }
         }
     }
-}
 
-/// Marks a reserved scan in `req`, so no second guard charges it.
-fn mark<Q: QuotaStore, B>(
-    req: &mut Request<B>,
-    decided: Result<Charge<Q>, Rejection>,
-    shadow: bool,
-) -> Result<Charge<Q>, Rejection> {
-    match &decided {
-        Ok(Charge(Some(_))) => {
-            req.extensions_mut().insert(Charged);
-        }
-        Err(rejection)
-            if !shadow && matches!(rejection.error(), NatError::QuotaExceeded { .. }) =>
-        {
-            let extensions = req.extensions();
-            if let (Some(t), Some(kind)) = (Tenant::of(req), extensions.get::<ScanKind>()) {
+    /// The 402, counted in `nat_quota_exhausted_total`.
+    #[cold]
+    fn exhausted<B>(&self, req: &Request<B>, tenant: &TenantId, period: Period) -> Rejection {
+        if self.count_exhausted {
+            if let (Some(t), Some(kind)) = (Tenant::of(req), req.extensions().get::<ScanKind>()) {
                 crate::metrics::quota_exhausted(t.plan().name(), kind.as_str());
             }
         }
-        _ => {}
+        let error = NatError::QuotaExceeded {
+            resets_on: period.end,
+        };
+        Rejection::new(error, "scan quota exhausted").tenant(tenant)
     }
-    decided
 }
 
 impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
     type Pass = Charge<Q>;
-    type Later = With<Q::ReserveFuture, (TenantId, Period, Option<Notify>)>;
-
-    const LAYER: &'static str = "quota";
+    type Later = StoreCall<Q::ReserveFuture, For>;
 
     #[inline]
-    fn shadow(&self) -> bool {
-        self.config.shadow
-    }
-
-    fn store_call(
-        &self,
-        (answer, _): &(
-            Result<Reserved, StoreError>,
-            (TenantId, Period, Option<Notify>),
-        ),
-    ) -> Option<(&'static str, &'static str, bool)> {
-        Some(("quota", "reserve", answer.is_ok()))
-    }
-
-    #[inline]
-    fn decide(&self, req: &mut Request<B>) -> Step<Charge<Q>, Self::Later> {
+    fn decide(&self, req: &mut Request<B>) -> Decision<Charge<Q>, Self::Later> {
         let extensions = req.extensions();
         // Only scan creation is charged: polling, listing and usage pass untouched, and so
         // does a scan an outer guard reserved already.
         let Some(kind) = extensions.get::<ScanKind>().copied() else {
-            return Step::Pass(Charge(None));
+            return Decision::Pass(Charge(None));
         };
         if extensions.get::<Charged>().is_some() {
-            return Step::Pass(Charge(None));
+            return Decision::Pass(Charge(None));
         }
-        let tenant = match Caller::of(extensions) {
-            Caller::Tenant(t) => t,
-            Caller::Exempt => return Step::Pass(Charge(None)),
-            Caller::Unknown => {
-                let reason = "no tenant in the request (quota fails closed)";
-                return Step::refused(None, NatError::Unauthorized, reason);
-            }
-        };
-        let Some(limits) = self.config.plans.limits(tenant) else {
-            let reason = "the tenant's plan is not in the plan table";
-            return Step::refused(Some(tenant.id()), NatError::Internal, reason);
+        let (tenant, limits) = match tenant_limits(req, &self.plans) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Decision::Pass(Charge(None)),
+            Err(rejection) => return Decision::refuse(rejection),
         };
         let limits = QuotaLimits {
             functional: limits.functional_scans(),
             security: limits.security_scans(),
         };
         let id = tenant.id().clone();
-        let now = self.config.clock.now();
+        let now = self.clock.now();
         let period = self.store.period(&id, now);
         let notify = self.config.events.as_ref().map(|events| Notify {
             events: events.0.clone(),
@@ -345,28 +295,20 @@ impl<Q: QuotaStore, B> Policy<B> for Reserve<Q> {
             now,
         });
         match self.store.reserve(&id, kind, limits, period, now) {
-            Answer::Ready(answer) => {
-                let decided = self
-                    .config
-                    .admit(&self.store, (&id, period, notify), answer);
-                Step::of(mark(req, decided, self.config.shadow))
+            Answer::Ready(answer) => self.admit(req, (id, period, notify), answer),
+            Answer::Pending(reserve) => {
+                let context = (id, period, notify);
+                Decision::Later(StoreCall::new(reserve, context, "quota", "reserve"))
             }
-            Answer::Pending(reserve) => Step::Later(With::new(reserve, (id, period, notify))),
         }
     }
 
     fn resume(
         &self,
-        (answer, (tenant, period, notify)): (
-            Result<Reserved, StoreError>,
-            (TenantId, Period, Option<Notify>),
-        ),
+        (answer, context): (Result<Reserved, StoreError>, For),
         req: &mut Request<B>,
-    ) -> Step<Charge<Q>, Self::Later> {
-        let decided = self
-            .config
-            .admit(&self.store, (&tenant, period, notify), answer);
-        Step::of(mark(req, decided, self.config.shadow))
+    ) -> Decision<Charge<Q>, Self::Later> {
+        self.admit(req, context, answer)
     }
 }
 
@@ -377,15 +319,19 @@ impl<Q: QuotaStore> Finish for Charge<Q> {
         Charge(None)
     }
 
-    /// Charges the scan when the handler answered 2xx, releases it otherwise; the
-    /// settlement is awaited, so the tenant's next request sees it.
+    fn waits(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Charges the scan when the request succeeded (a 2xx answer; for gRPC, `grpc-status`
+    /// 0), releases it otherwise; the settlement is awaited, so the tenant's next request
+    /// sees it.
     #[inline]
-    fn finish<B>(self, response: &mut Response<B>) -> Option<Settling<Q>> {
+    fn settle(self, success: bool) -> Option<Settling<Q>> {
         let mut held = self.0?;
-        let charge = response.status().is_success();
-        held.charge_on_drop = charge;
+        held.charge_on_drop = success;
         let reservation = held.reservation.as_ref()?;
-        match held.store.settle(reservation, charge) {
+        match held.store.settle(reservation, success) {
             Answer::Ready(settled) => {
                 held.settled(settled);
                 None

@@ -89,10 +89,10 @@ mod usage;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{DEFAULT_RESERVATION_LIFETIME, RedisQuotaStore};
-pub use events::{Notify, QuotaEvent, QuotaEvents, QuotaKind, Threshold};
+pub use events::{QuotaEvent, QuotaEvents, QuotaKind, Threshold};
 pub use layer::{QuotaGuard, QuotaGuardLayer};
 pub use store::{
-    MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts,
+    MemoryQuotaStore, OnceMark, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts,
 };
 pub(crate) use usage::{BoxFuture, CountRunning};
 pub use usage::{Usage, UsageReader};

@@ -5,7 +5,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use ::redis::Script;
 
-use super::store::{Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts};
+use super::store::{OnceMark, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts};
 use crate::{
     error::StoreError,
     plan::{Allowance, ScanKind},
@@ -17,70 +17,14 @@ use crate::{
     tenant::TenantId,
 };
 
-/// The current time in microseconds: `ARGV[i]` when given, Redis's `TIME` otherwise; and
-/// `ttl(expire_at_s)`, the seconds from now until then (at least a minute).
-const NOW: &str = r"
-local function now_us(arg)
-  if arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local function ttl(expire_at_s, now)
-  return math.max(60, math.floor(tonumber(expire_at_s) - now / 1000000))
-end
-";
+/// The script (its keys, arguments and answer are described in its file).
+const NOW: &str = include_str!("../../scripts/redis/quota_now.lua");
 
-/// KEYS: used (hash f, s), functional reservations (zset), security reservations (zset),
-/// void reservation ids (zset: id → until when it is remembered). ARGV: limit_f, limit_s
-/// (-1: unlimited), need_f, need_s, id, lifetime_us, expire_at_s, now_us ('' for Redis TIME).
-/// A voided id (its request was answered with an error before this script ran) reserves
-/// nothing: `{2}`. Expired reservations (an instance that died mid-request) are dropped
-/// first. Returns `{1, functional ahead, security ahead}` when granted (used and reserved
-/// before this reservation), `{0, functional used, security used}` otherwise.
-const RESERVE: &str = r"
-if redis.call('ZSCORE', KEYS[4], ARGV[5]) then return {2} end
-local now = now_us(ARGV[8])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local used = redis.call('HMGET', KEYS[1], 'f', 's')
-local uf = tonumber(used[1]) or 0
-local us = tonumber(used[2]) or 0
-local lf = tonumber(ARGV[1])
-local ls = tonumber(ARGV[2])
-local nf = tonumber(ARGV[3])
-local ns = tonumber(ARGV[4])
-local af = uf + redis.call('ZCARD', KEYS[2])
-local as = us + redis.call('ZCARD', KEYS[3])
-if (nf > 0 and lf >= 0 and af + nf > lf) or (ns > 0 and ls >= 0 and as + ns > ls) then
-  return {0, uf, us}
-end
-local expires = now + tonumber(ARGV[6])
-if nf > 0 then redis.call('ZADD', KEYS[2], expires, ARGV[5]) end
-if ns > 0 then redis.call('ZADD', KEYS[3], expires, ARGV[5]) end
-for i = 2, 3 do redis.call('EXPIRE', KEYS[i], ttl(ARGV[7], now)) end
-return {1, af, as}
-";
+/// The script (its keys, arguments and answer are described in its file).
+const RESERVE: &str = include_str!("../../scripts/redis/quota_reserve.lua");
 
-/// KEYS as for RESERVE; ARGV: id, expire_at_s, what (`1`: charge, `0`: release, `v`: void,
-/// a release that also stops a reservation still on its way from being made), now_us,
-/// lifetime_us. A reservation that already lapsed is not charged; settling twice changes
-/// nothing.
-const SETTLE: &str = r"
-local now = now_us(ARGV[4])
-local f = redis.call('ZREM', KEYS[2], ARGV[1])
-local s = redis.call('ZREM', KEYS[3], ARGV[1])
-if ARGV[3] == '1' then
-  if f > 0 then redis.call('HINCRBY', KEYS[1], 'f', 1) end
-  if s > 0 then redis.call('HINCRBY', KEYS[1], 's', 1) end
-  redis.call('EXPIRE', KEYS[1], ttl(ARGV[2], now))
-elseif ARGV[3] == 'v' then
-  local lifetime = tonumber(ARGV[5])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  redis.call('ZADD', KEYS[4], now + lifetime, ARGV[1])
-  redis.call('PEXPIRE', KEYS[4], math.ceil(lifetime / 1000) + 1000)
-end
-return f + s
-";
+/// The script (its keys, arguments and answer are described in its file).
+const SETTLE: &str = include_str!("../../scripts/redis/quota_settle.lua");
 
 /// How long usage keys outlive their period (so last month's usage can still be read).
 const KEEP_AFTER_PERIOD: u64 = 40 * 86_400;
@@ -567,19 +511,22 @@ impl QuotaStore for RedisQuotaStore {
         ))
     }
 
-    /// `SET mark NX` with an expiry at `until`, in the background; `then` runs if it was set.
-    fn once(&self, mark: &str, now: Duration, until: Duration, then: Box<dyn FnOnce() + Send>) {
+    /// `SET mark NX` with an expiry at `until` for each mark in turn, in the background; a
+    /// mark's action runs if it was set.
+    fn once(&self, marks: Vec<OnceMark>, now: Duration, until: Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (store, mark) = (self.clone(), mark.to_owned());
+        let store = self.clone();
         runtime.spawn(async move {
-            match store.once_async(&mark, now, until).await {
-                Ok(true) => then(),
-                Ok(false) => {}
-                Err(error) => {
-                    crate::report::failure("quota store (once)", &error);
-                    crate::metrics::store_error("quota", "once");
+            for OnceMark { mark, then } in marks {
+                match store.once_async(&mark, now, until).await {
+                    Ok(true) => then(),
+                    Ok(false) => {}
+                    Err(error) => {
+                        crate::report::failure("quota store (once)", &error);
+                        crate::metrics::store_error("quota", "once");
+                    }
                 }
             }
         });

@@ -146,7 +146,7 @@ pub trait QuotaStore: Clone + Send + Sync + 'static {
     /// The future of a usage read that cannot answer at once.
     type UsageFuture: Future<Output = Result<UsageCounts, StoreError>> + Send;
     /// The future of a settlement that cannot answer at once.
-    type SettleFuture: Future<Output = Result<(), StoreError>> + Send;
+    type SettleFuture: Future<Output = Result<(), StoreError>> + Send + 'static;
 
     /// The quota period of `tenant` at `now`. The default is the calendar month in UTC.
     fn period(&self, tenant: &TenantId, now: Duration) -> Period {
@@ -174,11 +174,27 @@ pub trait QuotaStore: Clone + Send + Sync + 'static {
     /// The scans `tenant` was charged in `period`.
     fn usage(&self, tenant: &TenantId, period: Period) -> Answer<UsageCounts, Self::UsageFuture>;
 
-    /// Runs `then` if no call with the same `mark` ran before `until` (time since the Unix
-    /// epoch), across every instance sharing the store: how quota events are sent once per
-    /// tenant, threshold and period. It must not block; a remote store decides in the
-    /// background.
-    fn once(&self, mark: &str, now: Duration, until: Duration, then: Box<dyn FnOnce() + Send>);
+    /// For each mark in turn, runs its action if no call with the same mark ran before
+    /// `until` (time since the Unix epoch), across every instance sharing the store: how
+    /// quota events are sent once per tenant, threshold and period, in order. It must not
+    /// block; a remote store decides in the background, one mark after the other.
+    fn once(&self, marks: Vec<OnceMark>, now: Duration, until: Duration);
+}
+
+/// A mark of [`QuotaStore::once`], and what runs if it was not set before.
+pub struct OnceMark {
+    /// The mark.
+    pub mark: String,
+    /// What runs if the mark was not set.
+    pub then: Box<dyn FnOnce() + Send>,
+}
+
+impl fmt::Debug for OnceMark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnceMark")
+            .field("mark", &self.mark)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The in-memory quota store: one small mutex-guarded record per tenant that has scanned.
@@ -355,23 +371,25 @@ impl QuotaStore for MemoryQuotaStore {
         Answer::Ready(Ok(self.usage_now(tenant.as_str(), period)))
     }
 
-    fn once(&self, mark: &str, now: Duration, until: Duration, then: Box<dyn FnOnce() + Send>) {
+    fn once(&self, marks: Vec<OnceMark>, now: Duration, until: Duration) {
         if self.marks.len() >= 1024 {
             self.marks.retain(|_, until| *until > now);
         }
-        let fresh = match self.marks.entry(mark.to_owned()) {
-            dashmap::Entry::Occupied(mut seen) if *seen.get() <= now => {
-                seen.insert(until);
-                true
+        for OnceMark { mark, then } in marks {
+            let fresh = match self.marks.entry(mark) {
+                dashmap::Entry::Occupied(mut seen) if *seen.get() <= now => {
+                    seen.insert(until);
+                    true
+                }
+                dashmap::Entry::Occupied(_) => false,
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(until);
+                    true
+                }
+            };
+            if fresh {
+                then();
             }
-            dashmap::Entry::Occupied(_) => false,
-            dashmap::Entry::Vacant(v) => {
-                v.insert(until);
-                true
-            }
-        };
-        if fresh {
-            then();
         }
     }
 }

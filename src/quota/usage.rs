@@ -4,11 +4,9 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use serde::Serialize;
 
-use super::{
-    layer::Config,
-    store::{Period, QuotaStore, UsageCounts},
-};
+use super::store::{Period, QuotaStore, UsageCounts};
 use crate::{
+    common::Common,
     error::StoreError,
     plan::{Allowance, Limits, Plan},
     store::Answer,
@@ -109,20 +107,20 @@ trait ReadUsage: Send + Sync {
 
 struct Source<Q> {
     store: Q,
-    config: Arc<Config>,
+    common: Common,
 }
 
 impl<Q: QuotaStore> ReadUsage for Source<Q> {
     fn read<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<Usage, StoreError>> {
         Box::pin(async move {
-            let Some(limits) = self.config.plans.limits(tenant) else {
+            let Some(limits) = self.common.plans.limits(tenant) else {
                 return Err(StoreError::new(format!(
                     "the plan `{}` of tenant `{}` is not in the plan table",
                     tenant.plan(),
                     tenant.id()
                 )));
             };
-            let period = self.store.period(tenant.id(), self.config.clock.now());
+            let period = self.store.period(tenant.id(), self.common.clock.now());
             let counts = match self.store.usage(tenant.id(), period) {
                 Answer::Ready(r) => r,
                 Answer::Pending(f) => f.await,
@@ -134,9 +132,9 @@ impl<Q: QuotaStore> ReadUsage for Source<Q> {
 }
 
 impl UsageReader {
-    pub(super) fn new<Q: QuotaStore>(store: Q, config: Arc<Config>) -> Self {
+    pub(super) fn new<Q: QuotaStore>(store: Q, common: Common) -> Self {
         Self {
-            source: Arc::new(Source { store, config }),
+            source: Arc::new(Source { store, common }),
             running: None,
         }
     }

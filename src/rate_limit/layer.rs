@@ -11,14 +11,14 @@ use super::{
     store::{MemoryRateStore, RateStore},
 };
 use crate::{
-    clock::{self, SharedClock},
+    clock::SharedClock,
+    common::{Common, common_setters, tenant_limits},
+    engine::{Decision, Finish, Policy, PolicyService, Rejection, Reported, StoreCall},
     error::{NatError, StoreError},
-    guard::{Finish, Policy, Rejection, Step, With},
     headers::{RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, number},
     plan::Plans,
-    report,
     store::{Answer, OnStoreError},
-    tenant::{Caller, Tenant, TenantId},
+    tenant::{Tenant, TenantId},
 };
 
 /// Whose budget a request spends, and how large it is. The key may borrow from the request
@@ -61,66 +61,54 @@ impl PlanResolver {
 }
 
 impl RateKeyResolver for PlanResolver {
+    #[inline]
     fn resolve<'r, B>(&self, req: &'r Request<B>) -> Result<Option<RateTarget<'r>>, NatError> {
-        match Caller::of(req.extensions()) {
-            Caller::Tenant(t) => match self.plans.limits(t) {
-                Some(limits) => Ok(Some(RateTarget {
-                    key: Cow::Borrowed(t.id()),
-                    limit: limits.requests_per_minute(),
-                })),
-                None => {
-                    let error = NatError::Internal;
-                    error.report(Some(t.id()), "the tenant's plan is not in the plan table");
-                    Err(error)
-                }
-            },
-            Caller::Exempt => Ok(None),
-            Caller::Unknown => {
-                let error = NatError::Unauthorized;
-                error.report(None, "no tenant in the request (rate limit fails closed)");
-                Err(error)
-            }
+        match tenant_limits(req, &self.plans) {
+            Ok(Some((tenant, limits))) => Ok(Some(RateTarget {
+                key: Cow::Borrowed(tenant.id()),
+                limit: limits.requests_per_minute(),
+            })),
+            Ok(None) => Ok(None),
+            Err(rejection) => Err(rejection.error().clone()),
         }
     }
 }
 
+/// How rate limiting behaves.
 #[derive(Clone, Debug)]
-struct Config {
-    draft_headers: bool,
-    on_store_error: OnStoreError,
-    clock: SharedClock,
-    shadow: bool,
+pub(crate) struct Config {
+    pub(crate) draft_headers: bool,
+    pub(crate) on_store_error: OnStoreError,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            draft_headers: false,
+            on_store_error: OnStoreError::Allow,
+        }
+    }
 }
 
 /// Applies [`PlanRateLimit`] to a service.
 #[derive(Clone, Debug)]
 pub struct PlanRateLimitLayer<R = MemoryRateStore, K = PlanResolver> {
-    policy: Limit<R, K>,
-}
-
-/// How [`PlanRateLimit`] decides. Shared by every clone of the layer and its services.
-#[derive(Clone, Debug)]
-pub struct Limit<R, K> {
     store: R,
     resolver: K,
-    config: Arc<Config>,
+    config: Config,
+    common: Common,
 }
 
 impl PlanRateLimitLayer {
     /// Limits each tenant to its requests a minute from `plans`, with an in-memory store on
     /// the system clock.
     pub fn new(plans: impl Into<Arc<Plans>>) -> Self {
+        let common = Common::new(plans);
         Self {
-            policy: Limit {
-                store: MemoryRateStore::new(),
-                resolver: PlanResolver::new(plans),
-                config: Arc::new(Config {
-                    draft_headers: false,
-                    on_store_error: OnStoreError::Allow,
-                    clock: clock::system(),
-                    shadow: false,
-                }),
-            },
+            store: MemoryRateStore::new(),
+            resolver: PlanResolver::new(common.plans.clone()),
+            config: Config::default(),
+            common,
         }
     }
 }
@@ -129,27 +117,23 @@ impl<R> PlanRateLimitLayer<R, PlanResolver> {
     /// Reads each tenant's limit from `plans`.
     #[must_use]
     pub fn plans(mut self, plans: impl Into<Arc<Plans>>) -> Self {
-        self.policy.resolver = PlanResolver::new(plans);
+        self.common.plans = plans.into();
+        self.resolver = PlanResolver::new(self.common.plans.clone());
         self
     }
 }
 
 impl<R, K> PlanRateLimitLayer<R, K> {
-    /// What this layer decides with (for the stack, which decides in one service).
-    #[inline]
-    pub(crate) fn policy(&self) -> &Limit<R, K> {
-        &self.policy
-    }
+    common_setters!(clock, shadow);
 
     /// Keeps state in `store` (e.g. Redis, shared by several instances).
     #[must_use]
     pub fn with_store<R2>(self, store: R2) -> PlanRateLimitLayer<R2, K> {
         PlanRateLimitLayer {
-            policy: Limit {
-                store,
-                resolver: self.policy.resolver,
-                config: self.policy.config,
-            },
+            store,
+            resolver: self.resolver,
+            config: self.config,
+            common: self.common,
         }
     }
 
@@ -157,53 +141,69 @@ impl<R, K> PlanRateLimitLayer<R, K> {
     #[must_use]
     pub fn with_resolver<K2>(self, resolver: K2) -> PlanRateLimitLayer<R, K2> {
         PlanRateLimitLayer {
-            policy: Limit {
-                store: self.policy.store,
-                resolver,
-                config: self.policy.config,
-            },
+            store: self.store,
+            resolver,
+            config: self.config,
+            common: self.common,
         }
-    }
-
-    fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.policy.config)
-    }
-
-    /// Runs in shadow mode (or not): the layer decides as usual and reports what it would have
-    /// refused (`nat_rejections_total{shadow="true"}` and a `DEBUG` event "would reject"), but
-    /// lets every request through untouched. For rolling out new limits on live traffic.
-    #[must_use]
-    pub fn shadow(mut self, on: bool) -> Self {
-        self.config_mut().shadow = on;
-        self
     }
 
     /// Also sends the IETF draft `RateLimit-Policy: "default";q=L;w=60` and
     /// `RateLimit: "default";r=R;t=S` headers (draft-ietf-httpapi-ratelimit-headers-09).
     #[must_use]
     pub fn draft_headers(mut self, enabled: bool) -> Self {
-        self.config_mut().draft_headers = enabled;
+        self.config.draft_headers = enabled;
         self
     }
 
     /// What to do when the store fails; by default the request goes through.
     #[must_use]
     pub fn on_store_error(mut self, choice: OnStoreError) -> Self {
-        self.config_mut().on_store_error = choice;
-        self
-    }
-
-    /// Reads the time from `clock` (the system clock by default).
-    #[must_use]
-    pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.config_mut().clock = clock;
+        self.config.on_store_error = choice;
         self
     }
 
     /// The store.
     pub fn store(&self) -> &R {
-        &self.policy.store
+        &self.store
     }
+}
+
+impl<R: RateStore, K: RateKeyResolver> PlanRateLimitLayer<R, K> {
+    /// The policy, with `common`'s clock and shadow mode.
+    pub(crate) fn policy(
+        store: R,
+        resolver: K,
+        config: &Config,
+        common: &Common,
+    ) -> Reported<Limit<R, K>> {
+        let policy = Limit {
+            store,
+            resolver,
+            config: config.clone(),
+            clock: common.clock.clone(),
+            near_limit: !common.shadow,
+        };
+        Reported::new(policy, "rate_limit", common.shadow)
+    }
+}
+
+/// `tenant`'s rate-limit state now, counting nothing. `None` for a tenant whose plan the
+/// table lacks.
+pub(crate) async fn peek<R: RateStore>(
+    store: &R,
+    common: &Common,
+    tenant: &Tenant,
+) -> Result<Option<RateDecision>, StoreError> {
+    let Some(limits) = common.plans.limits(tenant) else {
+        return Ok(None);
+    };
+    let now = common.clock.now();
+    let answer = match store.peek(tenant.id(), limits.requests_per_minute(), now) {
+        Answer::Ready(answer) => answer,
+        Answer::Pending(peek) => peek.await,
+    };
+    answer.map(Some)
 }
 
 impl<R: RateStore> PlanRateLimitLayer<R, PlanResolver> {
@@ -213,46 +213,40 @@ impl<R: RateStore> PlanRateLimitLayer<R, PlanResolver> {
     /// ([`RateStore::peek`]). `None` for a tenant whose plan the table lacks. (An endpoint
     /// behind the limiter that serves this is itself one request.)
     pub async fn peek(&self, tenant: &Tenant) -> Result<Option<RateDecision>, StoreError> {
-        let Some(limits) = self.policy.resolver.plans.limits(tenant) else {
-            return Ok(None);
-        };
-        let now = self.policy.config.clock.now();
-        let answer = match self
-            .policy
-            .store
-            .peek(tenant.id(), limits.requests_per_minute(), now)
-        {
-            Answer::Ready(answer) => answer,
-            Answer::Pending(peek) => peek.await,
-        };
-        answer.map(Some)
+        peek(&self.store, &self.common, tenant).await
     }
 }
 
-impl<S, R: Clone, K: Clone> Layer<S> for PlanRateLimitLayer<R, K> {
+impl<S, R: RateStore, K: RateKeyResolver> Layer<S> for PlanRateLimitLayer<R, K> {
     type Service = PlanRateLimit<S, R, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PlanRateLimit {
-            inner,
-            policy: self.policy.clone(),
-        }
+        let policy = Self::policy(
+            self.store.clone(),
+            self.resolver.clone(),
+            &self.config,
+            &self.common,
+        );
+        PolicyService::new(inner, Arc::new(policy))
     }
 }
 
 /// Limits each tenant to its plan's requests a minute; answers 429 `RATE_LIMITED` beyond it.
 /// See the [module docs](super).
+pub type PlanRateLimit<S, R = MemoryRateStore, K = PlanResolver> =
+    PolicyService<S, Reported<Limit<R, K>>>;
+
+/// How [`PlanRateLimit`] decides.
 #[derive(Clone, Debug)]
-pub struct PlanRateLimit<S, R = MemoryRateStore, K = PlanResolver> {
-    inner: S,
-    policy: Limit<R, K>,
+pub struct Limit<R, K> {
+    store: R,
+    resolver: K,
+    config: Config,
+    clock: SharedClock,
+    // Counts requests let through near their limit (not in shadow mode, where nothing is
+    // enforced).
+    near_limit: bool,
 }
-
-impl<S, R, K> PlanRateLimit<S, R, K> {
-    crate::inner_accessors!();
-}
-
-crate::guard::guarded_service!(impl<R, K> for PlanRateLimit<S, R, K>, policy = Limit<R, K>);
 
 /// The headers a decision puts on a response that passed: the `X-RateLimit-*` pair, and the
 /// draft pair when configured. Only what they say is kept.
@@ -280,12 +274,8 @@ impl Counts {
 impl Finish for Headers {
     type Settle = std::future::Ready<()>;
 
-    fn nothing() -> Self {
-        Headers(None)
-    }
-
     #[inline]
-    fn finish<B>(self, response: &mut Response<B>) -> Option<Self::Settle> {
+    fn respond<B>(&self, response: &mut Response<B>) {
         if let Some(c) = self.0 {
             let headers = response.headers_mut();
             headers.insert(X_RATELIMIT_LIMIT, number(u64::from(c.limit)));
@@ -294,7 +284,16 @@ impl Finish for Headers {
                 draft_headers(headers, c);
             }
         }
+    }
+
+    #[inline]
+    fn settle(self, _: bool) -> Option<Self::Settle> {
         None
+    }
+
+    #[inline]
+    fn nothing() -> Self {
+        Headers(None)
     }
 }
 
@@ -314,92 +313,80 @@ fn draft_headers(headers: &mut HeaderMap, c: Counts) {
     }
 }
 
-impl Config {
+impl<R: RateStore, K> Limit<R, K> {
     /// What a store's answer means for the request.
-    #[allow(clippy::result_large_err)] // consumed at once by the caller
-    fn admit(
+    #[inline]
+    fn admit<B>(
         &self,
+        req: &Request<B>,
         key: &TenantId,
         answer: Result<RateDecision, StoreError>,
-    ) -> Result<Headers, Rejection> {
+    ) -> Decision<Headers, StoreCall<R::Future, TenantId>> {
         match answer {
-            Ok(d) if d.allowed => Ok(Headers(Some(Counts::of(&d, self.draft_headers)))),
-            Ok(d) => {
-                let error = NatError::RateLimited {
-                    retry_after: d.retry_after_secs(),
-                    limit: d.limit,
-                };
-                error.report(Some(key), "rate limit exceeded");
-                let mut headers = HeaderMap::new();
-                if self.draft_headers {
-                    draft_headers(&mut headers, Counts::of(&d, true));
+            Ok(d) if d.allowed => {
+                if self.near_limit {
+                    crate::metrics::rate_passed(req, d.remaining, d.limit);
                 }
-                Err(Rejection::with_headers(error, headers))
+                Decision::Pass(Headers(Some(Counts::of(&d, self.config.draft_headers))))
             }
-            Err(err) => {
-                report::failure("rate-limit store", &err);
-                crate::metrics::store_error("rate", "check");
-                match self.on_store_error {
-                    OnStoreError::Allow => {
-                        crate::metrics::fail_open("rate_limit");
-                        Ok(Headers(None))
-                    }
-                    OnStoreError::Reject => {
-                        let error = NatError::Internal;
-                        error.report(Some(key), "rate-limit store failed");
-                        Err(error.into())
-                    }
+            Ok(d) => Decision::refuse(self.limited(key, &d)),
+            Err(error) => {
+                let call = ("rate_limit", "rate", "check");
+                let choice = self.config.on_store_error;
+                match crate::common::store_failed(choice, call, &error, Some(key)) {
+                    Ok(()) => Decision::Pass(Headers(None)),
+                    Err(rejection) => Decision::refuse(rejection),
                 }
             }
         }
     }
+
+    /// The 429 of a tenant over its limit.
+    #[cold]
+    fn limited(&self, key: &TenantId, d: &RateDecision) -> Rejection {
+        let error = NatError::RateLimited {
+            retry_after: d.retry_after_secs(),
+            limit: d.limit,
+        };
+        let mut headers = HeaderMap::new();
+        if self.config.draft_headers {
+            draft_headers(&mut headers, Counts::of(d, true));
+        }
+        Rejection::new(error, "rate limit exceeded")
+            .tenant(key)
+            .headers(headers)
+    }
 }
 
-/// Counts a request let through near its limit.
-#[inline]
-fn counted<B>(
-    req: &Request<B>,
-    decided: Result<Headers, Rejection>,
-    shadow: bool,
-) -> Result<Headers, Rejection> {
-    if let (Ok(Headers(Some(c))), false) = (&decided, shadow) {
-        crate::metrics::rate_passed(req, c.remaining, c.limit);
-    }
-    decided
+/// Why a key resolver refused, for the report.
+#[cold]
+fn unresolved(error: NatError) -> Rejection {
+    let reason = match error {
+        NatError::Unauthorized => "no tenant in the request (fails closed)",
+        NatError::Internal => "the tenant's plan is not in the plan table",
+        _ => "the rate-limit key resolver refused",
+    };
+    Rejection::new(error, reason)
 }
 
 impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
     type Pass = Headers;
-    type Later = With<R::Future, TenantId>;
-
-    const LAYER: &'static str = "rate_limit";
+    type Later = StoreCall<R::Future, TenantId>;
 
     #[inline]
-    fn shadow(&self) -> bool {
-        self.config.shadow
-    }
-
-    fn store_call(
-        &self,
-        (answer, _): &(Result<RateDecision, StoreError>, TenantId),
-    ) -> Option<(&'static str, &'static str, bool)> {
-        Some(("rate", "check", answer.is_ok()))
-    }
-
-    #[inline]
-    fn decide(&self, req: &mut Request<B>) -> Step<Headers, Self::Later> {
+    fn decide(&self, req: &mut Request<B>) -> Decision<Headers, Self::Later> {
         let target = match self.resolver.resolve(req) {
             Ok(Some(target)) => target,
-            Ok(None) => return Step::Pass(Headers(None)),
-            Err(error) => return Step::Reject(error.into()),
+            Ok(None) => return Decision::Pass(Headers(None)),
+            Err(error) => return Decision::refuse(unresolved(error)),
         };
-        let now = self.config.clock.now();
+        let now = self.clock.now();
         match self.store.check(&target.key, target.limit, now) {
-            Answer::Ready(answer) => {
-                let decided = self.config.admit(&target.key, answer);
-                Step::of(counted(req, decided, self.config.shadow))
+            Answer::Ready(answer) => self.admit(req, &target.key, answer),
+            Answer::Pending(check) => {
+                let key = target.key.into_owned();
+                Decision::Later(StoreCall::new(check, key, "rate", "check"))
             }
-            Answer::Pending(check) => Step::Later(With::new(check, target.key.into_owned())),
         }
     }
 
@@ -407,11 +394,7 @@ impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
         &self,
         (answer, key): (Result<RateDecision, StoreError>, TenantId),
         req: &mut Request<B>,
-    ) -> Step<Headers, Self::Later> {
-        Step::of(counted(
-            req,
-            self.config.admit(&key, answer),
-            self.config.shadow,
-        ))
+    ) -> Decision<Headers, Self::Later> {
+        self.admit(req, &key, answer)
     }
 }

@@ -17,6 +17,13 @@
 //! | no `url` | `Missing required field: url.` |
 //! | `url` not a non-empty string | `Invalid field: url must be a non-empty string.` |
 //! | `mode` not one of the three | `Invalid field: mode must be one of "functional", "security", "full".` |
+//! | a gRPC call whose kind the server does not give ([below](#grpc)) | `The scan's mode could not be determined.` |
+//! | a gRPC call whose body is not one uncompressed message | `Malformed gRPC message in request body.` |
+//!
+//! What this layer accepts, a handler's `serde_json` accepts too: every member is parsed as
+//! `serde_json::Value` would parse it (its nesting limit of 128 levels, numbers within
+//! `f64`'s range, string escapes), so a body that passes is never a 500 from the handler's
+//! parser.
 //!
 //! The request body type must be buildable from [`Bytes`](bytes::Bytes) (`axum::body::Body`,
 //! `http_body_util::Full<Bytes>`, [`RequestBody`] around hyper's `Incoming`), since the
@@ -36,10 +43,25 @@
 //!   only (`post(create_scan).route_layer(...)`, or [`NatLayer::scan_creation`] for
 //!   validation, feature gate and quota together).
 //!
-//! A request validated once carries its [`ScanKind`](crate::plan::ScanKind); a second layer on its way passes it
-//! untouched, so both placements can be combined without reading a body twice.
+//! A request validated once is marked; a second validation on its way passes it untouched,
+//! so both placements can be combined without reading a body twice.
 //!
 //! [`NatLayer::scan_creation`]: crate::NatLayer::scan_creation
+//!
+//! # gRPC
+//!
+//! A scan creation whose `content-type` is gRPC's ([`is_grpc_media`](crate::grpc::is_grpc_media))
+//! is not read as JSON; its body is read within the limit all the same and handed on as it
+//! came. Its kind comes from the server, never from a default: the reader of a gRPC method
+//! named with [`ValidateScanRequestLayer::grpc_route`] (or, for a layer placed on the
+//! method's route, [`ValidateScanRequestLayer::grpc_kind`]) reads it from the call's
+//! protobuf message, or a layer of the server's own puts a
+//! [`ScanKind`](crate::plan::ScanKind) into the request's extensions before this one. With
+//! neither, the call is refused with 400 (`INVALID_ARGUMENT`). So a gRPC `content-type` on a
+//! REST scan route is refused, never waved through as the cheapest kind. A REST scan's kind
+//! is always its body's `mode`. A gRPC method is a scan creation whatever its HTTP method,
+//! and a request to it that is not gRPC is refused (`Content-Type must be
+//! application/grpc.`).
 //!
 //! # Example
 //!

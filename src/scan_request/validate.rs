@@ -5,7 +5,7 @@ use std::fmt;
 use http::header;
 use serde::{
     Deserialize, Deserializer,
-    de::{IgnoredAny, MapAccess, Visitor},
+    de::{MapAccess, SeqAccess, Visitor},
 };
 
 use crate::{error::NatError, plan::ScanKind};
@@ -23,11 +23,27 @@ pub enum Invalid {
     MissingUrl,
     BadUrl,
     BadMode,
+    /// A gRPC scan creation whose kind is not known: no reader of its message, no
+    /// `ScanKind` from the server.
+    UnknownKind,
+    /// A gRPC scan creation whose body is not one uncompressed gRPC message.
+    GrpcMessage,
+    /// A request to a gRPC method that is not gRPC.
+    NotGrpc,
+    /// A gRPC scan creation over HTTP/1.x, whose client would not see the final status.
+    GrpcNeedsHttp2,
+    /// The server's reader of gRPC scan messages refused the message with this error.
+    Refused(NatError),
 }
 
 impl Invalid {
     pub(super) fn into_error(self) -> NatError {
         NatError::invalid_request(match self {
+            Invalid::Refused(error) => return error,
+            Invalid::UnknownKind => "The scan's mode could not be determined.".to_owned(),
+            Invalid::GrpcMessage => "Malformed gRPC message in request body.".to_owned(),
+            Invalid::NotGrpc => "Content-Type must be application/grpc.".to_owned(),
+            Invalid::GrpcNeedsHttp2 => "gRPC calls need HTTP/2.".to_owned(),
             Invalid::ContentType => "Content-Type must be application/json.".to_owned(),
             Invalid::TooLarge(limit) => {
                 format!("Request body too large: the limit is {limit} bytes.")
@@ -64,6 +80,11 @@ impl Invalid {
             Invalid::MissingUrl => "missing url",
             Invalid::BadUrl => "invalid url",
             Invalid::BadMode => "invalid mode",
+            Invalid::UnknownKind => "gRPC scan creation of unknown kind",
+            Invalid::GrpcMessage => "malformed gRPC message",
+            Invalid::NotGrpc => "not gRPC on a gRPC method",
+            Invalid::GrpcNeedsHttp2 => "gRPC over HTTP/1.x",
+            Invalid::Refused(_) => "the server's gRPC scan reader refused",
         }
     }
 }
@@ -110,11 +131,69 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                     );
                 }
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<AnyValue>()?;
                 }
             }
         }
         Ok(fields)
+    }
+}
+
+/// Any JSON value, read as `serde_json::Value` reads it (the same nesting limit, 128 levels;
+/// the same number range; the same string escapes) without keeping any of it: so a body this
+/// validator accepts is one a handler's `serde_json` accepts too. (`IgnoredAny` would skip
+/// deeper nesting and numbers out of range, which the handler's parser then refuses.)
+struct AnyValue;
+
+impl<'de> Deserialize<'de> for AnyValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AnyVisitor)
+    }
+}
+
+struct AnyVisitor;
+
+impl<'de> Visitor<'de> for AnyVisitor {
+    type Value = AnyValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_unit<E>(self) -> Result<AnyValue, E> {
+        Ok(AnyValue)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyValue, A::Error> {
+        while seq.next_element::<AnyValue>()?.is_some() {}
+        Ok(AnyValue)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyValue, A::Error> {
+        while map.next_key::<AnyValue>()?.is_some() {
+            map.next_value::<AnyValue>()?;
+        }
+        Ok(AnyValue)
     }
 }
 
@@ -236,11 +315,34 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-        // Deep nesting in an ignored member is skipped without recursion; in `url` or `mode`
-        // it hits serde_json's recursion limit. Neither can overflow the stack.
+        // Nesting deeper than serde_json's limit (128 levels, the object included) is
+        // refused wherever it is, as a handler's `serde_json::Value` would refuse it; it
+        // never overflows the stack. So are numbers out of `f64`'s range.
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        let ignored = format!("{{\"url\":\"u\",\"x\":{}}}", deep(500_000));
-        assert_eq!(validate(ignored.as_bytes(), f), Ok(ScanKind::Functional));
+        let at = |n: usize| format!("{{\"url\":\"u\",\"x\":{}}}", deep(n));
+        for n in 100..140 {
+            let body = at(n);
+            let parsed = serde_json::from_str::<serde_json::Value>(&body).is_ok();
+            assert_eq!(validate(body.as_bytes(), f).is_ok(), parsed, "{n} levels");
+        }
+        assert!(validate(at(100).as_bytes(), f).is_ok());
+        assert_eq!(validate(at(140).as_bytes(), f), Err(Invalid::Malformed));
+        let ignored = at(500_000);
+        assert_eq!(validate(ignored.as_bytes(), f), Err(Invalid::Malformed));
+        for number in ["1e999999", "-1e400", "1e309"] {
+            let body = format!("{{\"url\":\"u\",\"x\":[{number}]}}");
+            assert_eq!(
+                validate(body.as_bytes(), f),
+                Err(Invalid::Malformed),
+                "{body}"
+            );
+        }
+        let tiny = br#"{"url":"u","x":1e-999999,"y":0e999999,"z":"\ud83d\ude00"}"#;
+        assert_eq!(validate(tiny, f), Ok(ScanKind::Functional));
+        assert_eq!(
+            validate(br#"{"url":"u","x":"\ud800"}"#, f),
+            Err(Invalid::Malformed)
+        );
         let in_url = format!("{{\"url\":{}}}", deep(500_000));
         assert_eq!(validate(in_url.as_bytes(), f), Err(Invalid::Malformed));
         let unclosed = format!("{{\"url\":\"u\",\"x\":{}}}", "[".repeat(500_000));

@@ -118,6 +118,28 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// For a `rediss://` URL: the TLS provider installed, or, without the `tls` feature, an
+/// error that says so (and does not repeat the URL). `#insecure` (the redis crate's way to
+/// skip the certificate check) is refused: an unverified server is never talked to.
+fn tls_ready(url: &str) -> Result<(), StoreError> {
+    if !url.trim_start().starts_with("rediss") {
+        return Ok(());
+    }
+    if url.contains("#insecure") {
+        return Err(StoreError::new(
+            "rediss://...#insecure is refused: the server's certificate is always checked \
+             (trust its CA through the system's store or SSL_CERT_FILE)",
+        ));
+    }
+    #[cfg(feature = "tls")]
+    {
+        crate::tls::install_provider();
+        Ok(())
+    }
+    #[cfg(not(feature = "tls"))]
+    Err(StoreError::new("rediss:// needs tower-nat's `tls` feature"))
+}
+
 impl RedisBackend {
     /// A backend for `url` (`redis://host:port/db`). No I/O happens here: the connection is
     /// made on first use and remade after failures, so a server can start while Redis is
@@ -129,7 +151,9 @@ impl RedisBackend {
     /// Like [`open`](Self::open), bounding every call (and every connection attempt) by
     /// `timeout`.
     pub fn open_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(StoreError::new)?;
+        tls_ready(url)?;
+        // The driver's words may quote the URL (and its password): not passed on.
+        let client = Client::open(url).map_err(|_| StoreError::new("redis: invalid URL"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -169,6 +193,9 @@ impl RedisBackend {
             ));
         }
         let nodes: Vec<&str> = nodes.iter().map(AsRef::as_ref).collect();
+        for node in &nodes {
+            tls_ready(node)?;
+        }
         let client = ClusterClient::builder(nodes)
             .connection_timeout(timeout)
             .response_timeout(timeout)
@@ -176,7 +203,7 @@ impl RedisBackend {
             .min_retry_wait(10)
             .max_retry_wait(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
             .build()
-            .map_err(StoreError::new)?;
+            .map_err(|_| StoreError::new("redis: invalid cluster node URL"))?;
         let config = ClusterConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);

@@ -30,8 +30,8 @@ struct Fixture {
 fn fixture() -> Fixture {
     let store = MemoryKeyStore::new();
     let clock = FakeClock::at_date(UtcDate::new(2025, 6, 15).unwrap());
-    store.insert_tenant("acme", Plan::PRO);
-    store.insert_tenant("gone", Plan::TEAM);
+    store.insert_tenant("acme", Plan::PRO).unwrap();
+    store.insert_tenant("gone", Plan::TEAM).unwrap();
     let live = store.issue_key("acme", None).unwrap().key;
     let revoked = ApiKey::generate();
     let id = store.add_key("acme", &revoked, None).unwrap();
@@ -256,7 +256,7 @@ async fn every_401_cause_gives_the_same_bytes_and_never_reaches_the_handler<K: K
 
 async fn expiry_follows_the_injected_clock<K: KeyStore>(wrap: impl Fn(MemoryKeyStore) -> K) {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::FREE);
+    store.insert_tenant("acme", Plan::FREE).unwrap();
     let clock = FakeClock::new(Duration::from_secs(1_000));
     let key = store
         .issue_key("acme", Some(Duration::from_secs(1_060)))
@@ -280,7 +280,7 @@ async fn revocation_deletion_and_plan_changes_apply_to_the_next_request<K: KeySt
     wrap: impl Fn(MemoryKeyStore) -> K,
 ) {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::FREE);
+    store.insert_tenant("acme", Plan::FREE).unwrap();
     let key = store.issue_key("acme", None).unwrap().key;
     let second = ApiKey::generate();
     let second_id = store.add_key("acme", &second, None).unwrap();
@@ -303,7 +303,7 @@ async fn revocation_deletion_and_plan_changes_apply_to_the_next_request<K: KeySt
     let req = |k: &ApiKey| empty(get("/x").header("x-api-key", k.expose()));
 
     assert_eq!(send(&service, req(&key)).await.0, 200);
-    store.set_plan("acme", Plan::TEAM);
+    store.set_plan("acme", Plan::TEAM).unwrap();
     assert_eq!(send(&service, req(&second)).await.0, 200);
     {
         let seen = seen.lock().unwrap();
@@ -356,7 +356,7 @@ async fn exempt_routes_pass_without_a_key_and_others_do_not<K: KeyStore>(
 
 async fn custom_key_formats<K: KeyStore>(wrap: impl Fn(MemoryKeyStore) -> K) {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::FREE);
+    store.insert_tenant("acme", Plan::FREE).unwrap();
     let hash = tower_nat::auth::KeyHash::of(b"nat_pk_short1");
     store.add_hash("acme", hash, None).unwrap();
     let handler = Counted::default();
@@ -408,7 +408,7 @@ async fn a_failing_store_gives_500_without_its_error_now_or_later() {
 #[tokio::test]
 async fn the_store_later_answers_like_the_store_in_memory() {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::PRO);
+    store.insert_tenant("acme", Plan::PRO).unwrap();
     let issued = store.issue_key("acme", None).unwrap();
     let hash = issued.key.hash();
     let memory = match store.lookup(&hash) {

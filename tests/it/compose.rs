@@ -27,7 +27,7 @@ use crate::common::{INTERNAL, STRIPE, UNAUTHORIZED, assert_envelope};
 
 fn keys() -> (MemoryKeyStore, ApiKey) {
     let store = MemoryKeyStore::new();
-    store.insert_tenant("acme", Plan::TEAM);
+    store.insert_tenant("acme", Plan::TEAM).unwrap();
     let key = store.issue_key("acme", None).unwrap().key;
     (store, key)
 }

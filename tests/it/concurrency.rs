@@ -69,7 +69,7 @@ fn clock() -> FakeClock {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_creations_at_once_run_exactly_ten_and_charge_exactly_ten() {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("team", Plan::TEAM);
+    keys.insert_tenant("team", Plan::TEAM).unwrap();
     let key = keys.issue_key("team", None).unwrap().key;
     let nat = NatLayer::new(keys);
     let service = nat.layer(handler());
@@ -175,7 +175,7 @@ async fn slots_are_released_by_handle_by_id_by_lapse_and_by_a_failed_creation() 
 #[tokio::test]
 async fn a_concurrency_refusal_comes_before_the_quota_and_after_the_feature_gate() {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("free", Plan::FREE);
+    keys.insert_tenant("free", Plan::FREE).unwrap();
     let key = keys.issue_key("free", None).unwrap().key;
     let nat = NatLayer::new(keys).scan_retry_after(Duration::from_secs(30));
     let service = nat.layer(handler());

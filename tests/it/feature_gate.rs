@@ -120,7 +120,7 @@ async fn composed_order_403_before_402_and_429_before_the_quota() {
     );
     let clock = FakeClock::at_date(UtcDate::new(2025, 1, 10).unwrap());
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("acme", Plan::FREE);
+    keys.insert_tenant("acme", Plan::FREE).unwrap();
     let key = keys.issue_key("acme", None).unwrap().key;
     let quota = QuotaGuardLayer::new(plans.clone()).clock(Arc::new(clock.clone()));
     let router = Router::new()

@@ -28,7 +28,7 @@ struct Page {
 
 fn keys() -> (MemoryKeyStore, ApiKey) {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("acme", Plan::PRO);
+    keys.insert_tenant("acme", Plan::PRO).unwrap();
     let key = keys.issue_key("acme", None).unwrap().key;
     (keys, key)
 }

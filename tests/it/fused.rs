@@ -1,6 +1,8 @@
-//! `NatLayer` decides inside one service (`NatGuard`); the same layers composed one by one
+//! `NatLayer` decides inside one service (`NatService`); the same layers composed one by one
 //! must give the same answers: status, headers and body bytes, request after request, for
-//! every refusal the stack makes and for the requests it lets through.
+//! every refusal the stack makes and for the requests it lets through. Run with stores that
+//! answer at once (in memory) and with stores that answer later (as Redis and PostgreSQL
+//! do), so every wait of the engine is compared too.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,20 +12,20 @@ use http_body_util::Full;
 use tower::{Layer, ServiceBuilder};
 use tower_nat::{
     NatLayer,
-    auth::{ApiKeyAuthLayer, MemoryKeyStore},
+    auth::{ApiKeyAuthLayer, KeyStore, MemoryKeyStore},
     billing::BillingConfiguredLayer,
     clock::{FakeClock, UtcDate},
-    concurrency::ConcurrentScansLayer,
+    concurrency::{ConcurrentScansLayer, MemorySlotStore, SlotStore},
     envelope::ErrorEnvelopeLayer,
     feature_gate::FeatureGateLayer,
     internal_error::InternalErrorGuardLayer,
     plan::{Plan, Plans},
-    quota::QuotaGuardLayer,
-    rate_limit::PlanRateLimitLayer,
+    quota::{MemoryQuotaStore, QuotaGuardLayer, QuotaStore},
+    rate_limit::{MemoryRateStore, PlanRateLimitLayer, RateStore},
     scan_request::ValidateScanRequestLayer,
 };
 
-use crate::common::{handler, send};
+use crate::common::{handler, send, stores::Later};
 
 fn request(
     method: &str,
@@ -45,6 +47,40 @@ fn request(
 
 #[tokio::test]
 async fn one_service_answers_as_the_layers_one_by_one() {
+    compare(
+        |keys| keys,
+        || {
+            (
+                MemoryRateStore::new(),
+                MemoryQuotaStore::new(),
+                MemorySlotStore::new(),
+            )
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn one_service_answers_as_the_layers_one_by_one_with_stores_that_answer_later() {
+    compare(Later, || {
+        (
+            Later(MemoryRateStore::new()),
+            Later(MemoryQuotaStore::new()),
+            Later(MemorySlotStore::new()),
+        )
+    })
+    .await;
+}
+
+/// The stack and the layers one by one, each with its own stores from `stores` and the key
+/// store `keys` makes, request after request.
+async fn compare<K, R, Q, C>(keys: impl Fn(MemoryKeyStore) -> K, stores: impl Fn() -> (R, Q, C))
+where
+    K: KeyStore,
+    R: RateStore,
+    Q: QuotaStore,
+    C: SlotStore,
+{
     // Free: 8 requests a minute, 2 functional scans a month, one scan at a time.
     let plans = Arc::new(
         Plans::from_json(
@@ -52,33 +88,50 @@ async fn one_service_answers_as_the_layers_one_by_one() {
         )
         .unwrap(),
     );
-    let keys = MemoryKeyStore::new();
-    keys.insert_tenant("acme", Plan::FREE);
-    let key = keys.issue_key("acme", None).unwrap().key;
+    let memory = MemoryKeyStore::new();
+    memory.insert_tenant("acme", Plan::FREE).unwrap();
+    let key = memory.issue_key("acme", None).unwrap().key;
     let key = key.expose().to_owned();
     let clock = FakeClock::at_date(UtcDate::new(2026, 2, 10).unwrap());
     let shared = || Arc::new(clock.clone());
 
-    let fused = NatLayer::new(keys.clone())
+    let (rates, quotas, slots) = stores();
+    let fused = NatLayer::new(keys(memory.clone()))
+        .with_rate_store(rates)
+        .with_quota_store(quotas)
+        .with_slot_store(slots)
         .plans(plans.clone())
         .clock(shared())
         .billing(BillingConfiguredLayer::new(false))
         .exempt("/healthz")
         .layer(handler());
+    let (rates, quotas, slots) = stores();
     let layered = ServiceBuilder::new()
         .layer(ErrorEnvelopeLayer::new())
         .layer(InternalErrorGuardLayer::new())
         .layer(BillingConfiguredLayer::new(false))
         .layer(
-            ApiKeyAuthLayer::new(keys)
+            ApiKeyAuthLayer::new(keys(memory))
                 .clock(shared())
                 .exempt("/healthz"),
         )
-        .layer(PlanRateLimitLayer::new(plans.clone()).clock(shared()))
+        .layer(
+            PlanRateLimitLayer::new(plans.clone())
+                .with_store(rates)
+                .clock(shared()),
+        )
         .layer(ValidateScanRequestLayer::new())
         .layer(FeatureGateLayer::scans(plans.clone()))
-        .layer(ConcurrentScansLayer::new(plans.clone()).clock(shared()))
-        .layer(QuotaGuardLayer::new(plans).clock(shared()))
+        .layer(
+            ConcurrentScansLayer::new(plans.clone())
+                .with_store(slots)
+                .clock(shared()),
+        )
+        .layer(
+            QuotaGuardLayer::new(plans)
+                .with_store(quotas)
+                .clock(shared()),
+        )
         .service(handler());
 
     let k = Some(key.as_str());

@@ -112,7 +112,7 @@ struct Server {
 
 async fn server() -> Server {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("free", Plan::FREE);
+    keys.insert_tenant("free", Plan::FREE).unwrap();
     keys.set_overrides(
         "free",
         LimitOverrides {
@@ -121,7 +121,8 @@ async fn server() -> Server {
             concurrent_scans: Some(5),
             ..LimitOverrides::default()
         },
-    );
+    )
+    .unwrap();
     let free = keys.issue_key("free", None).unwrap().key;
     let clock = FakeClock::at_date(UtcDate::new(2026, 3, 10).unwrap());
     let nat = NatLayer::new(keys)
@@ -137,8 +138,6 @@ async fn server() -> Server {
         )
         .route("/nat.v1.Billing/Checkout", post(|| async { "" }))
         .route("/api/v1/usage", get(|| async { "{}" }))
-        // Unknown methods: NOT_FOUND, with the NAT code.
-        .fallback(|| async { NatError::not_found().into_grpc_response::<axum::body::Body>() })
         .with_state(nat.usage_reader())
         .layer(nat);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -284,13 +283,31 @@ async fn a_tonic_client_sees_every_code_with_its_message_and_metadata() {
         "INTERNAL_ERROR",
     );
 
+    // Without a mode the server's layer gives no kind: INVALID_ARGUMENT, never a default.
+    let e = s
+        .call::<_, CreateScanReply>(
+            "/nat.v1.Nat/CreateScan",
+            scan("https://a.example"),
+            Some(key),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_status(
+        &e,
+        Code::InvalidArgument,
+        "The scan's mode could not be determined.",
+        "INVALID_REQUEST",
+    );
+
     // OK once, then 402 → RESOURCE_EXHAUSTED with the reset date.
+    let functional = &[("x-scan-mode", "functional")];
     let created: CreateScanReply = s
         .call(
             "/nat.v1.Nat/CreateScan",
             scan("https://a.example"),
             Some(key),
-            &[],
+            functional,
         )
         .await
         .unwrap();
@@ -300,7 +317,7 @@ async fn a_tonic_client_sees_every_code_with_its_message_and_metadata() {
             "/nat.v1.Nat/CreateScan",
             scan("https://a.example"),
             Some(key),
-            &[],
+            functional,
         )
         .await
         .unwrap_err();
@@ -333,17 +350,12 @@ async fn a_tonic_client_sees_every_code_with_its_message_and_metadata() {
         "STRIPE_NOT_CONFIGURED",
     );
 
-    // 404 → NOT_FOUND: an unknown method.
+    // An unknown method: the router's own 404, as UNIMPLEMENTED (no fallback of ours).
     let e = s
         .call::<_, UsageReply>("/nat.v1.Nat/Nope", UsageRequest {}, Some(key), &[])
         .await
         .unwrap_err();
-    assert_status(
-        &e,
-        Code::NotFound,
-        "The requested resource was not found.",
-        "NOT_FOUND",
-    );
+    assert_status(&e, Code::Unimplemented, "Method not found.", "NOT_FOUND");
 
     // 429 → RESOURCE_EXHAUSTED: 12 requests a minute, gRPC and REST together; a REST call's
     // headers say how many are left.
@@ -382,4 +394,54 @@ async fn a_tonic_client_sees_every_code_with_its_message_and_metadata() {
         e.message(),
         format!("Rate limit exceeded. Retry after {retry} seconds.")
     );
+}
+
+/// Every refusal the stack writes to a gRPC call is trailers-only on the wire: one `HEADERS`
+/// frame with `END_STREAM`, no `DATA` frame (gRPC's C, Go and Java clients read anything else
+/// as `UNKNOWN` or `INTERNAL`, losing the status). Checked with a raw HTTP/2 client, and on
+/// the body hyper is given (it ends the headers' stream when the body is at its end).
+#[tokio::test]
+async fn every_refusal_is_one_headers_frame_with_end_stream() {
+    let s = server().await;
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let key = s.free.expose().to_owned();
+    // Path, key, metadata, the status expected.
+    type Case<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
+        ("/nat.v1.Nat/Usage", None, &[], "16"),
+        ("/nat.v1.Nat/Nothing", Some(&key), &[], "12"),
+        (
+            "/nat.v1.Nat/CreateScan",
+            Some(&key),
+            &[("x-scan-mode", "security")],
+            "7",
+        ),
+        ("/nat.v1.Nat/CreateScan", Some(&key), &[], "3"),
+        ("/nat.v1.Billing/Checkout", Some(&key), &[], "14"),
+    ];
+    for (path, key, metadata, status) in cases {
+        let mut client = client.clone().ready().await.unwrap();
+        let mut req = http::Request::post(format!("http://{}{path}", s.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        for (name, value) in metadata {
+            req = req.header(*name, *value);
+        }
+        let (response, mut body) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        // An empty message: a 5-byte frame header of zero length.
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["grpc-status"], status, "{path}");
+        let mut body = response.into_body();
+        assert!(body.is_end_stream(), "{path}: HEADERS without END_STREAM");
+        assert!(body.data().await.is_none(), "{path}: a DATA frame");
+        assert!(body.trailers().await.unwrap().is_none(), "{path}: trailers");
+    }
 }

@@ -22,6 +22,7 @@ struct Setup {
     cache: CachedKeyStore<Db>,
     clock: FakeClock,
     key: ApiKey,
+    key_id: tower_nat::tenant::KeyId,
 }
 
 fn setup(configure: impl FnOnce(CachedKeyStore<Db>) -> CachedKeyStore<Db>) -> Setup {
@@ -36,8 +37,8 @@ fn setup_with(
     let clock = FakeClock::at_date(UtcDate::new(2026, 3, 1).unwrap());
     let shared: SharedClock = Arc::new(clock.clone());
     let keys = MemoryKeyStore::new().clock(shared.clone());
-    keys.insert_tenant("acme", Plan::PRO);
-    let key = keys.issue_key("acme", None).unwrap().key;
+    keys.insert_tenant("acme", Plan::PRO).unwrap();
+    let issued = keys.issue_key("acme", None).unwrap();
     let db = Db::new(keys);
     if silent {
         db.silent();
@@ -47,7 +48,8 @@ fn setup_with(
         db,
         cache,
         clock,
-        key,
+        key: issued.key,
+        key_id: issued.id,
     }
 }
 
@@ -109,8 +111,7 @@ async fn live_keys_are_cached_for_the_ttl_and_unknown_keys_for_the_negative_ttl(
     assert_eq!(s.db.queries(), 2);
 
     // The key is revoked and the unknown one issued, behind the cache's back.
-    let id = s.db.keys.keys("acme")[0].id.clone();
-    assert!(s.db.keys.revoke(&id));
+    assert!(s.db.keys.revoke(&s.key_id));
     s.db.keys.add_key("acme", &unknown, None).unwrap();
 
     s.clock.advance(Duration::from_millis(4999));
@@ -137,7 +138,7 @@ async fn changes_through_the_store_apply_at_once() {
     ok(&call(&s, second.key.expose()).await, "acme pro");
     assert_eq!(s.db.queries(), 2);
 
-    assert!(s.db.keys.set_plan("acme", Plan::TEAM));
+    s.db.keys.set_plan("acme", Plan::TEAM).unwrap();
     ok(&call(&s, s.key.expose()).await, "acme team");
     assert_eq!(s.db.queries(), 3);
 
@@ -150,9 +151,8 @@ async fn changes_through_the_store_apply_at_once() {
     s.db.keys.add_key("acme", &late, None).unwrap();
     ok(&call(&s, late.expose()).await, "acme team");
 
-    let id = s.db.keys.keys("acme")[0].id.clone();
     let now = s.clock_now();
-    assert!(s.db.keys.set_expiry(&id, Some(now)));
+    assert!(s.db.keys.set_expiry(&s.key_id, Some(now)));
     assert_envelope(&call(&s, s.key.expose()).await, 401, UNAUTHORIZED);
 
     assert!(s.db.keys.delete_tenant("acme"));
@@ -178,8 +178,7 @@ async fn a_lookup_in_flight_during_a_revocation_never_caches_the_revoked_key() {
         tokio::task::yield_now().await;
     }
     // The key is revoked while A's answer is on its way.
-    let id = s.db.keys.keys("acme")[0].id.clone();
-    assert!(s.db.keys.revoke(&id));
+    assert!(s.db.keys.revoke(&s.key_id));
     // B starts after the revocation and waits for A's query.
     let b = {
         let s = s.clone();

@@ -6,12 +6,16 @@
 
 mod common;
 
+#[cfg(feature = "admin")]
+mod admin;
+
 mod auth;
 mod billing;
 mod compose;
 mod concurrency;
 mod config;
 mod envelope;
+mod failover;
 mod feature_gate;
 #[cfg(feature = "axum")]
 mod framework_errors;
@@ -24,7 +28,6 @@ mod grpc_tonic;
 mod hostile;
 mod internal_error;
 mod key_cache;
-mod key_stores;
 mod metrics;
 #[cfg(feature = "axum")]
 mod placement;
@@ -37,7 +40,9 @@ mod rate_limit;
 mod redis;
 mod redis_faults;
 mod redis_scale;
+#[cfg(feature = "postgres")]
+mod revocation;
 mod scan_request;
 mod shadow;
-mod store_suite;
+mod suites;
 mod throttle;

@@ -71,22 +71,24 @@ fn scan(key: &str, body: &str) -> http::Request<http_body_util::Full<bytes::Byte
 #[test]
 fn the_tour_of_every_error_counts_every_series_exactly() {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("free", Plan::FREE);
+    keys.insert_tenant("free", Plan::FREE).unwrap();
     keys.set_overrides(
         "free",
         LimitOverrides {
             functional_scans_per_month: Some(Allowance::Limited(1)),
             ..LimitOverrides::default()
         },
-    );
-    keys.insert_tenant("limited", Plan::PRO);
+    )
+    .unwrap();
+    keys.insert_tenant("limited", Plan::PRO).unwrap();
     keys.set_overrides(
         "limited",
         LimitOverrides {
             requests_per_minute: Some(1),
             ..LimitOverrides::default()
         },
-    );
+    )
+    .unwrap();
     let free = keys.issue_key("free", None).unwrap().key;
     let limited = keys.issue_key("limited", None).unwrap().key;
     let clock = FakeClock::at_date(UtcDate::new(2026, 3, 1).unwrap());
@@ -137,6 +139,9 @@ fn the_tour_of_every_error_counts_every_series_exactly() {
     assert_eq!(
         series,
         expect(&[
+            // The tour's requests carry no client address: its one failed authentication
+            // could not be throttled, and says so.
+            ("nat_auth_unthrottled_failures_total{}", 1),
             ("nat_quota_exhausted_total{kind=functional,plan=free}", 1),
             ("nat_rate_limit_near_limit_total{plan=pro}", 1),
             (
@@ -173,7 +178,7 @@ fn the_tour_of_every_error_counts_every_series_exactly() {
 #[test]
 fn store_calls_failures_and_fail_open_are_counted() {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("acme", Plan::PRO);
+    keys.insert_tenant("acme", Plan::PRO).unwrap();
     let key = keys.issue_key("acme", None).unwrap().key;
     // Keys answer later (timed); the rate store fails later (timed, an error, fail open).
     let nat = NatLayer::new(Later(keys)).with_rate_store(Broken::Later);
@@ -232,7 +237,7 @@ fn a_failing_key_store_is_an_error_outcome() {
 #[test]
 fn shadow_mode_counts_what_would_have_been_refused() {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("free", Plan::FREE);
+    keys.insert_tenant("free", Plan::FREE).unwrap();
     let free = keys.issue_key("free", None).unwrap().key;
     let nat = NatLayer::new(keys).shadow(true);
     let (statuses, series) = recorded(|| async {
@@ -250,6 +255,7 @@ fn shadow_mode_counts_what_would_have_been_refused() {
     assert_eq!(
         series,
         expect(&[
+            ("nat_auth_unthrottled_failures_total{}", 1),
             // Free has no security scans: behind the feature gate, the quota would refuse
             // too (each layer decides as if the ones before had let the request through);
             // only real refusals count as exhausted quotas.

@@ -41,8 +41,8 @@ fn clock() -> SharedClock {
 
 fn keys() -> MemoryKeyStore {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("free", Plan::FREE);
-    keys.insert_tenant("pro", Plan::PRO);
+    keys.insert_tenant("free", Plan::FREE).unwrap();
+    keys.insert_tenant("pro", Plan::PRO).unwrap();
     let add = |tenant: &str, key: &str| {
         keys.add_key(tenant, &tower_nat::auth::ApiKey::parse(key).unwrap(), None)
             .unwrap();

@@ -86,6 +86,22 @@ fn configuration_errors_come_at_load_time() {
             r#"{"free": {"requests_per_minute": 3}}"#,
             "invalid plan table: the JSON does not describe a plan table",
         ),
+        (
+            r#"{"plans": {"lite": {"extends": "free", "features": {"remove": ["security_scanning"]}}}}"#,
+            "invalid plan table: plan `lite` removes the feature `security_scanning`, which it does not inherit",
+        ),
+        (
+            r#"{"plans": {"plus": {"extends": "pro", "features": {"add": ["sso"]}}}}"#,
+            "invalid plan table: plan `plus` lists the unknown feature `sso`",
+        ),
+        (
+            r#"{"plans": {"plus": {"extends": "pro", "features": {"drop": ["x"]}}}}"#,
+            "invalid plan table: plan `plus`: `features` is a list of names, or {\"add\": [...], \"remove\": [...]} (unknown field `drop`, expected `add` or `remove`)",
+        ),
+        (
+            r#"{"plans": {"plus": {"extends": "pro", "features": "sso"}}}"#,
+            "invalid plan table: plan `plus`: `features` is a list of names, or {\"add\": [...], \"remove\": [...]} (invalid type: string \"sso\", expected struct Edit)",
+        ),
     ];
     for (json, message) in cases {
         let error = Plans::from_json(json).unwrap_err();
@@ -115,11 +131,43 @@ fn configuration_errors_come_at_load_time() {
     );
 }
 
+/// `extends` with `features` as a change: "startup extends pro and adds exports" keeps pro's
+/// security scanning; a plan may also drop an inherited feature, and chains of extension
+/// apply each change in turn.
+#[test]
+fn extended_plans_add_to_and_remove_from_inherited_features() {
+    let plans = Plans::from_json(
+        r#"{
+            "features": {"exports": "Exports", "sso": "Single sign-on"},
+            "plans": {
+                "startup": {"extends": "pro", "features": {"add": ["exports"]}},
+                "scale": {"extends": "startup", "features": {"add": ["sso"], "remove": ["exports"]}},
+                "basic": {"extends": "pro", "features": {"remove": ["security_scanning"]}},
+                "exact": {"extends": "pro", "features": ["exports"]}
+            }
+        }"#,
+    )
+    .unwrap();
+    let names = |plan: &str| -> Vec<String> {
+        let limits = plans.get(&Plan::new(plan)).unwrap();
+        limits
+            .features
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect()
+    };
+    assert_eq!(names("pro"), ["security_scanning"]);
+    assert_eq!(names("startup"), ["security_scanning", "exports"]);
+    assert_eq!(names("scale"), ["security_scanning", "sso"]);
+    assert!(names("basic").is_empty());
+    assert_eq!(names("exact"), ["exports"]);
+}
+
 /// The whole stack for tenants on the table's plans, with one tenant on its own contract.
 fn stack() -> (MemoryKeyStore, NatLayer, FakeClock) {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("young", Plan::new("startup"));
-    keys.insert_tenant("big", Plan::ENTERPRISE);
+    keys.insert_tenant("young", Plan::new("startup")).unwrap();
+    keys.insert_tenant("big", Plan::ENTERPRISE).unwrap();
     keys.set_overrides(
         "big",
         LimitOverrides {
@@ -127,8 +175,9 @@ fn stack() -> (MemoryKeyStore, NatLayer, FakeClock) {
             functional_scans_per_month: Some(Allowance::Limited(2)),
             ..LimitOverrides::default()
         },
-    );
-    keys.insert_tenant("ghost", Plan::new("gold"));
+    )
+    .unwrap();
+    keys.insert_tenant("ghost", Plan::new("gold")).unwrap();
     let clock = FakeClock::at_date(UtcDate::new(2025, 3, 10).unwrap());
     let nat = NatLayer::new(keys.clone())
         .plans(table())
@@ -239,7 +288,8 @@ async fn a_tenants_own_limits_are_honoured_everywhere() {
         ("enterprise", Some(2), None)
     );
     // A change of contract applies to the next request.
-    keys.set_overrides("big", LimitOverrides::default());
+    keys.set_overrides("big", LimitOverrides::default())
+        .unwrap();
     assert_eq!(send(&svc, scan()).await.0, 202);
     let got = send(&svc, req(Method::GET, "/api/v1/usage", key.expose(), "")).await;
     assert_eq!(header(&got.1, "x-ratelimit-limit"), 1_000);

@@ -34,7 +34,7 @@ proptest! {
     #[test]
     fn any_key_header_is_refused_with_the_one_401(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
         let store = MemoryKeyStore::new();
-        store.insert_tenant("t", Plan::FREE);
+        store.insert_tenant("t", Plan::FREE).unwrap();
         let live = store.issue_key("t", None).unwrap().key;
         prop_assume!(bytes != live.expose().as_bytes());
         let Ok(value) = HeaderValue::from_bytes(&bytes) else {
@@ -55,7 +55,7 @@ proptest! {
     #[test]
     fn well_formed_unknown_keys_are_refused(body in "[A-Za-z0-9]{32}") {
         let store = MemoryKeyStore::new();
-        store.insert_tenant("t", Plan::FREE);
+        store.insert_tenant("t", Plan::FREE).unwrap();
         let key = format!("nat_pk_{body}");
         prop_assert!(KeyFormat::default().check(key.as_bytes()));
         let service = ServiceBuilder::new().layer(ApiKeyAuthLayer::new(store)).service_fn(ok);
@@ -124,4 +124,55 @@ proptest! {
             _ => prop_assert_eq!(got.unwrap_err().code(), "INVALID_REQUEST"),
         }
     }
+
+    /// SPEC §11: a body the validator accepts is one a handler's `serde_json` accepts too,
+    /// whatever its nesting depth, numbers and string escapes.
+    #[test]
+    fn what_the_validator_accepts_serde_json_accepts(value in json_value(), wrap in 0usize..200) {
+        let body = format!(
+            r#"{{"url":"https://a.example","x":{}{}{}}}"#,
+            "[".repeat(wrap),
+            value,
+            "]".repeat(wrap)
+        );
+        let parsed = serde_json::from_slice::<serde_json::Value>(body.as_bytes());
+        match validate_scan_body(body.as_bytes(), ScanKind::Functional) {
+            Ok(_) => prop_assert!(parsed.is_ok(), "accepted, but serde_json says {:?}", parsed),
+            // Everything else about the body is valid: only what serde_json refuses is
+            // refused.
+            Err(error) => {
+                prop_assert_eq!(error.message(), "Malformed JSON in request body.");
+                prop_assert!(parsed.is_err(), "refused, but serde_json parses it");
+            }
+        }
+    }
+}
+
+/// JSON values: numbers near and past `f64`'s range, string escapes (lone surrogates
+/// among them), nested arrays and objects.
+fn json_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        ("-?[0-9]{1,3}(\\.[0-9]{1,3})?", -400i32..400).prop_map(|(m, e)| format!("{m}e{e}")),
+        "[1-9][0-9]{300,320}",
+        Just(r#""\ud800""#.to_owned()),
+        Just(r#""\udc00x""#.to_owned()),
+        Just(r#""\ud83d\ude00""#.to_owned()),
+        "\"[a-z ]{0,5}\"",
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+    ];
+    leaf.prop_recursive(6, 48, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec(("[a-z]{1,3}", inner), 0..3).prop_map(|members| {
+                let members: Vec<String> = members
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }),
+        ]
+    })
 }

@@ -11,7 +11,9 @@ use tower::ServiceBuilder;
 use tower_nat::{
     clock::{FakeClock, UtcDate},
     plan::{Allowance, LimitOverrides, Plan, Plans},
-    quota::{MemoryQuotaStore, QuotaEvent, QuotaGuardLayer, QuotaKind, QuotaStore, Threshold},
+    quota::{
+        MemoryQuotaStore, OnceMark, QuotaEvent, QuotaGuardLayer, QuotaKind, QuotaStore, Threshold,
+    },
     scan_request::ValidateScanRequestLayer,
     tenant::Tenant,
 };
@@ -136,13 +138,100 @@ async fn the_memory_store_runs_each_mark_once_until_it_expires() {
         let runs = runs.clone();
         Box::new(move || runs.lock().unwrap().push(name)) as Box<dyn FnOnce() + Send>
     };
+    let mark = |mark: &str, name: &'static str| {
+        vec![OnceMark {
+            mark: mark.to_owned(),
+            then: run(name),
+        }]
+    };
     let (now, until) = (Duration::from_secs(100), Duration::from_secs(200));
-    store.once("a", now, until, run("a1"));
-    store.clone().once("a", now, until, run("a2"));
-    store.once("b", now, until, run("b1"));
-    store.once("a", until - Duration::from_secs(1), until, run("a3"));
-    store.once("a", until, Duration::from_secs(300), run("a4"));
-    assert_eq!(*runs.lock().unwrap(), ["a1", "b1", "a4"]);
+    store.once(mark("a", "a1"), now, until);
+    store.clone().once(mark("a", "a2"), now, until);
+    store.once(mark("b", "b1"), now, until);
+    store.once(mark("a", "a3"), until - Duration::from_secs(1), until);
+    store.once(mark("a", "a4"), until, Duration::from_secs(300));
+    // Several marks run in order, each once.
+    let both = [("c", "c1"), ("b", "b2"), ("d", "d1")]
+        .into_iter()
+        .flat_map(|(m, n)| mark(m, n))
+        .collect();
+    store.once(both, now, until);
+    assert_eq!(*runs.lock().unwrap(), ["a1", "b1", "a4", "c1", "d1"]);
+}
+
+/// The trial's finding: with Redis, 10 scans at once per tenant, `exhausted` came before
+/// `approaching` for 6 of 8 crossings. Now the scan that exhausts a quota claims its
+/// `approaching` event first when no scan has yet: each tenant hears both, once, in order.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_approaching_always_comes_before_exhausted() {
+    use tower_nat::{quota::RedisQuotaStore, store::redis::RedisBackend};
+    let Some(server) = crate::common::redis_server::RedisServer::start() else {
+        return;
+    };
+    let backend = RedisBackend::open_with_timeout(&server.url(), Duration::from_secs(2))
+        .unwrap()
+        .prefix("order:");
+    type Heard = Arc<Mutex<Vec<(String, Threshold)>>>;
+    let heard: Heard = Arc::default();
+    let record = heard.clone();
+    let quota = QuotaGuardLayer::new(Plans::default())
+        .with_store(RedisQuotaStore::new(backend))
+        .events(move |e: QuotaEvent| {
+            record
+                .lock()
+                .unwrap()
+                .push((e.tenant.to_string(), e.threshold));
+        });
+    let service = ServiceBuilder::new()
+        .layer(ValidateScanRequestLayer::new())
+        .layer(quota)
+        .service(handler());
+    let tenants: Vec<Tenant> = (0..8)
+        .map(|i| {
+            let mut t = tenant(&format!("t{i}"), Plan::PRO);
+            t.set_overrides(LimitOverrides {
+                functional_scans_per_month: Some(Allowance::Limited(10)),
+                ..LimitOverrides::default()
+            });
+            t
+        })
+        .collect();
+    let mut sends = Vec::new();
+    for t in &tenants {
+        for _ in 0..10 {
+            let (service, req) = (service.clone(), scan(t, "functional", None));
+            sends.push(tokio::spawn(async move {
+                tower::ServiceExt::oneshot(service, req)
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+    }
+    for s in sends {
+        assert_eq!(s.await.unwrap(), 202);
+    }
+    // The events are sent in the background: wait (bounded) for all 16.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while heard.lock().unwrap().len() < 16 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 16, "{heard:?}");
+    for t in &tenants {
+        let mine: Vec<Threshold> = heard
+            .iter()
+            .filter(|(id, _)| id == t.id().as_str())
+            .map(|(_, th)| *th)
+            .collect();
+        assert_eq!(
+            mine,
+            [Threshold::Approaching, Threshold::Exhausted],
+            "{}",
+            t.id()
+        );
+    }
 }
 
 #[cfg(feature = "redis")]

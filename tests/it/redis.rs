@@ -279,7 +279,7 @@ async fn letting_scans_through_an_outage_takes_both_scan_choices() {
         return;
     };
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("outage", Plan::PRO);
+    keys.insert_tenant("outage", Plan::PRO).unwrap();
     let key = keys.issue_key("outage", None).unwrap().key;
     let backend =
         RedisBackend::open_with_timeout(&server.url(), Duration::from_millis(200)).unwrap();

@@ -100,7 +100,7 @@ async fn billing_and_validation_in_shadow_mode_let_requests_through() {
 #[tokio::test]
 async fn the_whole_stack_in_shadow_mode_reaches_the_server_every_time() {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("free", Plan::FREE);
+    keys.insert_tenant("free", Plan::FREE).unwrap();
     let key = keys.issue_key("free", None).unwrap().key;
     let handler = Counted::default();
     let nat = NatLayer::new(keys).shadow(true);

@@ -43,7 +43,7 @@ struct Setup {
 
 fn setup() -> Setup {
     let keys = MemoryKeyStore::new();
-    keys.insert_tenant("acme", Plan::PRO);
+    keys.insert_tenant("acme", Plan::PRO).unwrap();
     let live = keys.issue_key("acme", None).unwrap().key;
     Setup {
         db: Db::new(keys),
@@ -211,7 +211,7 @@ async fn checksummed_keys_with_a_wrong_checksum_are_refused_without_a_lookup() {
     let s = setup();
     let format = KeyFormat::default().prefix("acme_").checksum(true);
     let keys = MemoryKeyStore::new().format(format.clone());
-    keys.insert_tenant("acme", Plan::PRO);
+    keys.insert_tenant("acme", Plan::PRO).unwrap();
     let key = keys.issue_key("acme", None).unwrap().key;
     let db = Db::new(keys);
     let service = ServiceBuilder::new()
@@ -346,4 +346,195 @@ async fn a_throttled_address_keeps_keys_it_used_after_their_cache_entry_expires(
     let reply = send(&service, from("192.0.2.1", Some(fresh_key.expose()), &[])).await;
     assert_eq!(reply.0, 429);
     assert_eq!(s.db.queries(), 2);
+}
+
+/// The trial's flush: thousands of other addresses failing did reset a throttled address to
+/// a fresh 20. Now a throttled address stays throttled for its window whatever others send,
+/// no address gets more than its 20 lookups, and with a full table the newcomers share one
+/// allowance of 20 (here a table of 64 addresses, to fill it quickly).
+#[tokio::test]
+async fn a_flood_from_many_addresses_neither_frees_nor_feeds_anyone() {
+    let s = setup();
+    let service = ServiceBuilder::new()
+        .layer(
+            ApiKeyAuthLayer::new(s.db.clone())
+                .clock(Arc::new(s.clock.clone()))
+                .failed_auth_capacity(64),
+        )
+        .service(s.handler.service());
+    let bad = ApiKey::generate();
+    for _ in 0..20 {
+        let reply = send(&service, from("192.0.2.7", Some(bad.expose()), &[])).await;
+        assert_eq!(reply.0, 401);
+    }
+    assert_eq!(
+        send(&service, from("192.0.2.7", Some(bad.expose()), &[]))
+            .await
+            .0,
+        429
+    );
+    assert_eq!(s.db.queries(), 20);
+    // 1,000 other addresses, 20 tries each, within the same minute.
+    for _ in 0..20 {
+        for i in 0..1_000u32 {
+            let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 0xff, i & 0xff);
+            send(&service, from(&ip, Some(bad.expose()), &[])).await;
+        }
+        s.clock.advance(Duration::from_millis(10));
+    }
+    // The victim is still throttled, with the wait of its own window.
+    let reply = send(&service, from("192.0.2.7", Some(bad.expose()), &[])).await;
+    assert_eq!(reply.0, 429);
+    assert_eq!(header(&reply.1, "retry-after"), 3);
+    // At most 20 lookups for each address the table holds (64 at most), and 20 for all the
+    // others together: 1,000 addresses got about 1,300 lookups, not 20,000.
+    let flood = s.db.queries() - 20;
+    println!("lookups for the flood of 1,000 addresses x 20: {flood}");
+    assert!(flood <= 20 * 64 + 20, "{flood}");
+    assert!(flood >= 20 * 8, "{flood}");
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_throttled_by_their_slash_64() {
+    let s = setup();
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyAuthLayer::new(s.db.clone()).clock(Arc::new(s.clock.clone())))
+        .service(s.handler.service());
+    // 20 failures from 20 addresses of one /64: the whole /64 is throttled.
+    for i in 1..=20 {
+        let ip = format!("2001:db8:0:7::{i:x}");
+        assert_eq!(send(&service, from(&ip, None, &[])).await.0, 401);
+    }
+    assert_eq!(
+        send(&service, from("2001:db8:0:7::ffff", None, &[]))
+            .await
+            .0,
+        429
+    );
+    assert_eq!(
+        send(&service, from("2001:db8:0:8::1", None, &[])).await.0,
+        401
+    );
+    // Counted by whole address when configured so.
+    let per_address = ServiceBuilder::new()
+        .layer(
+            ApiKeyAuthLayer::new(s.db.clone())
+                .clock(Arc::new(s.clock.clone()))
+                .failed_auth_ipv6_prefix(128),
+        )
+        .service(s.handler.service());
+    for i in 1..=21 {
+        let ip = format!("2001:db8:0:9::{i:x}");
+        assert_eq!(send(&per_address, from(&ip, None, &[])).await.0, 401);
+    }
+}
+
+/// The attack trial's oracle: a throttled address got 401 for an expired key the store
+/// knew, and 429 for an unknown one, so it could tell keys that once existed. Now everything
+/// but a live key is the same 429.
+#[tokio::test]
+async fn a_throttled_address_learns_nothing_about_expired_keys() {
+    let keys = MemoryKeyStore::new();
+    keys.insert_tenant("acme", Plan::PRO).unwrap();
+    let live = keys.issue_key("acme", None).unwrap().key;
+    let clock = FakeClock::at_date(UtcDate::new(2026, 3, 1).unwrap());
+    let expires_at = tower_nat::clock::Clock::now(&clock) + Duration::from_secs(10);
+    let expiring = keys.issue_key("acme", Some(expires_at)).unwrap().key;
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyAuthLayer::new(keys).clock(Arc::new(clock.clone())))
+        .service(Counted::default().service());
+    clock.advance(Duration::from_secs(11));
+    // Before the throttle: the expired key is the one 401.
+    let reply = send(&service, from("192.0.2.3", Some(expiring.expose()), &[])).await;
+    assert_envelope(&reply, 401, UNAUTHORIZED);
+    for _ in 0..19 {
+        let unknown = ApiKey::generate();
+        send(&service, from("192.0.2.3", Some(unknown.expose()), &[])).await;
+    }
+    let expired = send(&service, from("192.0.2.3", Some(expiring.expose()), &[])).await;
+    let unknown = send(
+        &service,
+        from("192.0.2.3", Some(ApiKey::generate().expose()), &[]),
+    )
+    .await;
+    assert_envelope(&expired, 429, THROTTLED);
+    assert_envelope(&unknown, 429, THROTTLED);
+    assert_eq!(expired.1, unknown.1);
+    assert_eq!(
+        send(&service, from("192.0.2.3", Some(live.expose()), &[]))
+            .await
+            .0,
+        200
+    );
+}
+
+/// The second attack trial's finding: the throttle's check and its count were apart, so 400
+/// concurrent lookups from one fresh address all reached the database (the check saw no
+/// failure yet). Each lookup that goes to the store is now counted before it starts, and
+/// given back if the key is live: of 400 concurrent random keys, 20 are looked up, 380 get
+/// 429 at once. A client's own burst on a cold cache (one key, 100 requests at once) counts
+/// one failure at most while in flight, and none once the key is found live.
+#[tokio::test]
+async fn concurrent_lookups_from_one_address_cannot_outrun_the_throttle() {
+    // The service is not `Sync`: its calls run as local tasks.
+    tokio::task::LocalSet::new()
+        .run_until(burst_and_attack())
+        .await;
+}
+
+async fn burst_and_attack() {
+    let s = setup();
+    s.db.hold(true);
+    let cache = CachedKeyStore::new(s.db.clone()).clock(Arc::new(s.clock.clone()));
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyAuthLayer::new(cache).clock(Arc::new(s.clock.clone())))
+        .service(s.handler.service());
+
+    // A client's burst with its one live key, before the cache knows it.
+    let burst: Vec<_> = (0..100)
+        .map(|_| {
+            let service = service.clone();
+            let key = s.live.expose().to_owned();
+            tokio::task::spawn_local(async move {
+                send(&service, from("10.9.0.1", Some(&key), &[])).await
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    s.db.release(1_000);
+    for reply in burst {
+        assert_eq!(reply.await.unwrap().0, 200);
+    }
+    assert_eq!(s.db.queries(), 1);
+
+    // An attacker's burst of distinct random keys from one address.
+    let attack: Vec<_> = (0..400)
+        .map(|_| {
+            let service = service.clone();
+            let key = ApiKey::generate().expose().to_owned();
+            tokio::task::spawn_local(async move {
+                send(&service, from("10.9.0.2", Some(&key), &[])).await
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    s.db.release(1_000);
+    let mut statuses = std::collections::BTreeMap::new();
+    for reply in attack {
+        let reply = reply.await.unwrap();
+        *statuses.entry(reply.0.as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(401, 20), (429, 380)].into());
+    assert_eq!(s.db.queries(), 1 + 20);
+    // The client's address was never throttled: its key was live.
+    let reply = send(&service, from("10.9.0.1", Some(s.live.expose()), &[])).await;
+    assert_eq!(reply.0, 200);
+    let reply = send(
+        &service,
+        from("10.9.0.1", Some(ApiKey::generate().expose()), &[]),
+    )
+    .await;
+    assert_envelope(&reply, 401, UNAUTHORIZED);
 }

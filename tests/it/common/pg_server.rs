@@ -148,6 +148,27 @@ impl PgServer {
         format!("postgres://nat:hunter2@127.0.0.1:{}/postgres", self.port)
     }
 
+    #[allow(dead_code)] // tests/tls.rs
+    /// Serves TLS with `cert` and `key` (PEM), and only TLS: `hostssl` is the one way in
+    /// over TCP (a plain connection is refused by `pg_hba.conf`). Restarts the server.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        std::fs::copy(cert, self.dir.join("server.crt")).unwrap();
+        std::fs::copy(key, self.dir.join("server.key")).unwrap();
+        std::fs::write(
+            self.dir.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        let conf = self.dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        chown(&self.dir);
+        let key_mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(self.dir.join("server.key"), key_mode).unwrap();
+        self.restart();
+    }
+
     /// Starts (again) on the same port and data, and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
@@ -190,6 +211,7 @@ impl PgServer {
     /// Stops the server at once (every process of it).
     pub fn stop(&mut self) {
         if self.child.is_some() {
+            self.children_signal("-CONT");
             self.group_signal("-CONT");
             // Immediate shutdown: every process exits at once.
             self.group_signal("-QUIT");
@@ -204,11 +226,25 @@ impl PgServer {
     /// Freezes every process of the server (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&self) {
         self.group_signal("-STOP");
+        // Each backend runs in a session of its own (PostgreSQL calls `setsid`): freeze the
+        // postmaster's children too, or open connections keep answering.
+        self.children_signal("-STOP");
     }
 
     /// Thaws it.
     pub fn resume(&self) {
+        self.children_signal("-CONT");
         self.group_signal("-CONT");
+    }
+
+    /// Signals every process the postmaster started.
+    fn children_signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            // `pkill` exits 1 when no process matched: nothing to signal.
+            let _ = Command::new("pkill")
+                .args([sig, "-P", &child.id().to_string()])
+                .status();
+        }
     }
 }
 

@@ -12,6 +12,29 @@ pub struct RedisServer {
     /// With an append-only file fsynced on every write, in this directory (kept across
     /// restarts, removed on drop).
     aof: Option<std::path::PathBuf>,
+    /// TLS only (no plain port): `redis-server` arguments naming the certificate, key and CA.
+    tls: Option<Vec<String>>,
+}
+
+#[allow(dead_code)] // tests/tls.rs
+/// `redis-server` arguments for TLS only with this certificate, key and CA: clients need no
+/// certificate of their own; the cluster bus and replication use TLS too.
+pub fn tls_args(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> Vec<String> {
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    vec![
+        "--tls-cert-file".into(),
+        path(cert),
+        "--tls-key-file".into(),
+        path(key),
+        "--tls-ca-cert-file".into(),
+        path(ca),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
 }
 
 pub fn free_port() -> u16 {
@@ -37,7 +60,21 @@ impl RedisServer {
         Self::start_with(Some(dir))
     }
 
+    #[allow(dead_code)] // tests/tls.rs
+    /// A server that speaks TLS only, with `cert` and `key`, on `localhost` and 127.0.0.1.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Option<Self> {
+        Self::start_with_tls(None, Some(tls_args(cert, key, ca)))
+    }
+
     fn start_with(aof: Option<std::path::PathBuf>) -> Option<Self> {
+        Self::start_with_tls(aof, None)
+    }
+
+    fn start_with_tls(aof: Option<std::path::PathBuf>, tls: Option<Vec<String>>) -> Option<Self> {
         if !installed("redis-server") {
             return None;
         }
@@ -45,22 +82,31 @@ impl RedisServer {
             port: free_port(),
             child: None,
             aof,
+            tls,
         };
         server.restart();
         Some(server)
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls {
+            Some(_) => format!("rediss://localhost:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     /// Starts (again) on the same port and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
         let mut command = Command::new("redis-server");
-        command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--protected-mode", "yes"]);
+        let port = self.port.to_string();
+        match &self.tls {
+            Some(tls) => command
+                .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port])
+                .args(tls),
+            None => command.args(["--bind", "127.0.0.1", "--port", &port]),
+        };
+        command.args(["--save", "", "--protected-mode", "yes"]);
         match &self.aof {
             Some(dir) => command
                 .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])

@@ -14,9 +14,11 @@ use std::{
 use tower_nat::{
     StoreError,
     auth::{KeyChanges, KeyHash, KeyRecord, KeyStore, MemoryKeyStore},
+    concurrency::{Acquired, MemorySlotStore, Slot, SlotStore},
     plan::ScanKind,
     quota::{
-        MemoryQuotaStore, Period, QuotaLimits, QuotaStore, Reservation, Reserved, UsageCounts,
+        MemoryQuotaStore, OnceMark, Period, QuotaLimits, QuotaStore, Reservation, Reserved,
+        UsageCounts,
     },
     rate_limit::{MemoryRateStore, RateDecision, RateStore},
     store::Answer,
@@ -86,7 +88,7 @@ impl QuotaStore for Broken {
         self.fail()
     }
     /// A broken store marks nothing: no event is sent.
-    fn once(&self, _: &str, _: Duration, _: Duration, _: Box<dyn FnOnce() + Send>) {}
+    fn once(&self, _: Vec<OnceMark>, _: Duration, _: Duration) {}
 }
 
 /// Answers as the in-memory store does, after yielding once: like a remote store.
@@ -104,10 +106,13 @@ impl KeyStore for Later<MemoryKeyStore> {
     type Future = BoxFut<Option<KeyRecord>>;
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
         let (store, hash) = (self.0.clone(), *hash);
-        later(move || store.get(&hash))
+        later_result(move || ready(store.lookup(&hash)))
     }
     fn changes(&self) -> Option<&KeyChanges> {
         self.0.changes()
+    }
+    fn record_use(&self, key_id: &tower_nat::tenant::KeyId, at: Duration) {
+        self.0.record_use(key_id, at);
     }
 }
 
@@ -243,7 +248,51 @@ impl QuotaStore for Later<MemoryQuotaStore> {
         let (store, t) = (self.0.clone(), t.clone());
         later(move || store.usage_now(t.as_str(), p))
     }
-    fn once(&self, mark: &str, now: Duration, until: Duration, then: Box<dyn FnOnce() + Send>) {
-        self.0.once(mark, now, until, then);
+    fn once(&self, marks: Vec<OnceMark>, now: Duration, until: Duration) {
+        self.0.once(marks, now, until);
+    }
+}
+
+/// The answer of an in-memory store, which is always ready.
+fn ready<T, F>(answer: Answer<T, F>) -> Result<T, StoreError> {
+    match answer {
+        Answer::Ready(answer) => answer,
+        Answer::Pending(_) => unreachable!("the in-memory stores answer at once"),
+    }
+}
+
+fn later_result<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Answer<T, BoxFut<T>> {
+    Answer::Pending(Box::pin(async move {
+        tokio::task::yield_now().await;
+        f()
+    }))
+}
+
+impl SlotStore for Later<MemorySlotStore> {
+    type AcquireFuture = BoxFut<Acquired>;
+    type ReleaseFuture = BoxFut<()>;
+    type CountFuture = BoxFut<u32>;
+    fn acquire(
+        &self,
+        tenant: &TenantId,
+        limit: u32,
+        now: Duration,
+        lapse: Duration,
+    ) -> Answer<Acquired, Self::AcquireFuture> {
+        let (store, tenant) = (self.0.clone(), tenant.clone());
+        later_result(move || ready(store.acquire(&tenant, limit, now, lapse)))
+    }
+    fn release(&self, slot: &Slot) -> Answer<(), Self::ReleaseFuture> {
+        let (store, slot) = (self.0.clone(), slot.clone());
+        later_result(move || ready(store.release(&slot)))
+    }
+    fn release_detached(&self, slot: &Slot) {
+        self.0.release_detached(slot);
+    }
+    fn running(&self, tenant: &TenantId, now: Duration) -> Answer<u32, Self::CountFuture> {
+        let (store, tenant) = (self.0.clone(), tenant.clone());
+        later_result(move || ready(store.running(&tenant, now)))
     }
 }
