@@ -85,6 +85,18 @@ mod check {
         // `None`: every request the layer sees.
         pub(crate) prefixes: Option<Arc<Routes>>,
     }
+
+    impl BillingCheck {
+        /// Whether a request to `path` (as the client sent it) is refused with 503.
+        #[inline]
+        pub(crate) fn refuses(&self, path: &str) -> bool {
+            !self.configured
+                && match &self.prefixes {
+                    None => true,
+                    Some(prefixes) => prefixes.matches_prefix_ignore_case(path),
+                }
+        }
+    }
 }
 
 impl BillingConfiguredLayer {
@@ -169,11 +181,7 @@ impl<B> Policy<B> for Config {
         if self.configured {
             return Decision::Pass(());
         }
-        let billing = match &self.prefixes {
-            None => true,
-            Some(prefixes) => prefixes.matches_prefix_ignore_case(client_path(req)),
-        };
-        if billing {
+        if self.refuses(client_path(req)) {
             Decision::refuse(not_configured())
         } else {
             Decision::Pass(())

@@ -133,6 +133,9 @@ pub(crate) use inner_accessors;
 pub mod admin;
 pub mod auth;
 pub mod billing;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 pub mod clock;
 mod common;
 pub mod concurrency;
@@ -144,6 +147,9 @@ pub mod grpc;
 pub mod headers;
 pub mod internal_error;
 pub mod metrics;
+#[cfg(feature = "openapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openapi")))]
+pub mod openapi;
 mod path;
 pub mod plan;
 pub mod quota;

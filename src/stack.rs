@@ -404,6 +404,24 @@ impl<K, R, Q, C> NatLayer<K, R, Q, C> {
         self
     }
 
+    /// What this stack can answer to each operation, to document in an OpenAPI document
+    /// ([`crate::openapi`]): made from this configuration (exempt routes, scan routes, the
+    /// billing check, the plan table, shadow mode, the draft headers).
+    #[cfg(feature = "openapi")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "openapi")))]
+    pub fn openapi_errors(&self) -> crate::openapi::NatErrors {
+        let s = &self.settings;
+        crate::openapi::NatErrors::new(crate::openapi::Source {
+            auth: s.auth.clone(),
+            validation: s.validation.clone(),
+            billing: s.billing.clone(),
+            plans: s.common.plans.clone(),
+            shadow: s.common.shadow,
+            draft_headers: s.rate.draft_headers,
+            scan_retry_after: s.concurrency.retry_after,
+        })
+    }
+
     /// The plan table.
     pub fn plan_table(&self) -> Arc<Plans> {
         self.settings.common.plans.clone()

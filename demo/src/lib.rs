@@ -13,6 +13,7 @@
 //! | `POST /api/v1/billing/checkout` | a demo answer (503 while billing is not configured) |
 //! | `POST /api/v1/billing/webhook` | a demo answer, without a key (503 while billing is not configured) |
 //! | `GET /healthz` | `{"status":"ok"}`, without a key |
+//! | `GET /openapi.json` | the API's OpenAPI document, every error the stack sends included ([`openapi`]), without a key |
 //!
 //! Everything else, and every refusal of axum's own (unrouted paths, wrong methods, bad path
 //! parameters), is answered in the NAT envelope.
@@ -67,6 +68,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for requests in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The message of a 404 for a scan that does not exist or is another tenant's.
+const SCAN_NOT_FOUND: &str = "Scan not found.";
 
 /// A demo scan.
 #[derive(Clone, Debug)]
@@ -210,6 +214,7 @@ impl Demo {
             .clock(self.clock.clone())
             .billing(self.billing.clone())
             .exempt("/healthz")
+            .exempt("/openapi.json")
             .exempt("/metrics")
             .exempt("/api/v1/billing/webhook")
             .max_scan_duration(self.scan_duration)
@@ -261,9 +266,17 @@ impl Demo {
             .route("/scans", get(list_scans))
             .route("/billing/checkout", post(checkout))
             .route("/billing/webhook", post(webhook));
+        let document = Bytes::from(openapi(&nat).to_pretty_json().unwrap_or_default());
         let mut app = Router::new()
             .nest("/api/v1", api)
-            .route("/healthz", get(healthz));
+            .route("/healthz", get(healthz))
+            .route(
+                "/openapi.json",
+                get(move || {
+                    let document = document.clone();
+                    async move { ([(http::header::CONTENT_TYPE, "application/json")], document) }
+                }),
+            );
         if let Some(handle) = self.metrics.clone() {
             app = app.route(
                 "/metrics",
@@ -290,6 +303,138 @@ impl Demo {
         ))
         .layer(ErrorEnvelopeLayer::new())
     }
+}
+
+/// The demo API's OpenAPI document: its operations, with every error `nat` can answer to
+/// each (exempt routes, the scan route, the billing prefix and the plan table decide which).
+pub fn openapi<K, R, Q, C>(nat: &NatLayer<K, R, Q, C>) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{
+        Content, HttpMethod, InfoBuilder, OpenApiBuilder, PathItem, PathsBuilder, ResponseBuilder,
+        path::{OperationBuilder, ParameterBuilder, ParameterIn},
+        request_body::RequestBodyBuilder,
+        security::{ApiKey as KeyScheme, ApiKeyValue, SecurityRequirement, SecurityScheme},
+    };
+    let ok = |code: &str, description: &str| (code.to_owned(), description.to_owned());
+    let op = |id: &str, summary: &str, success: (String, String), keyed: bool| {
+        let mut op = OperationBuilder::new()
+            .operation_id(Some(id))
+            .summary(Some(summary))
+            .response(success.0, ResponseBuilder::new().description(success.1));
+        if keyed {
+            op = op.security(SecurityRequirement::new("api_key", Vec::<String>::new()));
+        }
+        op
+    };
+    let json_body = || {
+        RequestBodyBuilder::new()
+            .content(
+                "application/json",
+                Content::new(None::<utoipa::openapi::RefOr<utoipa::openapi::Schema>>),
+            )
+            .required(Some(utoipa::openapi::Required::True))
+            .build()
+    };
+    let id = ParameterBuilder::new()
+        .name("id")
+        .parameter_in(ParameterIn::Path)
+        .required(utoipa::openapi::Required::True)
+        .build();
+    let paths = PathsBuilder::new()
+        .path(
+            "/api/v1/usage",
+            PathItem::new(
+                HttpMethod::Get,
+                op(
+                    "usage",
+                    "The tenant's usage this period",
+                    ok("200", "The usage snapshot."),
+                    true,
+                ),
+            ),
+        )
+        .path(
+            "/api/v1/scan",
+            PathItem::new(
+                HttpMethod::Post,
+                op(
+                    "create_scan",
+                    "Start a scan",
+                    ok("202", "The new scan."),
+                    true,
+                )
+                .request_body(Some(json_body())),
+            ),
+        )
+        .path(
+            "/api/v1/scan/{id}",
+            PathItem::new(
+                HttpMethod::Get,
+                op("get_scan", "A scan", ok("200", "The scan."), true).parameter(id),
+            ),
+        )
+        .path(
+            "/api/v1/scans",
+            PathItem::new(
+                HttpMethod::Get,
+                op(
+                    "list_scans",
+                    "The tenant's recent scans",
+                    ok("200", "The scans."),
+                    true,
+                ),
+            ),
+        )
+        .path(
+            "/api/v1/billing/checkout",
+            PathItem::new(
+                HttpMethod::Post,
+                op(
+                    "checkout",
+                    "Start a checkout",
+                    ok("200", "A demo answer."),
+                    true,
+                )
+                .request_body(Some(json_body())),
+            ),
+        )
+        .path(
+            "/api/v1/billing/webhook",
+            PathItem::new(
+                HttpMethod::Post,
+                op("webhook", "Stripe's webhook", ok("200", "Received."), false),
+            ),
+        )
+        .path(
+            "/healthz",
+            PathItem::new(
+                HttpMethod::Get,
+                op(
+                    "healthz",
+                    "Health check",
+                    ok("200", "`{\"status\":\"ok\"}`"),
+                    false,
+                ),
+            ),
+        );
+    let mut doc = OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("NAT demo API")
+                .version("1")
+                .build(),
+        )
+        .paths(paths)
+        .build();
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(KeyScheme::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    nat.openapi_errors()
+        .not_found_message(SCAN_NOT_FOUND)
+        .apply(&mut doc);
+    doc
 }
 
 /// The demo's settings, read from the environment.
@@ -538,7 +683,7 @@ async fn get_scan(
             state.clock.now(),
             state.scan_duration,
         ))),
-        _ => Err(NatError::not_found_with("Scan not found.")),
+        _ => Err(NatError::not_found_with(SCAN_NOT_FOUND)),
     }
 }
 

@@ -59,6 +59,12 @@ impl Config {
         self.exempt.add_prefix(prefix);
     }
 
+    /// Whether `path` (as the client sends it) is exempt from keys.
+    #[cfg(feature = "openapi")]
+    pub(crate) fn is_exempt(&self, path: &str) -> bool {
+        self.exempt.matches(path)
+    }
+
     pub(crate) fn key_format(&mut self, format: KeyFormat) {
         self.format = format;
     }

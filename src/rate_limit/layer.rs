@@ -297,6 +297,22 @@ impl Finish for Headers {
     }
 }
 
+/// The headers the limiter adds to its 429 (beyond the envelope's own): the draft pair
+/// when configured.
+pub(crate) fn refused_headers(headers: &mut HeaderMap, d: &RateDecision, draft: bool) {
+    if draft {
+        draft_headers(headers, Counts::of(d, true));
+    }
+}
+
+/// The headers the limiter puts on a response that passed with `d`.
+#[cfg(feature = "openapi")]
+pub(crate) fn passed_headers(headers: &mut HeaderMap, d: &RateDecision, draft: bool) {
+    let mut response = http::Response::new(());
+    Headers(Some(Counts::of(d, draft))).respond(&mut response);
+    headers.extend(response.headers_mut().drain());
+}
+
 fn draft_headers(headers: &mut HeaderMap, c: Counts) {
     let policy = format!("\"default\";q={};w=60", c.limit);
     let state = format!(
@@ -349,9 +365,7 @@ impl<R: RateStore, K> Limit<R, K> {
             limit: d.limit,
         };
         let mut headers = HeaderMap::new();
-        if self.config.draft_headers {
-            draft_headers(&mut headers, Counts::of(d, true));
-        }
+        refused_headers(&mut headers, d, self.config.draft_headers);
         Rejection::new(error, "rate limit exceeded")
             .tenant(key)
             .headers(headers)

@@ -71,7 +71,7 @@
 //! ```
 
 mod fallback;
-mod gcra;
+pub(crate) mod gcra;
 pub(crate) mod layer;
 #[cfg(feature = "redis")]
 mod redis;
@@ -83,4 +83,6 @@ pub use self::redis::RedisRateStore;
 pub use fallback::{DEFAULT_RETRY_EVERY, FallbackFuture, LocalFallback};
 pub use gcra::RateDecision;
 pub use layer::{PlanRateLimit, PlanRateLimitLayer, PlanResolver, RateKeyResolver, RateTarget};
+#[cfg(feature = "openapi")]
+pub(crate) use layer::{passed_headers, refused_headers};
 pub use store::{MemoryRateStore, RateStore};

@@ -90,6 +90,18 @@ impl std::fmt::Debug for GrpcKind {
 struct Checked;
 
 impl Config {
+    /// Whether `req` is a scan creation.
+    #[cfg(feature = "openapi")]
+    pub(crate) fn is_scan_creation<B>(&self, req: &Request<B>) -> bool {
+        self.route(req).is_some()
+    }
+
+    /// The kind of a JSON scan body without `mode`.
+    #[cfg(feature = "openapi")]
+    pub(crate) fn default_kind(&self) -> ScanKind {
+        self.default_kind
+    }
+
     /// The route `req` is a scan creation of (`Some(None)`: by placement), if any.
     fn route<B>(&self, req: &Request<B>) -> Option<Option<&Route>> {
         match &self.routes {
