@@ -570,3 +570,156 @@ where
     }
     Err(PollError::TimedOut)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Plan;
+
+    fn response(error: &NatError) -> (StatusCode, HeaderMap, Bytes) {
+        let (parts, body) = error.clone().into_http_response::<Bytes>().into_parts();
+        (parts.status, parts.headers, body)
+    }
+
+    #[test]
+    fn every_error_round_trips_through_its_bytes() {
+        let errors = [
+            NatError::invalid_request("Missing required field: url."),
+            NatError::rejected(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
+            NatError::Unauthorized,
+            NatError::QuotaExceeded {
+                resets_on: UtcDate::new(2025, 2, 1).unwrap(),
+            },
+            NatError::FeatureNotAvailable {
+                feature: Feature::SECURITY_SCANNING,
+                plan: Plan::FREE,
+            },
+            NatError::FeatureNotAvailable {
+                feature: Feature::new("exports", "Data exports"),
+                plan: Plan::named("startup", "Startup"),
+            },
+            NatError::not_found(),
+            NatError::not_found_with("Scan not found."),
+            NatError::RateLimited {
+                retry_after: 12,
+                limit: 30,
+            },
+            NatError::ScansRunning {
+                limit: 3,
+                plan: Plan::PRO,
+                retry_after: 10,
+            },
+            NatError::Internal,
+            NatError::StripeNotConfigured,
+        ];
+        for error in errors {
+            let (status, headers, body) = response(&error);
+            let read = ApiError::from_parts(status, &headers, body.clone()).unwrap();
+            let back = read.error().unwrap();
+            assert_eq!(back.body(), body, "{error}");
+            assert_eq!(back.status(), status);
+            assert_eq!(back.code(), error.code());
+        }
+        let (status, headers, body) = response(&NatError::RateLimited {
+            retry_after: 12,
+            limit: 30,
+        });
+        let read = ApiError::from_parts(status, &headers, body).unwrap();
+        assert_eq!(read.retry_after(), Some(Duration::from_secs(12)));
+        assert_eq!((read.limit(), read.remaining()), (Some(30), Some(0)));
+    }
+
+    #[test]
+    fn what_is_not_an_envelope_is_said_so() {
+        let headers = HeaderMap::new();
+        for body in [
+            &b"<html>Bad gateway</html>"[..],
+            b"",
+            br#"{"error":"RATE_LIMITED","message":"Rate limit exceeded. Retry after 3 seconds."}"#,
+            br#"{"error":"UNAUTHORIZED","message":"Nope."}"#,
+            br#"{"error":"SOMETHING_NEW","message":"?"}"#,
+        ] {
+            let read =
+                ApiError::from_parts(StatusCode::BAD_GATEWAY, &headers, Bytes::from(body)).unwrap();
+            assert_eq!(read.error(), None);
+        }
+        assert!(ApiError::from_parts(StatusCode::OK, &headers, Bytes::new()).is_none());
+    }
+
+    fn with_retry_after(secs: Option<u64>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(s) = secs {
+            h.insert(header::RETRY_AFTER, s.into());
+        }
+        h
+    }
+
+    #[test]
+    fn waits_follow_the_advice() {
+        let mut p = NatRetry::new().without_jitter().rate_retries(8);
+        let none = with_retry_after(None);
+        let waits: Vec<u64> = (0..9)
+            .map_while(|_| {
+                p.next_wait(
+                    &Method::POST,
+                    false,
+                    Some((StatusCode::TOO_MANY_REQUESTS, &none)),
+                )
+            })
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+
+        let mut p = NatRetry::new().without_jitter();
+        let long = with_retry_after(Some(120));
+        let wait = p.next_wait(
+            &Method::GET,
+            false,
+            Some((StatusCode::TOO_MANY_REQUESTS, &long)),
+        );
+        assert_eq!(wait, Some(Duration::from_secs(60)));
+
+        for status in [400, 401, 402, 403, 404, 409, 502] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let mut p = NatRetry::new().retry_any_method(true);
+            assert_eq!(p.next_wait(&Method::GET, true, Some((status, &none))), None);
+        }
+        let mut p = NatRetry::new().without_jitter();
+        assert_eq!(
+            p.next_wait(
+                &Method::POST,
+                false,
+                Some((StatusCode::INTERNAL_SERVER_ERROR, &none))
+            ),
+            None
+        );
+        let waits: Vec<u64> = (0..5)
+            .map_while(|_| p.next_wait(&Method::GET, false, None))
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4]);
+    }
+
+    #[test]
+    fn jitter_adds_at_most_a_tenth() {
+        let mut p = NatRetry::new().rate_retries(1000);
+        let h = with_retry_after(Some(10));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            let w = p
+                .next_wait(
+                    &Method::GET,
+                    false,
+                    Some((StatusCode::TOO_MANY_REQUESTS, &h)),
+                )
+                .unwrap();
+            assert!(
+                w >= Duration::from_secs(10) && w < Duration::from_secs(11),
+                "{w:?}"
+            );
+            seen.insert(w.as_millis() / 100);
+        }
+        // Spread over the whole tenth, not one value.
+        assert_eq!(seen.len(), 10);
+    }
+}

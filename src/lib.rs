@@ -168,6 +168,13 @@ pub use error::{NatError, StoreError};
 pub use stack::{NatFuture, NatLayer, NatService, ScanCreation, ScanCreationLayer};
 
 /// The README's examples, compiled and run as doc tests (they use every feature).
-#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]
+#[cfg(all(
+    doctest,
+    feature = "axum",
+    feature = "redis",
+    feature = "postgres",
+    feature = "openapi",
+    feature = "client"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -1,7 +1,7 @@
 //! The stack's errors in your OpenAPI document (feature `openapi`, with [utoipa]).
 //!
-//! [`NatErrors`] is made from the [`NatLayer`] that serves the API
-//! ([`NatLayer::openapi_errors`]), so it knows what the stack can answer to each operation:
+//! [`NatErrors`] is made from the [`NatLayer`](crate::NatLayer) that serves the API
+//! ([`NatLayer::openapi_errors`](crate::NatLayer::openapi_errors)), so it knows what the stack can answer to each operation:
 //!
 //! | operation | errors documented |
 //! |---|---|
@@ -14,7 +14,7 @@
 //!
 //! A Free-only plan table has no 403 to document, a table with unlimited quotas no 402, and a
 //! stack in shadow mode refuses nothing. [`NatErrors::add`] documents what a route's own
-//! layers add (e.g. a [`require_feature`](NatLayer::require_feature) gate's 403).
+//! layers add (e.g. a [`require_feature`](crate::NatLayer::require_feature) gate's 403).
 //!
 //! Each error is a response with the envelope's schema ([`envelope_schema`], a component
 //! named `NatError`), its headers (`Retry-After`, `X-RateLimit-Limit`,
@@ -166,7 +166,7 @@ impl FromIterator<ErrorKind> for ErrorSet {
 }
 
 /// What the stack answers, per operation, as OpenAPI responses. Made by
-/// [`NatLayer::openapi_errors`]; see the [module docs](self).
+/// [`NatLayer::openapi_errors`](crate::NatLayer::openapi_errors); see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct NatErrors {
     auth: auth::Config,
@@ -225,7 +225,7 @@ impl NatErrors {
     }
 
     /// Documents `errors` on `method` `path` too (the OpenAPI path, e.g. `/api/v1/exports`),
-    /// for what a route's own layers answer: a [`require_feature`](NatLayer::require_feature)
+    /// for what a route's own layers answer: a [`require_feature`](crate::NatLayer::require_feature)
     /// gate's 403, a handler's 404.
     #[must_use]
     pub fn add(mut self, method: Method, path: impl Into<String>, errors: ErrorSet) -> Self {
