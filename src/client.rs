@@ -4,13 +4,13 @@
 //!
 //! - [`ApiError`] reads an error response of any NAT server into a [`NatError`] with what its
 //!   code carries (the wait of a 429, the reset date of a 402) and the `X-RateLimit-*`
-//!   headers. Its bytes round-trip: [`NatError::body`] gives back the body it was read from.
+//!   headers. For the bodies the stack sends, [`NatError::body`] gives back the bytes read.
 //! - [`NatRetry`] is a [`tower::retry::Policy`] that does what the page advises:
 //!
 //!   | answer | what it does |
 //!   |---|---|
-//!   | 429 | waits `Retry-After` (capped at [`max_wait`](NatRetry::max_wait), plus jitter), or backs off exponentially without it; any method (the stack refused it before it did anything) |
-//!   | 500, 503, a transport error | backs off exponentially, at most [`server_retries`](NatRetry::server_retries) times; only methods that are safe to repeat (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), unless the request carries [`Idempotent`] or [`retry_any_method`](NatRetry::retry_any_method) is set |
+//!   | 429 | waits `Retry-After` (capped at [`max_wait`](NatRetry::max_wait), 60 s: a longer hint is retried early and may be refused again; at least the first back-off; plus jitter), or backs off exponentially without it; any method (the stack refused it before it did anything) |
+//!   | 500, 503, a transport error | honours a `Retry-After` (capped), or backs off exponentially, at most [`server_retries`](NatRetry::server_retries) times; only methods that are safe to repeat (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), unless the request carries [`Idempotent`] or [`retry_any_method`](NatRetry::retry_any_method) is set |
 //!   | 400, 401, 402, 403, 404, anything else | never retried: the answer goes to the caller (read a 402's reset date with [`ApiError`]) |
 //!
 //! - [`poll_scan`] polls a scan until it ends, as the page's back-off example does.
@@ -369,7 +369,8 @@ impl NatRetry {
                 let n = self.rate_attempts;
                 self.rate_attempts += 1;
                 match retry_after(headers) {
-                    Some(wait) => wait.min(self.max_wait),
+                    // Never a burst of immediate retries, whatever the header says.
+                    Some(wait) => wait.min(self.max_wait).max(self.base),
                     None => self.backoff_for(n),
                 }
             }
@@ -383,7 +384,7 @@ impl NatRetry {
                 let n = self.server_attempts;
                 self.server_attempts += 1;
                 match answer.and_then(|(_, headers)| retry_after(headers)) {
-                    Some(wait) => wait.min(self.max_wait),
+                    Some(wait) => wait.min(self.max_wait).max(self.base),
                     None => self.backoff_for(n),
                 }
             }
@@ -403,17 +404,24 @@ impl NatRetry {
         if !self.jitter {
             return wait;
         }
-        // xorshift64: enough to spread clients, not for secrets.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
+        self.step();
         let tenth = wait.as_nanos() / 10;
         let extra = if tenth == 0 {
             0
         } else {
             u128::from(self.seed) % tenth
         };
-        wait + Duration::from_nanos(u64::try_from(extra).unwrap_or(u64::MAX))
+        wait.saturating_add(Duration::from_nanos(
+            u64::try_from(extra).unwrap_or(u64::MAX),
+        ))
+    }
+
+    /// Moves the jitter's generator on (xorshift64: enough to spread clients, not for
+    /// secrets).
+    fn step(&mut self) {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
     }
 }
 
@@ -446,6 +454,9 @@ where
     }
 
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        // tower clones the policy for each request after this call: each request's retries
+        // then draw other jitter than its neighbours'.
+        self.step();
         let mut clone = Request::new(req.body().clone());
         *clone.method_mut() = req.method().clone();
         *clone.uri_mut() = req.uri().clone();
@@ -462,7 +473,7 @@ pub struct PollOptions {
     /// The wait between polls, doubled after each 429 up to `max_interval` (the page advises
     /// 5–10 s; default 5 s).
     pub interval: Duration,
-    /// The longest wait between polls (default 60 s).
+    /// The longest wait between polls, a `Retry-After` included (default 60 s).
     pub max_interval: Duration,
     /// How many requests at most (default 10, as on the page).
     pub max_requests: u32,
@@ -495,6 +506,8 @@ pub enum PollError<E> {
     Body,
     /// `max_requests` polls and the scan still runs.
     TimedOut,
+    /// The key cannot be sent in a header (it is not a NAT key); nothing was sent.
+    InvalidKey,
 }
 
 impl<E: std::fmt::Display> std::fmt::Display for PollError<E> {
@@ -506,6 +519,7 @@ impl<E: std::fmt::Display> std::fmt::Display for PollError<E> {
             PollError::TimedOut => {
                 f.write_str("the scan did not complete within the polls allowed")
             }
+            PollError::InvalidKey => f.write_str("the API key is not a valid header value"),
         }
     }
 }
@@ -532,16 +546,8 @@ where
     for _ in 0..options.max_requests {
         let mut request = Request::new(ReqB::default());
         *request.uri_mut() = uri.clone();
-        let key = http::HeaderValue::from_str(api_key).map_err(|_| {
-            PollError::Api(ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                error: Some(NatError::Unauthorized),
-                retry_after: None,
-                limit: None,
-                remaining: None,
-                body: NatError::Unauthorized.body(),
-            })
-        })?;
+        let mut key = http::HeaderValue::from_str(api_key).map_err(|_| PollError::InvalidKey)?;
+        key.set_sensitive(true);
         request.headers_mut().insert(crate::headers::X_API_KEY, key);
         std::future::poll_fn(|cx| client.poll_ready(cx))
             .await
@@ -549,8 +555,13 @@ where
         let response = client.call(request).await.map_err(PollError::Transport)?;
         match ApiError::read(response).await {
             Err(error) if error.status() == StatusCode::TOO_MANY_REQUESTS => {
-                let wait = error.retry_after().unwrap_or(delay);
-                delay = (delay * 2).min(options.max_interval);
+                // The page's example waits what the server says; a hostile or broken
+                // server cannot make it wait longer than the longest interval.
+                let wait = error
+                    .retry_after()
+                    .unwrap_or(delay)
+                    .min(options.max_interval);
+                delay = delay.saturating_mul(2).min(options.max_interval);
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -698,6 +709,41 @@ mod tests {
             .map(|d| d.as_secs())
             .collect();
         assert_eq!(waits, [1, 2, 4]);
+    }
+
+    #[test]
+    fn hostile_hints_neither_panic_nor_burst() {
+        let mut p = NatRetry::new()
+            .max_wait(Duration::MAX)
+            .backoff(Duration::from_secs(1), Duration::MAX);
+        let huge = with_retry_after(Some(u64::MAX));
+        let w = p.next_wait(
+            &Method::GET,
+            false,
+            Some((StatusCode::TOO_MANY_REQUESTS, &huge)),
+        );
+        assert!(w.is_some());
+        let zero = with_retry_after(Some(0));
+        let mut p = NatRetry::new().without_jitter();
+        let w = p.next_wait(
+            &Method::GET,
+            false,
+            Some((StatusCode::TOO_MANY_REQUESTS, &zero)),
+        );
+        assert_eq!(w, Some(Duration::from_secs(1)));
+        let mut p = NatRetry::new()
+            .rate_retries(200)
+            .backoff(Duration::MAX, Duration::MAX);
+        for _ in 0..200 {
+            assert!(
+                p.next_wait(
+                    &Method::GET,
+                    false,
+                    Some((StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()))
+                )
+                .is_some()
+            );
+        }
     }
 
     #[test]

@@ -236,6 +236,12 @@ impl NatErrors {
     /// What the stack can answer to `method` on `path`, an OpenAPI path (`{name}` for a
     /// parameter), for an operation with a request body or not.
     pub fn errors_for(&self, method: &Method, path: &str, has_body: bool) -> ErrorSet {
+        self.classify(method, path, has_body).0
+    }
+
+    /// [`errors_for`](Self::errors_for), with what the responses' examples and headers
+    /// depend on.
+    fn classify(&self, method: &Method, path: &str, has_body: bool) -> (ErrorSet, Context) {
         // The path a client sends for the template: every parameter one segment.
         let concrete: String = path
             .split('/')
@@ -249,18 +255,28 @@ impl NatErrors {
         if has_body {
             set = set.with(ErrorKind::InvalidRequest);
         }
-        if let Some((_, _, added)) = self.added.iter().find(|(m, p, _)| m == method && p == path) {
-            set = ErrorSet(set.0 | added.0);
-        }
         if self.shadow {
-            return set;
+            // Every layer in shadow mode lets the request through, the route's own gates
+            // made by the stack included.
+            return (set, Context::default());
+        }
+        for (_, _, added) in self
+            .added
+            .iter()
+            .filter(|(m, p, _)| m == method && p == path)
+        {
+            set = ErrorSet(set.0 | added.0);
         }
         if self.billing.refuses(&concrete) {
             set = set.with(ErrorKind::StripeNotConfigured);
         }
         if self.auth.is_exempt(&concrete) {
-            return set;
+            return (set, Context::default());
         }
+        let mut context = Context {
+            limited: true,
+            scan: false,
+        };
         set = set
             .with(ErrorKind::Unauthorized)
             .with(ErrorKind::RateLimited);
@@ -269,9 +285,10 @@ impl NatErrors {
             .uri(&concrete)
             .body(())
         else {
-            return set;
+            return (set, context);
         };
         if self.validation.is_scan_creation(&req) {
+            context.scan = true;
             set = set
                 .with(ErrorKind::InvalidRequest)
                 .with(ErrorKind::ScansRunning);
@@ -287,7 +304,7 @@ impl NatErrors {
                 set = set.with(ErrorKind::QuotaExceeded);
             }
         }
-        set
+        (set, context)
     }
 
     /// Documents the stack's errors on every operation of `openapi`, and adds the envelope's
@@ -300,8 +317,8 @@ impl NatErrors {
         for (path, item) in openapi.paths.paths.iter_mut() {
             for (method, operation) in operations(item) {
                 let has_body = operation.request_body.is_some();
-                let set = self.errors_for(&method, path, has_body);
-                for (status, response) in self.responses(set) {
+                let (set, context) = self.classify(&method, path, has_body);
+                for (status, response) in self.responses_in(set, context) {
                     operation
                         .responses
                         .responses
@@ -314,8 +331,16 @@ impl NatErrors {
 
     /// The responses for `set`, keyed by status (`"429"`).
     pub fn responses(&self, set: ErrorSet) -> Vec<(String, utoipa::openapi::Response)> {
+        self.responses_in(set, Context::ANY)
+    }
+
+    fn responses_in(
+        &self,
+        set: ErrorSet,
+        context: Context,
+    ) -> Vec<(String, utoipa::openapi::Response)> {
         let mut out: Vec<(String, utoipa::openapi::Response)> = Vec::new();
-        for documented in self.documented(set) {
+        for documented in self.documented_in(set, context) {
             let status = documented.status.to_string();
             let mut content = ContentBuilder::new().schema(Some(schema_ref()));
             for (name, example) in &documented.examples {
@@ -349,6 +374,10 @@ impl NatErrors {
 
     /// Each status of `set` with its examples and headers.
     pub fn documented(&self, set: ErrorSet) -> Vec<Documented> {
+        self.documented_in(set, Context::ANY)
+    }
+
+    fn documented_in(&self, set: ErrorSet, context: Context) -> Vec<Documented> {
         let mut out: Vec<Documented> = Vec::new();
         let after_limiter = |kind: ErrorKind| {
             !matches!(
@@ -357,12 +386,13 @@ impl NatErrors {
             )
         };
         for kind in set.iter() {
-            let examples = self.examples(kind);
-            let Some(first) = examples.first() else {
-                continue;
-            };
-            let status = first.error.status().as_u16();
-            let headers = self.headers(kind, after_limiter(kind));
+            let mut examples = self.examples(kind);
+            if kind == ErrorKind::InvalidRequest && !context.scan {
+                // The framework's body rejections: their message is the framework's.
+                examples.clear();
+            }
+            let status = kind_status(kind);
+            let headers = self.headers(kind, context.limited && after_limiter(kind));
             match out.iter_mut().find(|d| d.status == status) {
                 Some(same) => {
                     same.examples
@@ -526,7 +556,7 @@ impl NatErrors {
                 "Whole seconds to wait before retrying (at least 1).",
             ));
         }
-        let limiter = after_limiter && !self.shadow;
+        let limiter = after_limiter;
         if has("x-ratelimit-limit") || limiter {
             out.push((
                 "X-RateLimit-Limit",
@@ -554,6 +584,37 @@ impl NatErrors {
 impl Modify for NatErrors {
     fn modify(&self, openapi: &mut OpenApi) {
         self.apply(openapi);
+    }
+}
+
+/// What an operation's responses depend on beyond its error set.
+#[derive(Clone, Copy, Debug, Default)]
+struct Context {
+    /// The request passes the rate limiter (not exempt, not in shadow mode).
+    limited: bool,
+    /// A scan creation: its 400 is the scan validator's.
+    scan: bool,
+}
+
+impl Context {
+    /// For a set documented without an operation: every header and example that may apply.
+    const ANY: Context = Context {
+        limited: true,
+        scan: true,
+    };
+}
+
+/// The HTTP status of `kind`.
+fn kind_status(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::InvalidRequest => 400,
+        ErrorKind::Unauthorized => 401,
+        ErrorKind::QuotaExceeded => 402,
+        ErrorKind::FeatureNotAvailable => 403,
+        ErrorKind::NotFound => 404,
+        ErrorKind::RateLimited | ErrorKind::ScansRunning => 429,
+        ErrorKind::Internal => 500,
+        ErrorKind::StripeNotConfigured => 503,
     }
 }
 

@@ -222,6 +222,15 @@ async fn each_operation_documents_what_the_stack_can_answer_to_it() {
     );
     assert_eq!(statuses("/healthz", "get"), ["200", "500"]);
     assert!(doc["components"]["schemas"]["NatError"].is_object());
+    // An exempt route never passes the limiter: no rate-limit headers on its errors.
+    assert!(doc["paths"]["/healthz"]["get"]["responses"]["500"]["headers"].is_null());
+    assert!(
+        doc["paths"]["/api/v1/billing/webhook"]["post"]["responses"]["503"]["headers"].is_null()
+    );
+    // A body's 400 that is not a scan's has no example: its message is the framework's.
+    let checkout_400 = &doc["paths"]["/api/v1/billing/checkout"]["post"]["responses"]["400"];
+    assert!(checkout_400["content"]["application/json"]["examples"].is_null());
+    assert!(checkout_400["headers"]["X-RateLimit-Limit"].is_object());
 
     // Security scanning on every plan: no 403; billing configured: no 503.
     let all_secure = Plans::from_json(
