@@ -29,7 +29,7 @@ use tower_nat::{
 const REQUESTS: usize = 20_000;
 
 /// Each measured layer: its name, and whether it gets fresh requests.
-const LAYERS: [(&str, bool); 22] = [
+const LAYERS: [(&str, bool); 23] = [
     ("bare handler", false),
     ("bare handler, fresh", true),
     ("InternalErrorGuard", false),
@@ -50,6 +50,10 @@ const LAYERS: [(&str, bool); 22] = [
     ("bare handler, as received", true),
     ("tower_governor, as received", true),
     ("PlanRateLimit (header key), as received", true),
+    (
+        "glue (SHA-256 + HashMap, tower_governor by tenant), as received",
+        true,
+    ),
     ("floor (the contract's work inline), as received", true),
     ("NatLayer, as received", true),
 ];
@@ -144,6 +148,9 @@ fn measure(name: &str, n: usize) {
                 .clock(clock())
                 .with_resolver(HeaderResolver(4_000));
             run_received(&mut rate.layer(handler()), f, n)
+        }
+        "glue (SHA-256 + HashMap, tower_governor by tenant), as received" => {
+            run_received(&mut f.glue(handler()), f, n)
         }
         "floor (the contract's work inline), as received" => {
             run_received(&mut f.floor(handler()), f, n)

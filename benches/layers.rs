@@ -207,6 +207,12 @@ fn as_received(c: &mut Criterion) {
         );
         bench_with(
             &mut group,
+            "glue: SHA-256 + HashMap auth, tower_governor by tenant (use_headers)",
+            f.scattered(),
+            f.glue(handler()),
+        );
+        bench_with(
+            &mut group,
             "floor: the contract's work inline",
             f.scattered(),
             f.floor(handler()),

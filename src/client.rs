@@ -112,8 +112,20 @@ impl ApiError {
         })
     }
 
-    /// Reads `response` (at most 64 KiB of its body): `Ok` with the body for a success,
-    /// the error otherwise. A body that fails to arrive is read as empty.
+    /// Reads `response` (at most 64 KiB of its body): `Ok` with its parts and body for a
+    /// success, the error otherwise. A body that fails to arrive is read as empty.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use http_body_util::Full;
+    /// use tower_nat::client::ApiError;
+    ///
+    /// let ok = http::Response::new(Full::new(bytes::Bytes::from_static(b"{}")));
+    /// let (parts, body) = ApiError::read(ok).await.unwrap();
+    /// assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"{}"[..]));
+    /// # }
+    /// ```
     pub async fn read<B>(response: Response<B>) -> Result<(http::response::Parts, Bytes), Self>
     where
         B: Body,
@@ -530,6 +542,9 @@ impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for PollError<E> 
 /// `status` is terminal, as the contract page's back-off example does: on a 429 it waits
 /// `Retry-After` (or the interval) and doubles the interval; otherwise it waits the interval
 /// between polls. Returns the scan's JSON.
+///
+/// Give it the plain client, not one wrapped in [`NatRetry`]: it answers 429s itself (a
+/// retry layer would hide them, and the interval would never grow).
 pub async fn poll_scan<S, ReqB, ResB>(
     client: &mut S,
     uri: &http::Uri,

@@ -50,8 +50,42 @@
 //! assert_eq!(health.responses.responses.keys().collect::<Vec<_>>(), ["500"]);
 //! ```
 //!
-//! With utoipa's derive macros, `NatErrors` is a [`Modify`]: `#[openapi(modifiers(&...))]`
-//! takes a static, so call [`NatErrors::apply`] on the generated document instead.
+//! `apply` also declares the key: a security scheme `api_key` (the stack's key header,
+//! `X-API-Key` by default) required by every operation that is not exempt, and the
+//! `X-RateLimit-*` headers on the success responses of operations behind the limiter.
+//!
+//! Paths are matched as the client sends them. A document whose paths are relative to a
+//! `servers` URL (`/scan` under `/api/v1`) names that prefix with
+//! [`base_path`](NatErrors::base_path); otherwise its scan route is not recognised.
+//!
+//! # With utoipa's derive macros
+//!
+//! The errors come from the running configuration, so they are added to the generated
+//! document rather than through `#[openapi(modifiers(...))]` (which takes a static value):
+//!
+//! ```
+//! use tower_nat::{NatLayer, auth::MemoryKeyStore};
+//! use utoipa::OpenApi;
+//!
+//! /// Starts a scan.
+//! #[utoipa::path(post, path = "/scan", responses((status = 202, description = "Started")))]
+//! async fn create_scan() {}
+//!
+//! #[derive(OpenApi)]
+//! #[openapi(paths(create_scan))]
+//! struct V1;
+//!
+//! #[derive(OpenApi)]
+//! #[openapi(nest((path = "/api/v1", api = V1)))]
+//! struct Api;
+//!
+//! let nat = NatLayer::new(MemoryKeyStore::new());
+//! let mut doc = Api::openapi();
+//! nat.openapi_errors().apply(&mut doc);
+//! let scan = doc.paths.paths["/api/v1/scan"].post.as_ref().unwrap();
+//! assert!(scan.responses.responses.contains_key("402"));
+//! assert!(scan.security.is_some());
+//! ```
 
 use std::{sync::Arc, time::Duration};
 
@@ -64,6 +98,7 @@ use utoipa::{
         example::ExampleBuilder,
         header::HeaderBuilder,
         path::{Operation, PathItem},
+        security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme},
     },
 };
 
@@ -79,6 +114,9 @@ use crate::{
 
 /// The name of the envelope's schema among the document's components.
 pub const SCHEMA_NAME: &str = "NatError";
+
+/// The name of the key's security scheme among the document's components.
+pub const SECURITY_SCHEME: &str = "api_key";
 
 /// One of the errors the stack documents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -178,6 +216,7 @@ pub struct NatErrors {
     scan_retry_after: Duration,
     reset_date: UtcDate,
     not_found: NatError,
+    base_path: String,
     added: Vec<(Method, String, ErrorSet)>,
 }
 
@@ -205,6 +244,7 @@ impl NatErrors {
             // The contract page's own example date.
             reset_date: UtcDate::new(2025, 2, 1).expect("a valid date"),
             not_found: NatError::not_found(),
+            base_path: String::new(),
             added: Vec::new(),
         }
     }
@@ -221,6 +261,18 @@ impl NatErrors {
     #[must_use]
     pub fn not_found_message(mut self, message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         self.not_found = NatError::not_found_with(message);
+        self
+    }
+
+    /// The prefix the document's paths are relative to (its `servers` URL's path, e.g.
+    /// `/api/v1`): the stack sees `/api/v1/scan` where the document says `/scan`.
+    #[must_use]
+    pub fn base_path(mut self, prefix: impl Into<String>) -> Self {
+        let mut prefix = prefix.into();
+        while prefix.ends_with('/') {
+            prefix.pop();
+        }
+        self.base_path = prefix;
         self
     }
 
@@ -243,7 +295,8 @@ impl NatErrors {
     /// depend on.
     fn classify(&self, method: &Method, path: &str, has_body: bool) -> (ErrorSet, Context) {
         // The path a client sends for the template: every parameter one segment.
-        let concrete: String = path
+        let full = format!("{}{path}", self.base_path);
+        let concrete: String = full
             .split('/')
             .map(|s| if s.starts_with('{') { "p" } else { s })
             .collect::<Vec<_>>()
@@ -314,10 +367,32 @@ impl NatErrors {
         components
             .schemas
             .insert(SCHEMA_NAME.to_owned(), envelope_schema());
+        // Header names are case-insensitive; the contract writes this one `X-API-Key`.
+        let header = self.auth.header_name();
+        let header = if *header == crate::headers::X_API_KEY {
+            "X-API-Key"
+        } else {
+            header.as_str()
+        };
+        let scheme = SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            header,
+            "The tenant's API key (`nat_pk_...`).",
+        )));
+        components
+            .security_schemes
+            .entry(SECURITY_SCHEME.to_owned())
+            .or_insert(scheme);
         for (path, item) in openapi.paths.paths.iter_mut() {
             for (method, operation) in operations(item) {
                 let has_body = operation.request_body.is_some();
                 let (set, context) = self.classify(&method, path, has_body);
+                if set.contains(ErrorKind::Unauthorized) && operation.security.is_none() {
+                    let required = SecurityRequirement::new(SECURITY_SCHEME, Vec::<String>::new());
+                    operation.security = Some(vec![required]);
+                }
+                if context.limited {
+                    self.success_headers(operation);
+                }
                 for (status, response) in self.responses_in(set, context) {
                     operation
                         .responses
@@ -327,6 +402,48 @@ impl NatErrors {
                 }
             }
         }
+    }
+
+    /// The limiter's headers on the operation's success responses.
+    fn success_headers(&self, operation: &mut Operation) {
+        for (status, response) in operation.responses.responses.iter_mut() {
+            let (true, RefOr::T(response)) = (status.starts_with('2'), response) else {
+                continue;
+            };
+            for (name, description) in self.limiter_headers() {
+                response.headers.entry(name.to_owned()).or_insert_with(|| {
+                    HeaderBuilder::new()
+                        .schema(header_schema(name))
+                        .description(Some(description))
+                        .build()
+                });
+            }
+        }
+    }
+
+    /// The headers the limiter puts on every response that passed it.
+    fn limiter_headers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = vec![
+            (
+                "X-RateLimit-Limit",
+                "The tenant's requests a minute (on every response that passed the rate limiter).",
+            ),
+            (
+                "X-RateLimit-Remaining",
+                "How many more requests, sent at once, would pass (0 on the 429).",
+            ),
+        ];
+        if self.draft_headers {
+            out.push((
+                "RateLimit",
+                "IETF draft: `\"default\";r=REMAINING;t=SECONDS_TO_A_FULL_BURST`.",
+            ));
+            out.push((
+                "RateLimit-Policy",
+                "IETF draft: `\"default\";q=LIMIT;w=60`.",
+            ));
+        }
+        out
     }
 
     /// The responses for `set`, keyed by status (`"429"`).
@@ -556,26 +673,14 @@ impl NatErrors {
                 "Whole seconds to wait before retrying (at least 1).",
             ));
         }
-        let limiter = after_limiter;
-        if has("x-ratelimit-limit") || limiter {
-            out.push((
-                "X-RateLimit-Limit",
-                "The tenant's requests a minute (on every response that passed the rate limiter).",
-            ));
-            out.push((
-                "X-RateLimit-Remaining",
-                "How many more requests, sent at once, would pass (0 on the 429).",
-            ));
-        }
-        if self.draft_headers && (has("ratelimit") || limiter) {
-            out.push((
-                "RateLimit",
-                "IETF draft: `\"default\";r=REMAINING;t=SECONDS_TO_A_FULL_BURST`.",
-            ));
-            out.push((
-                "RateLimit-Policy",
-                "IETF draft: `\"default\";q=LIMIT;w=60`.",
-            ));
+        let limiter_sent = has("x-ratelimit-limit") || has("ratelimit");
+        if after_limiter || limiter_sent {
+            for (name, description) in self.limiter_headers() {
+                let draft = name.starts_with("RateLimit");
+                if after_limiter || has(&name.to_ascii_lowercase()) || draft && has("ratelimit") {
+                    out.push((name, description));
+                }
+            }
         }
         out
     }

@@ -363,3 +363,151 @@ impl Fixture {
             .billing(BillingConfiguredLayer::new(false))
     }
 }
+
+/// The tenant the glue puts in the request's extensions.
+#[derive(Clone)]
+pub struct GlueTenant(pub Arc<str>);
+
+/// tower_governor keyed by the glue's tenant.
+#[derive(Clone)]
+pub struct GlueTenantKey;
+
+impl tower_governor::key_extractor::KeyExtractor for GlueTenantKey {
+    type Key = Arc<str>;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<Arc<str>, tower_governor::GovernorError> {
+        req.extensions()
+            .get::<GlueTenant>()
+            .map(|t| t.0.clone())
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+/// "Glue": what a server author writes instead of this crate, for two of its nine jobs. A
+/// service that reads `X-API-Key`, takes its SHA-256, looks it up in a `HashMap` of hashes to
+/// tenant ids, puts the tenant in the extensions, and answers a JSON 401 otherwise; in front
+/// of tower_governor keyed by that tenant, with `use_headers()`.
+#[derive(Clone)]
+pub struct Glue<S> {
+    inner: S,
+    keys: Arc<std::collections::HashMap<[u8; 32], Arc<str>>>,
+}
+
+impl Fixture {
+    /// The glue around `inner` (tower_governor inside it), on this fixture's keys.
+    pub fn glue<S>(
+        &self,
+        inner: S,
+    ) -> Glue<
+        impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible> + Clone,
+    >
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        use sha2::Digest;
+        let keys = self
+            .requests
+            .iter()
+            .map(|req| {
+                let hash: [u8; 32] =
+                    sha2::Sha256::digest(req.headers()["x-api-key"].as_bytes()).into();
+                let tenant = req
+                    .extensions()
+                    .get::<Tenant>()
+                    .unwrap()
+                    .id()
+                    .as_str()
+                    .into();
+                (hash, tenant)
+            })
+            .collect();
+        let mut builder = GovernorConfigBuilder::default().key_extractor(GlueTenantKey);
+        builder.per_nanosecond(1).burst_size(1_000_000_000);
+        let governor = GovernorLayer {
+            config: Arc::new(builder.use_headers().finish().unwrap()),
+        }
+        .layer(inner);
+        Glue {
+            inner: governor,
+            keys: Arc::new(keys),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The glue's answer: the inner service's, or its own 401.
+    #[project = GlueProj]
+    pub enum GlueFuture<F> {
+        Inner { #[pin] future: F },
+        Refused { response: Option<Response<Body>> },
+    }
+}
+
+impl<F> std::future::Future for GlueFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            GlueProj::Inner { future } => future.poll(cx),
+            GlueProj::Refused { response } => {
+                std::task::Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+impl<S> Service<Request<Full<Bytes>>> for Glue<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GlueFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
+        use sha2::Digest;
+        let tenant = req
+            .headers()
+            .get("x-api-key")
+            .map(|key| <[u8; 32]>::from(sha2::Sha256::digest(key.as_bytes())))
+            .and_then(|hash| self.keys.get(&hash).cloned());
+        match tenant {
+            Some(tenant) => {
+                req.extensions_mut().insert(GlueTenant(tenant));
+                GlueFuture::Inner {
+                    future: self.inner.call(req),
+                }
+            }
+            None => {
+                let mut response = Response::new(Body::from(
+                    r#"{"error":"UNAUTHORIZED","message":"Missing or invalid API key."}"#,
+                ));
+                *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                GlueFuture::Refused {
+                    response: Some(response),
+                }
+            }
+        }
+    }
+}

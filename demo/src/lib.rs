@@ -306,131 +306,112 @@ impl Demo {
 }
 
 /// The demo API's OpenAPI document: its operations, with every error `nat` can answer to
-/// each (exempt routes, the scan route, the billing prefix and the plan table decide which).
+/// each, the key they need and the rate-limit headers (exempt routes, the scan route, the
+/// billing prefix and the plan table decide which).
 pub fn openapi<K, R, Q, C>(nat: &NatLayer<K, R, Q, C>) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::{
-        Content, HttpMethod, InfoBuilder, OpenApiBuilder, PathItem, PathsBuilder, ResponseBuilder,
+        Content, HttpMethod, InfoBuilder, OpenApiBuilder, PathItem, PathsBuilder, RefOr, Required,
+        ResponseBuilder, Schema,
         path::{OperationBuilder, ParameterBuilder, ParameterIn},
         request_body::RequestBodyBuilder,
-        security::{ApiKey as KeyScheme, ApiKeyValue, SecurityRequirement, SecurityScheme},
     };
-    let ok = |code: &str, description: &str| (code.to_owned(), description.to_owned());
-    let op = |id: &str, summary: &str, success: (String, String), keyed: bool| {
+    // path, method, operation id, summary, success status and description, JSON body.
+    let operations = [
+        (
+            "/api/v1/usage",
+            HttpMethod::Get,
+            "usage",
+            "The tenant's usage this period",
+            "200",
+            "The usage snapshot.",
+            false,
+        ),
+        (
+            "/api/v1/scan",
+            HttpMethod::Post,
+            "create_scan",
+            "Start a scan",
+            "202",
+            "The new scan.",
+            true,
+        ),
+        (
+            "/api/v1/scan/{id}",
+            HttpMethod::Get,
+            "get_scan",
+            "A scan",
+            "200",
+            "The scan.",
+            false,
+        ),
+        (
+            "/api/v1/scans",
+            HttpMethod::Get,
+            "list_scans",
+            "The tenant's recent scans",
+            "200",
+            "The scans.",
+            false,
+        ),
+        (
+            "/api/v1/billing/checkout",
+            HttpMethod::Post,
+            "checkout",
+            "Start a checkout",
+            "200",
+            "A demo answer.",
+            true,
+        ),
+        (
+            "/api/v1/billing/webhook",
+            HttpMethod::Post,
+            "webhook",
+            "Stripe's webhook",
+            "200",
+            "Received.",
+            false,
+        ),
+        (
+            "/healthz",
+            HttpMethod::Get,
+            "healthz",
+            "Health check",
+            "200",
+            "`{\"status\":\"ok\"}`",
+            false,
+        ),
+    ];
+    let mut paths = PathsBuilder::new();
+    for (path, method, id, summary, status, description, body) in operations {
         let mut op = OperationBuilder::new()
             .operation_id(Some(id))
             .summary(Some(summary))
-            .response(success.0, ResponseBuilder::new().description(success.1));
-        if keyed {
-            op = op.security(SecurityRequirement::new("api_key", Vec::<String>::new()));
+            .response(status, ResponseBuilder::new().description(description));
+        if body {
+            let json = Content::new(None::<RefOr<Schema>>);
+            op = op.request_body(Some(
+                RequestBodyBuilder::new()
+                    .content("application/json", json)
+                    .required(Some(Required::True))
+                    .build(),
+            ));
         }
-        op
-    };
-    let json_body = || {
-        RequestBodyBuilder::new()
-            .content(
-                "application/json",
-                Content::new(None::<utoipa::openapi::RefOr<utoipa::openapi::Schema>>),
-            )
-            .required(Some(utoipa::openapi::Required::True))
-            .build()
-    };
-    let id = ParameterBuilder::new()
-        .name("id")
-        .parameter_in(ParameterIn::Path)
-        .required(utoipa::openapi::Required::True)
+        if path.contains("{id}") {
+            op = op.parameter(
+                ParameterBuilder::new()
+                    .name("id")
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True)
+                    .build(),
+            );
+        }
+        paths = paths.path(path, PathItem::new(method, op));
+    }
+    let info = InfoBuilder::new()
+        .title("NAT demo API")
+        .version("1")
         .build();
-    let paths = PathsBuilder::new()
-        .path(
-            "/api/v1/usage",
-            PathItem::new(
-                HttpMethod::Get,
-                op(
-                    "usage",
-                    "The tenant's usage this period",
-                    ok("200", "The usage snapshot."),
-                    true,
-                ),
-            ),
-        )
-        .path(
-            "/api/v1/scan",
-            PathItem::new(
-                HttpMethod::Post,
-                op(
-                    "create_scan",
-                    "Start a scan",
-                    ok("202", "The new scan."),
-                    true,
-                )
-                .request_body(Some(json_body())),
-            ),
-        )
-        .path(
-            "/api/v1/scan/{id}",
-            PathItem::new(
-                HttpMethod::Get,
-                op("get_scan", "A scan", ok("200", "The scan."), true).parameter(id),
-            ),
-        )
-        .path(
-            "/api/v1/scans",
-            PathItem::new(
-                HttpMethod::Get,
-                op(
-                    "list_scans",
-                    "The tenant's recent scans",
-                    ok("200", "The scans."),
-                    true,
-                ),
-            ),
-        )
-        .path(
-            "/api/v1/billing/checkout",
-            PathItem::new(
-                HttpMethod::Post,
-                op(
-                    "checkout",
-                    "Start a checkout",
-                    ok("200", "A demo answer."),
-                    true,
-                )
-                .request_body(Some(json_body())),
-            ),
-        )
-        .path(
-            "/api/v1/billing/webhook",
-            PathItem::new(
-                HttpMethod::Post,
-                op("webhook", "Stripe's webhook", ok("200", "Received."), false),
-            ),
-        )
-        .path(
-            "/healthz",
-            PathItem::new(
-                HttpMethod::Get,
-                op(
-                    "healthz",
-                    "Health check",
-                    ok("200", "`{\"status\":\"ok\"}`"),
-                    false,
-                ),
-            ),
-        );
-    let mut doc = OpenApiBuilder::new()
-        .info(
-            InfoBuilder::new()
-                .title("NAT demo API")
-                .version("1")
-                .build(),
-        )
-        .paths(paths)
-        .build();
-    doc.components
-        .get_or_insert_with(Default::default)
-        .add_security_scheme(
-            "api_key",
-            SecurityScheme::ApiKey(KeyScheme::Header(ApiKeyValue::new("X-API-Key"))),
-        );
+    let mut doc = OpenApiBuilder::new().info(info).paths(paths).build();
     nat.openapi_errors()
         .not_found_message(SCAN_NOT_FOUND)
         .apply(&mut doc);

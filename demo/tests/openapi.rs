@@ -222,6 +222,24 @@ async fn each_operation_documents_what_the_stack_can_answer_to_it() {
     );
     assert_eq!(statuses("/healthz", "get"), ["200", "500"]);
     assert!(doc["components"]["schemas"]["NatError"].is_object());
+    // The key: required by every operation that is not exempt.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"]["name"],
+        "X-API-Key"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/usage"]["get"]["security"][0]["api_key"],
+        serde_json::json!([])
+    );
+    assert!(doc["paths"]["/healthz"]["get"]["security"].is_null());
+    assert!(doc["paths"]["/api/v1/billing/webhook"]["post"]["security"].is_null());
+    // Success responses behind the limiter carry its headers.
+    let usage_200 = &doc["paths"]["/api/v1/usage"]["get"]["responses"]["200"]["headers"];
+    assert!(
+        usage_200["X-RateLimit-Limit"].is_object()
+            && usage_200["X-RateLimit-Remaining"].is_object()
+    );
+    assert!(doc["paths"]["/healthz"]["get"]["responses"]["200"]["headers"].is_null());
     // An exempt route never passes the limiter: no rate-limit headers on its errors.
     assert!(doc["paths"]["/healthz"]["get"]["responses"]["500"]["headers"].is_null());
     assert!(
@@ -282,6 +300,42 @@ async fn each_operation_documents_what_the_stack_can_answer_to_it() {
             .collect::<Vec<_>>(),
         ["202", "400", "500"]
     );
+}
+
+#[test]
+fn paths_relative_to_a_server_prefix_are_classified_with_it() {
+    use utoipa::openapi::{
+        HttpMethod, OpenApiBuilder, PathItem, PathsBuilder, path::OperationBuilder,
+    };
+    let (demo, _clock) = demo();
+    let relative = || {
+        OpenApiBuilder::new()
+            .paths(PathsBuilder::new().path(
+                "/scan",
+                PathItem::new(HttpMethod::Post, OperationBuilder::new()),
+            ))
+            .build()
+    };
+    let statuses = |doc: &utoipa::openapi::OpenApi| -> Vec<String> {
+        doc.paths.paths["/scan"]
+            .post
+            .as_ref()
+            .unwrap()
+            .responses
+            .responses
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let mut doc = relative();
+    demo.nat().openapi_errors().apply(&mut doc);
+    assert_eq!(statuses(&doc), ["401", "429", "500"]);
+    let mut doc = relative();
+    demo.nat()
+        .openapi_errors()
+        .base_path("/api/v1/")
+        .apply(&mut doc);
+    assert_eq!(statuses(&doc), ["400", "401", "402", "403", "429", "500"]);
 }
 
 #[tokio::test]

@@ -65,6 +65,12 @@ impl Config {
         self.exempt.matches(path)
     }
 
+    /// The header that carries the key.
+    #[cfg(feature = "openapi")]
+    pub(crate) fn header_name(&self) -> &HeaderName {
+        &self.header
+    }
+
     pub(crate) fn key_format(&mut self, format: KeyFormat) {
         self.format = format;
     }
