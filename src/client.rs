@@ -71,8 +71,11 @@ use crate::{
     plan::{Feature, Plan},
 };
 
-/// How much of an error body [`ApiError::read`] reads.
+/// How much of an error body [`ApiError::read`] keeps.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// How much of a success body [`ApiError::read`] reads.
+const BODY_LIMIT: usize = 1024 * 1024;
 
 /// An error answer of a NAT server: its status, the [`NatError`] its envelope says (when it
 /// is one), and the rate-limit headers.
@@ -112,8 +115,10 @@ impl ApiError {
         })
     }
 
-    /// Reads `response` (at most 64 KiB of its body): `Ok` with its parts and body for a
-    /// success, the error otherwise. A body that fails to arrive is read as empty.
+    /// Reads `response`: `Ok` with its parts and body for a success (1xx–3xx), the error
+    /// otherwise. A body over the limit (1 MiB for a success, 64 KiB for an error) or that
+    /// fails on the way is read as empty. It has no deadline of its own: put the call and
+    /// this read under one `tokio::time::timeout` ([`poll_scan`] does).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -132,7 +137,13 @@ impl ApiError {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = response.into_parts();
-        let bytes = match Limited::new(body, ERROR_BODY_LIMIT).collect().await {
+        let success = !(parts.status.is_client_error() || parts.status.is_server_error());
+        let limit = if success {
+            BODY_LIMIT
+        } else {
+            ERROR_BODY_LIMIT
+        };
+        let bytes = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => Bytes::new(),
         };
@@ -148,7 +159,8 @@ impl ApiError {
     }
 
     /// The error the envelope says, or `None` when the body is not a NAT envelope (a proxy's
-    /// page, an empty body).
+    /// page, an empty body). A 429 for running scans names its plan by display name only:
+    /// the [`Plan`] read back has it, and its lower-cased display name as name.
     pub fn error(&self) -> Option<&NatError> {
         self.error.as_ref()
     }
@@ -483,7 +495,7 @@ where
 #[derive(Clone, Debug)]
 pub struct PollOptions {
     /// The wait between polls, doubled after each 429 up to `max_interval` (the page advises
-    /// 5–10 s; default 5 s).
+    /// 5–10 s; default 5 s). A 429's own wait is at least 1 s.
     pub interval: Duration,
     /// The longest wait between polls, a `Retry-After` included (default 60 s).
     pub max_interval: Duration,
@@ -491,6 +503,8 @@ pub struct PollOptions {
     pub max_requests: u32,
     /// The statuses that end a scan (default `completed`, `failed`, `cancelled`).
     pub terminal: Vec<String>,
+    /// How long one poll may take, its whole body included (default 30 s).
+    pub request_timeout: Duration,
 }
 
 impl Default for PollOptions {
@@ -502,6 +516,7 @@ impl Default for PollOptions {
             terminal: ["completed", "failed", "cancelled"]
                 .map(str::to_owned)
                 .to_vec(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -514,8 +529,13 @@ pub enum PollError<E> {
     Api(ApiError),
     /// The client failed.
     Transport(E),
-    /// A success whose body is not a JSON object with a string `status`.
+    /// A success whose body is not a JSON object with a string `status`, or could not be read
+    /// whole (over 1 MiB, or failed on the way).
     Body,
+    /// An answer that is neither a success nor an error (a redirect).
+    Unexpected(StatusCode),
+    /// One poll took longer than [`PollOptions::request_timeout`].
+    RequestTimedOut,
     /// `max_requests` polls and the scan still runs.
     TimedOut,
     /// The key cannot be sent in a header (it is not a NAT key); nothing was sent.
@@ -527,7 +547,9 @@ impl<E: std::fmt::Display> std::fmt::Display for PollError<E> {
         match self {
             PollError::Api(e) => write!(f, "the server refused: {e}"),
             PollError::Transport(e) => write!(f, "the request failed: {e}"),
-            PollError::Body => f.write_str("the scan's body has no status"),
+            PollError::Body => f.write_str("the scan's body is not JSON with a status"),
+            PollError::Unexpected(status) => write!(f, "the server answered {status}"),
+            PollError::RequestTimedOut => f.write_str("a poll got no whole answer in time"),
             PollError::TimedOut => {
                 f.write_str("the scan did not complete within the polls allowed")
             }
@@ -558,29 +580,44 @@ where
     ResB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut delay = options.interval;
-    for _ in 0..options.max_requests {
+    for poll in 1..=options.max_requests {
         let mut request = Request::new(ReqB::default());
         *request.uri_mut() = uri.clone();
         let mut key = http::HeaderValue::from_str(api_key).map_err(|_| PollError::InvalidKey)?;
         key.set_sensitive(true);
         request.headers_mut().insert(crate::headers::X_API_KEY, key);
-        std::future::poll_fn(|cx| client.poll_ready(cx))
+        let answer = async {
+            std::future::poll_fn(|cx| client.poll_ready(cx))
+                .await
+                .map_err(PollError::Transport)?;
+            let response = client.call(request).await.map_err(PollError::Transport)?;
+            Ok(ApiError::read(response).await)
+        };
+        // One deadline for the answer and its whole body: a server that never answers, or
+        // trickles its body, cannot hold the poller.
+        let answer = tokio::time::timeout(options.request_timeout, answer)
             .await
-            .map_err(PollError::Transport)?;
-        let response = client.call(request).await.map_err(PollError::Transport)?;
-        match ApiError::read(response).await {
+            .map_err(|_| PollError::RequestTimedOut)??;
+        let last = poll == options.max_requests;
+        match answer {
             Err(error) if error.status() == StatusCode::TOO_MANY_REQUESTS => {
-                // The page's example waits what the server says; a hostile or broken
-                // server cannot make it wait longer than the longest interval.
-                let wait = error
-                    .retry_after()
-                    .unwrap_or(delay)
-                    .min(options.max_interval);
+                // The page's example waits what the server says: at least a second (a
+                // `Retry-After: 0` would make a tight loop) and at most the longest interval
+                // (a hostile server cannot park the poller).
+                let wait = error.retry_after().unwrap_or(delay).clamp(
+                    Duration::from_secs(1),
+                    options.max_interval.max(Duration::from_secs(1)),
+                );
                 delay = delay.saturating_mul(2).min(options.max_interval);
-                tokio::time::sleep(wait).await;
+                if !last {
+                    tokio::time::sleep(wait).await;
+                }
                 continue;
             }
             Err(error) => return Err(PollError::Api(error)),
+            Ok((parts, _)) if !parts.status.is_success() => {
+                return Err(PollError::Unexpected(parts.status));
+            }
             Ok((_, body)) => {
                 let scan: Value = serde_json::from_slice(&body).map_err(|_| PollError::Body)?;
                 let status = scan
@@ -592,7 +629,9 @@ where
                 }
             }
         }
-        tokio::time::sleep(delay).await;
+        if !last {
+            tokio::time::sleep(delay).await;
+        }
     }
     Err(PollError::TimedOut)
 }
@@ -759,6 +798,93 @@ mod tests {
                 .is_some()
             );
         }
+    }
+
+    /// A server answering each poll with the next of `answers` (status, headers, body), and
+    /// never answering once they run out.
+    type Full = http_body_util::Full<Bytes>;
+    type Answer = Result<Response<Full>, std::convert::Infallible>;
+    type Answering = std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
+
+    fn scripted(
+        answers: Vec<(u16, Option<&'static str>, &'static str)>,
+    ) -> impl Service<
+        Request<Full>,
+        Response = Response<Full>,
+        Error = std::convert::Infallible,
+        Future = Answering,
+    > {
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(answers.into_iter()));
+        tower::service_fn(move |_: Request<http_body_util::Full<Bytes>>| {
+            let next = answers.lock().unwrap().next();
+            Box::pin(async move {
+                let Some((status, retry_after, body)) = next else {
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                };
+                let mut response = Response::new(http_body_util::Full::new(Bytes::from_static(
+                    body.as_bytes(),
+                )));
+                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                if let Some(wait) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, wait.parse().unwrap());
+                }
+                Ok(response)
+            }) as Answering
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polling_waits_at_least_a_second_and_stops_at_what_is_not_a_scan() {
+        let uri: http::Uri = "http://nat.example/api/v1/scan/scan_1".parse().unwrap();
+        let options = PollOptions {
+            max_requests: 3,
+            ..PollOptions::default()
+        };
+        let limited = r#"{"error":"RATE_LIMITED","message":"Rate limit exceeded. Retry after 0 seconds.","retry_after":0}"#;
+        let start = tokio::time::Instant::now();
+        let mut server = scripted(vec![
+            (429, Some("0"), limited),
+            (200, None, r#"{"status":"running"}"#),
+            (200, None, r#"{"status":"completed"}"#),
+        ]);
+        let done = poll_scan(&mut server, &uri, "nat_pk_x", &options)
+            .await
+            .unwrap();
+        assert_eq!(done["status"], "completed");
+        // 1 s (not 0) after the 429, then the doubled interval, 10 s.
+        assert_eq!(start.elapsed(), Duration::from_secs(11));
+
+        let start = tokio::time::Instant::now();
+        let mut server = scripted(vec![(200, None, r#"{"status":"running"}"#); 3]);
+        let err = poll_scan(&mut server, &uri, "nat_pk_x", &options)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PollError::TimedOut));
+        // No wait after the last poll.
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+
+        let mut server = scripted(vec![(302, None, r#"{"status":"completed"}"#)]);
+        let err = poll_scan(&mut server, &uri, "nat_pk_x", &options)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PollError::Unexpected(StatusCode::FOUND)));
+
+        let start = tokio::time::Instant::now();
+        let mut server = scripted(vec![]);
+        let err = poll_scan(&mut server, &uri, "nat_pk_x", &options)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PollError::RequestTimedOut));
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+
+        let mut server = scripted(vec![]);
+        let err = poll_scan(&mut server, &uri, "bad\nkey", &options)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PollError::InvalidKey));
     }
 
     #[test]

@@ -50,6 +50,10 @@
 //! assert_eq!(health.responses.responses.keys().collect::<Vec<_>>(), ["500"]);
 //! ```
 //!
+//! The examples name plans of your table (the one with the fewest requests a minute, one
+//! without security scanning), as the errors themselves do to those plans' tenants; serve
+//! the document behind your own authentication if those names are private.
+//!
 //! `apply` also declares the key: a security scheme `api_key` (the stack's key header,
 //! `X-API-Key` by default) required by every operation that is not exempt, and the
 //! `X-RateLimit-*` headers on the success responses of operations behind the limiter.
