@@ -178,17 +178,24 @@ pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
 pub fn is_grpc_media(value: &HeaderValue) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     let bytes = value.as_bytes();
-    let essence = match bytes.iter().position(|&b| b == b';') {
-        Some(end) => &bytes[..end],
-        None => bytes,
-    }
-    .trim_ascii();
-    let Some((head, rest)) = essence.split_at_checked(GRPC.len()) else {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let Some((head, rest)) = bytes[start..].split_at_checked(GRPC.len()) else {
         return false;
     };
-    if !head.eq_ignore_ascii_case(GRPC) {
+    // Most media types part from gRPC's in the subtype: compare its four letters first
+    // (`application/json` is refused there, on every response).
+    if !head[12..].eq_ignore_ascii_case(b"grpc") || !head.eq_ignore_ascii_case(GRPC) {
         return false;
     }
+    // Parameters aside, and the space before them.
+    let rest = match rest.iter().position(|&b| b == b';') {
+        Some(end) => &rest[..end],
+        None => rest,
+    }
+    .trim_ascii_end();
     match rest {
         [] => true,
         [b'+', subtype @ ..] => !subtype.is_empty() && subtype.iter().all(|&b| is_token(b)),
@@ -456,5 +463,71 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(status_code(&error), code, "{error:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod media_tests {
+    use http::HeaderValue;
+
+    /// The rule as first written: the essence (parameters aside, trimmed), then the prefix.
+    fn reference(value: &HeaderValue) -> bool {
+        const GRPC: &[u8] = b"application/grpc";
+        let bytes = value.as_bytes();
+        let essence = match bytes.iter().position(|&b| b == b';') {
+            Some(end) => &bytes[..end],
+            None => bytes,
+        }
+        .trim_ascii();
+        let Some((head, rest)) = essence.split_at_checked(GRPC.len()) else {
+            return false;
+        };
+        if !head.eq_ignore_ascii_case(GRPC) {
+            return false;
+        }
+        match rest {
+            [] => true,
+            [b'+', subtype @ ..] => {
+                !subtype.is_empty() && subtype.iter().all(|&b| super::is_token(b))
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn the_fast_rule_answers_as_the_reference_does() {
+        let leads = ["", " ", "\t ", ";"];
+        let bases = [
+            "application/grpc",
+            "APPLICATION/GRPC",
+            "Application/gRPC",
+            "application/json",
+            "application/grp",
+            "application/grpcx",
+            "application/gr;c",
+            "application/grpc-web",
+            "text/grpc",
+            "",
+        ];
+        let suffixes = [
+            "", "+proto", "+", " +proto", "+pr oto", "+json+x", "-web", "+a;b",
+        ];
+        let tails = ["", " ", " ;charset=x", ";x", "; ", "\t"];
+        let mut checked = 0;
+        for lead in leads {
+            for base in bases {
+                for suffix in suffixes {
+                    for tail in tails {
+                        let text = format!("{lead}{base}{suffix}{tail}");
+                        let Ok(value) = HeaderValue::from_str(&text) else {
+                            continue;
+                        };
+                        assert_eq!(super::is_grpc_media(&value), reference(&value), "{text:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1_500, "{checked}");
     }
 }
