@@ -312,18 +312,23 @@ impl NatErrors {
         if has_body {
             set = set.with(ErrorKind::InvalidRequest);
         }
-        if self.shadow {
-            // Every layer in shadow mode lets the request through, the route's own gates
-            // made by the stack included.
-            return (set, Context::default());
-        }
-        for (_, _, added) in self
+        let added = self
             .added
             .iter()
             .filter(|(m, p, _)| m == method && p == path)
-        {
-            set = ErrorSet(set.0 | added.0);
+            .fold(ErrorSet::empty(), |all, (_, _, errors)| {
+                ErrorSet(all.0 | errors.0)
+            });
+        if self.shadow {
+            // Every layer in shadow mode lets the request through, the route's own gates
+            // made by the stack included: only what handlers answer stays.
+            let handlers: ErrorSet = [ErrorKind::InvalidRequest, ErrorKind::NotFound]
+                .into_iter()
+                .filter(|k| added.contains(*k))
+                .collect();
+            return (ErrorSet(set.0 | handlers.0), Context::default());
         }
+        set = ErrorSet(set.0 | added.0);
         if self.billing.refuses(&concrete) {
             set = set.with(ErrorKind::StripeNotConfigured);
         }

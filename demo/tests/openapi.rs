@@ -290,6 +290,27 @@ async fn each_operation_documents_what_the_stack_can_answer_to_it() {
             .collect::<Vec<_>>(),
         ["202", "400", "401", "403", "429", "500"]
     );
+    // A route's own gate added by hand; in shadow mode only what handlers answer stays.
+    use tower_nat::openapi::{ErrorKind, ErrorSet};
+    let extra: ErrorSet = [ErrorKind::FeatureNotAvailable, ErrorKind::NotFound]
+        .into_iter()
+        .collect();
+    let errors = demo
+        .nat()
+        .openapi_errors()
+        .add(Method::GET, "/api/v1/usage", extra);
+    let set = errors.errors_for(&Method::GET, "/api/v1/usage", false);
+    assert!(set.contains(ErrorKind::FeatureNotAvailable) && set.contains(ErrorKind::NotFound));
+    let errors = demo
+        .nat()
+        .shadow(true)
+        .openapi_errors()
+        .add(Method::GET, "/api/v1/usage", extra);
+    let set = errors.errors_for(&Method::GET, "/api/v1/usage", false);
+    assert_eq!(
+        set.iter().collect::<Vec<_>>(),
+        [ErrorKind::NotFound, ErrorKind::Internal]
+    );
     // Shadow mode: no refusal.
     let shadow: Value = serde_json::to_value(nat_demo::openapi(&demo.nat().shadow(true))).unwrap();
     assert_eq!(
