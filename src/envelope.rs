@@ -387,7 +387,7 @@ pub(crate) fn envelope_response<Bd, X>(
     match classify(response.status(), response.headers(), grpc) {
         // Scrubbed whatever the request said it was: a gRPC server answers a call with any
         // content type, and its decoder's words must not reach the client either way.
-        Action::Pass if grpc || crate::grpc::is_grpc_answer(response.headers()) => {
+        Action::Pass if grpc || crate::grpc::may_be_grpc_answer(response.headers()) => {
             Enveloped::Done(scrub_grpc(response.map(wrap)))
         }
         Action::Pass => Enveloped::Done(response.map(wrap)),

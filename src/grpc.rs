@@ -154,6 +154,18 @@ pub(crate) fn is_grpc_answer(headers: &HeaderMap) -> bool {
         || headers.get(header::CONTENT_TYPE).is_some_and(is_grpc_media)
 }
 
+/// Whether a passing answer may be a gRPC server's, to scrub: gRPC servers answer with
+/// gRPC's media type (trailers-only answers included), so an answer that declares another
+/// one is not theirs; one that declares none is if it carries a `grpc-status`. Cheaper than
+/// [`is_grpc_answer`] on the common answer (JSON): one lookup of a standard header.
+#[inline]
+pub(crate) fn may_be_grpc_answer(headers: &HeaderMap) -> bool {
+    match headers.get(header::CONTENT_TYPE) {
+        Some(media) => is_grpc_media(media),
+        None => headers.contains_key(GRPC_STATUS),
+    }
+}
+
 /// Whether a refusal of `req` is answered in gRPC.
 #[inline]
 pub(crate) fn wants_grpc<B>(req: &Request<B>) -> bool {
@@ -492,6 +504,27 @@ mod media_tests {
             }
             _ => false,
         }
+    }
+
+    #[test]
+    fn passing_answers_are_taken_for_grpc_by_their_media_type() {
+        let answer = |media: Option<&'static str>, status: bool| {
+            let mut h = http::HeaderMap::new();
+            if let Some(media) = media {
+                h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(media));
+            }
+            if status {
+                h.insert(super::GRPC_STATUS, HeaderValue::from_static("13"));
+            }
+            super::may_be_grpc_answer(&h)
+        };
+        assert!(answer(Some("application/grpc"), true));
+        assert!(answer(Some("application/grpc+proto"), false));
+        assert!(answer(None, true));
+        assert!(!answer(None, false));
+        assert!(!answer(Some("application/json"), false));
+        // A gRPC server never declares another media type.
+        assert!(!answer(Some("application/json"), true));
     }
 
     #[test]
