@@ -513,12 +513,12 @@ impl NatErrors {
         };
         for kind in set.iter() {
             let mut examples = self.examples(kind);
+            let headers = self.headers(&examples, context.limited && after_limiter(kind));
             if kind == ErrorKind::InvalidRequest && !context.scan {
                 // The framework's body rejections: their message is the framework's.
                 examples.clear();
             }
             let status = kind_status(kind);
-            let headers = self.headers(kind, context.limited && after_limiter(kind));
             match out.iter_mut().find(|d| d.status == status) {
                 Some(same) => {
                     same.examples
@@ -666,12 +666,15 @@ impl NatErrors {
         }
     }
 
-    /// The headers documented on `kind`'s response: those of its examples, and the
+    /// The headers documented on a response with `examples`: those sent with them, and the
     /// limiter's when the request passed it.
-    fn headers(&self, kind: ErrorKind, after_limiter: bool) -> Vec<(&'static str, &'static str)> {
+    fn headers(
+        &self,
+        examples: &[Example],
+        after_limiter: bool,
+    ) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
-        let sent: Vec<String> = self
-            .examples(kind)
+        let sent: Vec<String> = examples
             .iter()
             .flat_map(|e| e.headers.keys().map(|k| k.as_str().to_owned()))
             .collect();

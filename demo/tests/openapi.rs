@@ -73,6 +73,16 @@ async fn send(app: &Router, method: Method, path: &str, key: Option<&ApiKey>, bo
     }
 }
 
+/// The statuses documented on `method` `path`, in order.
+fn statuses(doc: &Value, path: &str, method: &str) -> Vec<String> {
+    doc["paths"][path][method]["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
 /// The documented response of `method` `path` for `status`.
 fn documented<'a>(doc: &'a Value, path: &str, method: &str, status: u16) -> &'a Value {
     let response = &doc["paths"][path][method]["responses"][status.to_string()];
@@ -191,36 +201,28 @@ async fn each_operation_documents_what_the_stack_can_answer_to_it() {
     let (demo, _clock) = demo();
     let doc = nat_demo::openapi(&demo.nat());
     let doc: Value = serde_json::to_value(&doc).unwrap();
-    let statuses = |path: &str, method: &str| -> Vec<String> {
-        doc["paths"][path][method]["responses"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect()
-    };
     assert_eq!(
-        statuses("/api/v1/scan", "post"),
+        statuses(&doc, "/api/v1/scan", "post"),
         ["202", "400", "401", "402", "403", "429", "500"]
     );
     assert_eq!(
-        statuses("/api/v1/usage", "get"),
+        statuses(&doc, "/api/v1/usage", "get"),
         ["200", "401", "429", "500"]
     );
     assert_eq!(
-        statuses("/api/v1/scan/{id}", "get"),
+        statuses(&doc, "/api/v1/scan/{id}", "get"),
         ["200", "401", "404", "429", "500"]
     );
     assert_eq!(
-        statuses("/api/v1/billing/checkout", "post"),
+        statuses(&doc, "/api/v1/billing/checkout", "post"),
         ["200", "400", "401", "429", "500", "503"]
     );
     // Exempt from keys, still behind the billing check.
     assert_eq!(
-        statuses("/api/v1/billing/webhook", "post"),
+        statuses(&doc, "/api/v1/billing/webhook", "post"),
         ["200", "500", "503"]
     );
-    assert_eq!(statuses("/healthz", "get"), ["200", "500"]);
+    assert_eq!(statuses(&doc, "/healthz", "get"), ["200", "500"]);
     assert!(doc["components"]["schemas"]["NatError"].is_object());
     // The key: required by every operation that is not exempt.
     assert_eq!(
@@ -260,20 +262,12 @@ async fn each_operation_documents_what_the_stack_can_answer_to_it() {
         .plans(all_secure)
         .billing(BillingConfiguredLayer::new(true));
     let doc: Value = serde_json::to_value(nat_demo::openapi(&nat)).unwrap();
-    let keys = |path: &str, method: &str| -> Vec<String> {
-        doc["paths"][path][method]["responses"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect()
-    };
     assert_eq!(
-        keys("/api/v1/scan", "post"),
+        statuses(&doc, "/api/v1/scan", "post"),
         ["202", "400", "401", "402", "429", "500"]
     );
     assert_eq!(
-        keys("/api/v1/billing/checkout", "post"),
+        statuses(&doc, "/api/v1/billing/checkout", "post"),
         ["200", "400", "401", "429", "500"]
     );
     // No finite quota on any plan: no 402.
@@ -283,11 +277,7 @@ async fn each_operation_documents_what_the_stack_can_answer_to_it() {
     .unwrap();
     let doc: Value = serde_json::to_value(nat_demo::openapi(&demo.nat().plans(unlimited))).unwrap();
     assert_eq!(
-        doc["paths"]["/api/v1/scan"]["post"]["responses"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
+        statuses(&doc, "/api/v1/scan", "post"),
         ["202", "400", "401", "403", "429", "500"]
     );
     // A route's own gate added by hand; in shadow mode only what handlers answer stays.
@@ -314,11 +304,7 @@ async fn each_operation_documents_what_the_stack_can_answer_to_it() {
     // Shadow mode: no refusal.
     let shadow: Value = serde_json::to_value(nat_demo::openapi(&demo.nat().shadow(true))).unwrap();
     assert_eq!(
-        shadow["paths"]["/api/v1/scan"]["post"]["responses"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
+        statuses(&shadow, "/api/v1/scan", "post"),
         ["202", "400", "500"]
     );
 }
@@ -387,4 +373,46 @@ async fn the_draft_headers_are_documented_when_they_are_sent() {
 
 async fn boom_handler() -> &'static str {
     panic!("boom")
+}
+
+#[tokio::test]
+async fn the_documents_exemption_opens_nothing_else() {
+    let (demo, _clock) = demo();
+    let app = demo.router(demo.nat());
+    for path in [
+        "/openapi.json/../api/v1/usage",
+        "/openapi.json/%2e%2e/api/v1/usage",
+        "/openapi.json/",
+        "/OPENAPI.JSON",
+        "//openapi.json",
+        "/api/v1/usage?/openapi.json",
+        "/api/v1/usage#/openapi.json",
+        "/api/v1/openapi.json",
+    ] {
+        let sent = send(&app, Method::GET, path, None, "").await;
+        assert!(
+            matches!(sent.status.as_u16(), 401 | 404),
+            "{path}: {}",
+            sent.status
+        );
+    }
+    // Said to be gRPC, forwarded, or rewritten: the refusals in gRPC form (HTTP 200 with a
+    // non-zero grpc-status), never the document's exemption applied elsewhere.
+    for (method, path, grpc_status) in [
+        (Method::POST, "/openapi.json", "12"),
+        (Method::GET, "/api/v1/scans", "16"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-forwarded-for", "127.0.0.1")
+            .header("content-type", "application/grpc")
+            .header("x-original-url", "/openapi.json");
+        let response = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["grpc-status"], grpc_status, "{path}");
+    }
 }

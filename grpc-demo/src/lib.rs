@@ -190,69 +190,8 @@ pub fn app<S: Scans>(nat: NatLayer, scans: S, scan_duration: Duration) -> Router
         .layer(ErrorEnvelopeLayer::new())
 }
 
-/// How long a connection has to send a request's headers, and how long an HTTP/2 connection
-/// may leave a ping unanswered before it is closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `app` on `listener` (HTTP/1.1 and HTTP/2 without TLS, as gRPC clients speak it)
-/// until `shutdown` completes, then lets calls in flight finish for up to 10 s.
-///
-/// A connection that sends no complete headers within [`HEADER_READ_TIMEOUT`], or an HTTP/2
-/// connection that answers no ping within it, is closed: a client cannot hold connections
-/// open by sending nothing. The client's address reaches the layers as axum's
-/// `ConnectInfo<SocketAddr>` (failed authentication is throttled per address).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    use hyper_util::{
-        rt::{TokioExecutor, TokioIo, TokioTimer},
-        server::{conn::auto, graceful::GracefulShutdown},
-        service::TowerToHyperService,
-    };
-    use tower::ServiceExt;
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(HEADER_READ_TIMEOUT))
-        .keep_alive_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let service =
-            app.clone()
-                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(remote));
-                    req
-                });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-    Ok(())
-}
+/// Served as the REST demo is served (HTTP/1.1 and HTTP/2 without TLS, as gRPC clients speak
+/// it; the client's address as axum's `ConnectInfo`; a connection that sends no complete
+/// headers, or an HTTP/2 connection that answers no ping, within [`HEADER_READ_TIMEOUT`] is
+/// closed; calls in flight get 10 s at shutdown).
+pub use nat_demo::{HEADER_READ_TIMEOUT, serve};
