@@ -113,7 +113,8 @@ impl Notify {
     /// Sends the events the charged `reservation` crossed, each once per period, in order:
     /// the scan that reaches a quota also claims its 80 % event if no scan has yet (two
     /// scans settling at once, the one past 80 % may finish after the one that exhausts the
-    /// quota), so `approaching` always comes before `exhausted`.
+    /// quota), so `approaching` always comes before `exhausted` (in one process: the stores
+    /// run the callbacks of the marks they claim in claiming order).
     pub(crate) fn charged<Q: QuotaStore>(&self, store: &Q, reservation: &Reservation) {
         let ahead = reservation.ahead();
         let kind = reservation.kind();

@@ -65,6 +65,10 @@ pub struct RedisQuotaStore {
     lifetime: Duration,
     time: TimeSource,
     exhausted: Arc<Known<Exhausted>>,
+    /// Held while a settlement claims its event marks and runs their callbacks, so that in
+    /// this process the callbacks run in the order the marks were claimed (a scan past 80 %
+    /// that claimed `approaching` calls back before a later scan's `exhausted`).
+    marking: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A tenant whose charged scans reached a limit in a period.
@@ -140,6 +144,7 @@ impl RedisQuotaStore {
             lifetime: DEFAULT_RESERVATION_LIFETIME,
             time: TimeSource::Redis,
             exhausted: Arc::new(Known::new(DEFAULT_CAPACITY)),
+            marking: Arc::default(),
         }
     }
 
@@ -519,6 +524,8 @@ impl QuotaStore for RedisQuotaStore {
         };
         let store = self.clone();
         runtime.spawn(async move {
+            // Rare (a quota's 80 % and 100 %), so one lock for the whole store costs nothing.
+            let _claiming = store.marking.lock().await;
             for OnceMark { mark, then } in marks {
                 match store.once_async(&mark, now, until).await {
                     Ok(true) => then(),
