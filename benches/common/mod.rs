@@ -135,7 +135,7 @@ pub struct Fixture {
 /// The floor: the work the contract requires of a request, written inline in one service,
 /// with nothing else (no envelope, no internal-error guard, no billing check, no exemptions,
 /// no scan checks, no metrics, no shadow mode, no asynchronous stores): the key header and
-/// its format, SHA-256, the key lookup, the `Tenant` into the request's extensions, the rate
+/// its format, the key lookup (by the store's keyed hash, a key's SHA-256 taken once), the `Tenant` into the request's extensions, the rate
 /// check, and the two `X-RateLimit-*` headers on the response. Refusals are bare statuses.
 #[derive(Clone)]
 pub struct Floor<S> {
@@ -192,8 +192,8 @@ where
         if !self.format.check(value.as_bytes()) {
             return status(401);
         }
-        let hash = KeyHash::of(value.as_bytes());
-        let Answer::Ready(Ok(Some(record))) = self.keys.lookup(&hash) else {
+        let key = tower_nat::auth::PresentedKey::new(value.as_bytes());
+        let Answer::Ready(Ok(Some(record))) = self.keys.find(&key) else {
             return status(401);
         };
         let Some(limits) = self.plans.limits(&record.tenant) else {

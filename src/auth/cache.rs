@@ -16,6 +16,7 @@ use quick_cache::{UnitWeighter, sync::DefaultLifecycle};
 use super::{
     key::{HashOfHash, KeyHash},
     store::{Forget, KeyChanges, KeyRecord, KeyStore},
+    tag::{PresentedKey, Recognised},
 };
 use crate::{
     clock::{self, SharedClock},
@@ -98,6 +99,9 @@ struct Cache {
     /// Whether the store's feed of changes made elsewhere is up (none: the store has no
     /// feed, and its TTLs hold).
     live: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Fresh live entries by tag: a hit costs no SHA-256. An entry found here is still checked
+    /// for freshness.
+    recognised: Recognised<Entry>,
     settings: Settings,
 }
 
@@ -128,10 +132,13 @@ struct Cached {
     used: AtomicU64,
 }
 
+// Each change is counted first, then applied (so a lookup under way sees one or the
+// other), then the index by tag is told (so no entry it may index is outdated).
 impl Forget for Cache {
     fn key(&self, hash: &KeyHash) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(hash);
+        self.recognised.changed();
     }
 
     fn tenant(&self, tenant: &TenantId) {
@@ -142,11 +149,13 @@ impl Forget for Cache {
                 .as_ref()
                 .is_none_or(|record| record.tenant.id() != tenant)
         });
+        self.recognised.changed();
     }
 
     fn all(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
+        self.recognised.changed();
     }
 }
 
@@ -249,8 +258,7 @@ impl<K> CachedKeyStore<K> {
 
     /// Forgets everything.
     pub fn invalidate_all(&self) {
-        self.cache.changes.fetch_add(1, Ordering::SeqCst);
-        self.cache.entries.clear();
+        self.cache.all();
     }
 
     /// The number of cached answers.
@@ -277,6 +285,7 @@ impl Cache {
                 DefaultLifecycle::default(),
             ),
             changes: AtomicU64::new(0),
+            recognised: Recognised::new(),
             settings,
         }
     }
@@ -328,6 +337,20 @@ impl Cache {
 }
 
 impl<K: KeyStore> CachedKeyStore<K> {
+    /// The fresh entry for `hash` (its use passed on), or the expired one if any.
+    #[inline]
+    fn cached(&self, hash: &KeyHash) -> Result<Entry, Option<Entry>> {
+        let now = self.cache.settings.clock.now();
+        let seen = self.cache.entries.get(hash);
+        match seen {
+            Some(entry) if self.cache.fresh(&entry, now) => {
+                self.used(&entry, now);
+                Ok(entry)
+            }
+            seen => Err(seen),
+        }
+    }
+
     /// Passes the key's use on to the store, at most once a minute.
     fn used(&self, entry: &Entry, now: Duration) {
         let (used, Some(record)) = (&entry.used, &entry.record) else {
@@ -419,15 +442,40 @@ impl<K: KeyStore> KeyStore for CachedKeyStore<K> {
 
     #[inline]
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
-        let now = self.cache.settings.clock.now();
-        let seen = self.cache.entries.get(hash);
-        if let Some(entry) = &seen {
-            if self.cache.fresh(entry, now) {
-                self.used(entry, now);
+        match self.cached(hash) {
+            Ok(entry) => Answer::Ready(Ok(entry.record.clone())),
+            Err(seen) => Answer::Pending(Box::pin(self.clone().load(*hash, seen))),
+        }
+    }
+
+    /// A fresh live entry found before is found by its tag; any other by the key's SHA-256,
+    /// and indexed by its tag if it is live and no change was announced since its lookup.
+    #[inline]
+    fn find(&self, key: &PresentedKey<'_>) -> Answer<Option<KeyRecord>, Self::Future> {
+        let cache = &*self.cache;
+        let Some(tag) = key.tag() else {
+            return self.lookup(&key.hash());
+        };
+        if let Some(entry) = cache.recognised.get(tag) {
+            let now = cache.settings.clock.now();
+            if cache.fresh(&entry, now) {
+                self.used(&entry, now);
                 return Answer::Ready(Ok(entry.record.clone()));
             }
         }
-        Answer::Pending(Box::pin(self.clone().load(*hash, seen)))
+        let started = cache.recognised.start();
+        let hash = key.hash();
+        match self.cached(&hash) {
+            Ok(entry) => {
+                let record = entry.record.clone();
+                if record.is_some() && entry.changes == cache.changes.load(Ordering::SeqCst) {
+                    let capacity = cache.settings.capacity;
+                    cache.recognised.remember(tag, started, entry, capacity);
+                }
+                Answer::Ready(Ok(record))
+            }
+            Err(seen) => Answer::Pending(Box::pin(self.clone().load(hash, seen))),
+        }
     }
 
     fn known(&self, hash: &KeyHash) -> Option<Answer<Option<KeyRecord>, Self::Future>> {

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use super::{
     key::{KeyFormat, KeyHash},
     store::{KeyRecord, KeyStore, MemoryKeyStore},
+    tag::PresentedKey,
     throttle::{IpNet, Provisional, Throttle},
 };
 use crate::{
@@ -248,7 +249,10 @@ pub struct Authenticate<K> {
 
 /// The hash of the request's one well-formed `X-API-Key`, or why there is none (only
 /// reported, never sent: the client sees one 401 for every cause).
-fn key_hash<B>(req: &Request<B>, config: &Config) -> Result<KeyHash, &'static str> {
+fn presented<'r, B>(
+    req: &'r Request<B>,
+    config: &Config,
+) -> Result<PresentedKey<'r>, &'static str> {
     let mut values = req.headers().get_all(&config.header).iter();
     let value = values.next().ok_or("missing key header")?;
     if values.next().is_some() {
@@ -258,7 +262,7 @@ fn key_hash<B>(req: &Request<B>, config: &Config) -> Result<KeyHash, &'static st
     if !config.format.check(bytes) {
         return Err("malformed key");
     }
-    Ok(KeyHash::of(bytes))
+    Ok(PresentedKey::new(bytes))
 }
 
 /// The 401, for every cause.
@@ -426,8 +430,8 @@ impl<K: KeyStore> Authenticate<K> {
         req: &mut Request<B>,
         throttled: Throttled,
     ) -> Decision<(), Lookup<K::Future>> {
-        if let Ok(hash) = key_hash(req, &self.config) {
-            if let Some(answer) = self.store.known(&hash) {
+        if let Ok(key) = presented(req, &self.config) {
+            if let Some(answer) = self.store.known(&key.hash()) {
                 return self.lookup(req, answer, Some(throttled));
             }
         }
@@ -459,16 +463,19 @@ impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
                 }
             }
         }
-        let hash = match key_hash(req, config) {
-            Ok(hash) => hash,
+        let key = match presented(req, config) {
+            Ok(key) => key,
             Err(reason) => {
                 self.failed(req);
                 return Decision::refuse(unauthorized(reason));
             }
         };
-        match self.store.lookup(&hash) {
+        match self.store.find(&key) {
             Answer::Ready(answer) => self.answered(req, answer, Awaiting::Plain),
-            Answer::Pending(lookup) => Decision::Later(self.query(req, hash, lookup)),
+            Answer::Pending(lookup) => {
+                let hash = key.hash();
+                Decision::Later(self.query(req, hash, lookup))
+            }
         }
     }
 

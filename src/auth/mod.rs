@@ -84,6 +84,7 @@ pub(crate) mod layer;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 mod postgres;
 mod store;
+mod tag;
 pub(crate) mod throttle;
 
 pub use admin::{AdminError, KeyAdmin, Page, TenantInfo, valid_tenant_id};
@@ -94,4 +95,5 @@ pub use layer::{ApiKeyAuth, ApiKeyAuthLayer};
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PgKeyStore;
 pub use store::{IssuedKey, KeyChanges, KeyInfo, KeyRecord, KeyStore, MemoryKeyStore};
+pub use tag::PresentedKey;
 pub use throttle::{ClientAddr, IpNet, IpNetError};

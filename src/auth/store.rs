@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use super::{
     admin::{AdminError, KeyAdmin, Page, TenantInfo, known_plan, valid_tenant_id},
     key::{ApiKey, HashOfHash, KeyFormat, KeyHash},
+    tag::{PresentedKey, Recognised},
 };
 use crate::{
     clock::{self, SharedClock},
@@ -73,6 +74,17 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
 
     /// Looks a key up by its hash.
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future>;
+
+    /// Looks up a key a request presented: what the auth layer calls. The default takes the
+    /// key's SHA-256 and calls [`lookup`](Self::lookup); implement `lookup` only.
+    ///
+    /// [`MemoryKeyStore`] and [`CachedKeyStore`](super::CachedKeyStore) find a live key they
+    /// have answered before by a keyed hash instead (SipHash-2-4 with 128-bit output, under a
+    /// secret drawn once per process), without its SHA-256, until the next change they
+    /// announce; unknown keys always take the SHA-256 path.
+    fn find(&self, key: &PresentedKey<'_>) -> Answer<Option<KeyRecord>, Self::Future> {
+        self.lookup(&key.hash())
+    }
 
     /// What a client whose failed authentications are throttled may still do with this key:
     /// `Some` answer for a key this store knows, or knew, to be live (a store in memory
@@ -307,6 +319,8 @@ struct Inner {
     ids: DashMap<KeyId, KeyMeta>,
     tenants: DashMap<TenantId, TenantEntry>,
     changes: KeyChanges,
+    /// Live keys found before, by tag: a hit costs no SHA-256.
+    recognised: Recognised<KeyRecord>,
     /// Held through a rotation (read the old key, issue its successor, shorten it), so two
     /// rotations of one key at once make one successor.
     rotating: std::sync::Mutex<()>,
@@ -419,6 +433,18 @@ impl MemoryKeyStore {
         self.inner.tenants.get(tenant).map(|e| e.overrides)
     }
 
+    /// Announces a change to key `hash`, once applied.
+    fn key_changed(&self, hash: &KeyHash) {
+        self.inner.recognised.changed();
+        self.inner.changes.key_changed(hash);
+    }
+
+    /// Announces a change to tenant `id`, once applied.
+    fn tenant_changed(&self, id: &TenantId) {
+        self.inner.recognised.changed();
+        self.inner.changes.tenant_changed(id);
+    }
+
     /// Changes a tenant and rewrites its keys' records, under the tenant's entry lock (so
     /// changes to one tenant apply in order).
     fn update(
@@ -438,7 +464,7 @@ impl MemoryKeyStore {
         }
         let id = entry.key().clone();
         drop(entry);
-        self.inner.changes.tenant_changed(&id);
+        self.tenant_changed(&id);
         Ok(())
     }
 
@@ -452,7 +478,7 @@ impl MemoryKeyStore {
                 self.inner.ids.remove(record.tenant.key_id());
             }
         }
-        self.inner.changes.tenant_changed(&id);
+        self.tenant_changed(&id);
         true
     }
 
@@ -486,11 +512,14 @@ impl MemoryKeyStore {
             last_used_at: None,
         };
         self.inner.ids.insert(key_id.clone(), meta);
-        self.inner.keys.insert(hash, record);
+        let replaced = self.inner.keys.insert(hash, record).is_some();
         if !entry.keys.contains(&hash) {
             entry.keys.push(hash);
         }
         drop(entry);
+        if replaced {
+            self.inner.recognised.changed();
+        }
         // A cache may hold "no such key" for this hash.
         self.inner.changes.key_changed(&hash);
         Some(key_id)
@@ -542,7 +571,7 @@ impl MemoryKeyStore {
         };
         record.expires_at = expires_at;
         drop(record);
-        self.inner.changes.key_changed(&hash);
+        self.key_changed(&hash);
         true
     }
 
@@ -557,7 +586,7 @@ impl MemoryKeyStore {
         if let Some(mut entry) = self.inner.tenants.get_mut(record.tenant.id().as_str()) {
             entry.keys.retain(|h| *h != meta.hash);
         }
-        self.inner.changes.key_changed(&meta.hash);
+        self.key_changed(&meta.hash);
         true
     }
 
@@ -616,6 +645,25 @@ impl KeyStore for MemoryKeyStore {
 
     fn lookup(&self, hash: &KeyHash) -> Answer<Option<KeyRecord>, Self::Future> {
         Answer::Ready(Ok(self.get(hash)))
+    }
+
+    /// A live key found before is found by its tag; any other by its SHA-256.
+    #[inline]
+    fn find(&self, key: &PresentedKey<'_>) -> Answer<Option<KeyRecord>, Self::Future> {
+        let recognised = &self.inner.recognised;
+        let Some(tag) = key.tag() else {
+            return self.lookup(&key.hash());
+        };
+        if let Some(record) = recognised.get(tag) {
+            return Answer::Ready(Ok(Some(record)));
+        }
+        let started = recognised.start();
+        let record = self.get(&key.hash());
+        if let Some(record) = &record {
+            let capacity = 2 * self.inner.keys.len() + 1024;
+            recognised.remember(tag, started, record.clone(), capacity);
+        }
+        Answer::Ready(Ok(record))
     }
 
     fn known(&self, hash: &KeyHash) -> Option<Answer<Option<KeyRecord>, Self::Future>> {

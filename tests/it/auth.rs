@@ -93,7 +93,62 @@ key_store_suite!(
     revocation_deletion_and_plan_changes_apply_to_the_next_request,
     exempt_routes_pass_without_a_key_and_others_do_not,
     custom_key_formats,
+    keys_found_again_by_their_tag_see_each_change_at_once,
 );
+
+/// A key found often enough to be found by its tag (no SHA-256) still sees every change made
+/// through the store on its next request.
+async fn keys_found_again_by_their_tag_see_each_change_at_once<K: KeyStore>(
+    wrap: impl Fn(MemoryKeyStore) -> K,
+) {
+    let store = MemoryKeyStore::new();
+    store.insert_tenant("acme", Plan::FREE).unwrap();
+    let key = store.issue_key("acme", None).unwrap();
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyAuthLayer::new(wrap(store.clone())))
+        .service_fn(|req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            let t = Tenant::of(&req).unwrap();
+            let body = format!("{} {}", t.plan().name(), t.key_id());
+            async { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+        });
+    let call = |k: &ApiKey| send(&service, empty(get("/x").header("x-api-key", k.expose())));
+    let three = |k: ApiKey, body: String| {
+        let call = &call;
+        async move {
+            for _ in 0..3 {
+                let reply = call(&k).await;
+                assert_eq!(reply.0, 200);
+                assert_eq!(reply.2, body.as_bytes());
+            }
+        }
+    };
+
+    three(key.key.clone(), format!("free {}", key.id)).await;
+    store.set_plan("acme", Plan::TEAM).unwrap();
+    three(key.key.clone(), format!("team {}", key.id)).await;
+
+    // A second key issued does not disturb the first; revoking it leaves the first alone.
+    let second = store.issue_key("acme", None).unwrap();
+    three(second.key.clone(), format!("team {}", second.id)).await;
+    assert!(store.revoke(&second.id));
+    assert_envelope(&call(&second.key).await, 401, UNAUTHORIZED);
+    three(key.key.clone(), format!("team {}", key.id)).await;
+
+    // Expiry set in the past, then lifted.
+    assert!(store.set_expiry(&key.id, Some(Duration::from_secs(1))));
+    assert_envelope(&call(&key.key).await, 401, UNAUTHORIZED);
+    assert!(store.set_expiry(&key.id, None));
+    three(key.key.clone(), format!("team {}", key.id)).await;
+
+    // Rotation without grace: the successor works, the old key stops.
+    let next = store.rotate(&key.id, Duration::ZERO).unwrap();
+    assert_envelope(&call(&key.key).await, 401, UNAUTHORIZED);
+    three(next.key.clone(), format!("team {}", next.id)).await;
+
+    assert!(store.delete_tenant("acme"));
+    assert_envelope(&call(&next.key).await, 401, UNAUTHORIZED);
+    assert_envelope(&call(&next.key).await, 401, UNAUTHORIZED);
+}
 
 async fn every_401_cause_gives_the_same_bytes_and_never_reaches_the_handler<K: KeyStore>(
     store: impl Fn(MemoryKeyStore) -> K,
