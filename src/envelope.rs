@@ -368,6 +368,17 @@ pub(crate) enum Enveloped<Bd, X> {
     Explain(Pin<Box<Explaining<Bd>>>),
 }
 
+/// Whether the envelope passes `response` as it is (most answers): neither an error nor
+/// possibly a gRPC server's answer to scrub, for a call that is not gRPC.
+#[inline]
+pub(crate) fn passes_as_is<B>(response: &Response<B>, grpc: bool) -> bool {
+    let status = response.status();
+    !(grpc
+        || status.is_client_error()
+        || status.is_server_error()
+        || crate::grpc::may_be_grpc_answer(response.headers()))
+}
+
 /// Puts `response` in the envelope, or in a gRPC status for a gRPC call (`grpc`); `wrap`
 /// makes the body of a response that passes as it is.
 #[inline]

@@ -167,13 +167,13 @@ pub(crate) fn call_caught<F>(
     if std::mem::take(not_ready) {
         return None;
     }
-    match catch_unwind(AssertUnwindSafe(call)) {
-        Ok(future) => Some(future),
-        Err(payload) => {
-            report_panic(&*payload, panic_messages);
-            None
-        }
+    // The future is written where it is kept rather than returned through the unwinding
+    // machinery, which would copy it (and the request it holds) twice more.
+    let mut future = None;
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| future = Some(call()))) {
+        report_panic(&*payload, panic_messages);
     }
+    future
 }
 
 /// `inner.poll_ready`, with an error or a panic turned into readiness and `not_ready` set:
@@ -273,10 +273,15 @@ where
     let Some(inner) = future.as_mut().as_pin_mut() else {
         return Poll::Ready(Caught::Failed);
     };
-    match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-        Ok(Poll::Pending) => return Poll::Pending,
-        Ok(Poll::Ready(Ok(answer))) => return Poll::Ready(Caught::Answer(answer)),
-        Ok(Poll::Ready(Err(error))) => report_error(&*error.into()),
+    // The answer is written in place rather than returned through the unwinding machinery
+    // (two copies fewer of a response).
+    let mut polled = Poll::Pending;
+    match catch_unwind(AssertUnwindSafe(|| polled = inner.poll(cx))) {
+        Ok(()) => match polled {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(answer)) => return Poll::Ready(Caught::Answer(answer)),
+            Poll::Ready(Err(error)) => report_error(&*error.into()),
+        },
         Err(payload) => report_panic(&*payload, panic_messages),
     }
     // A future that failed or panicked is not polled again.

@@ -29,7 +29,7 @@ use crate::{
     common::Common,
     concurrency::{self, ConcurrentScansLayer, MemorySlotStore, SlotStore},
     engine::{Chain, NatBody, Policy, PolicyFuture, PolicyService, Refused, Reported},
-    envelope::{Enveloped, Explaining, envelope_response},
+    envelope::{Enveloped, Explaining, envelope_response, passes_as_is},
     error::StoreError,
     feature_gate::{FeatureGateLayer, Gate},
     internal_error::{BoxError, Caught, call_caught, internal, poll_caught, poll_ready_guarded},
@@ -759,7 +759,7 @@ where
                 return explaining.as_mut().poll_explained(cx).map(Ok);
             }
         };
-        if !*this.envelope {
+        if !*this.envelope || passes_as_is(&response, *this.grpc) {
             return Poll::Ready(Ok(response));
         }
         match envelope_response(response, *this.grpc, |body| body) {

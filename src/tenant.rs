@@ -20,7 +20,10 @@
 //! assert_eq!((tenant.id().as_str(), tenant.plan().name()), ("acme", "pro"));
 //! ```
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+};
 
 use serde::{Serialize, Serializer};
 
@@ -36,6 +39,12 @@ macro_rules! shared_str_id {
             /// The identifier as a string.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// Whether `other` is this very identifier (a clone of it), not only equal.
+            #[allow(dead_code)]
+            pub(crate) fn is(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
             }
         }
 
@@ -95,13 +104,44 @@ shared_str_id!(
 #[derive(Clone, PartialEq, Eq)]
 pub struct Tenant(Arc<Inner>);
 
-#[derive(Clone, PartialEq, Eq)]
 struct Inner {
     id: TenantId,
     plan: Plan,
     key_id: KeyId,
     overrides: LimitOverrides,
+    /// The tenant's state in the first in-memory rate store that limited it through this
+    /// record, so that its later requests reach it without a table lookup.
+    rate: OnceLock<RateCell>,
 }
+
+/// A tenant's rate-limit state in one store.
+pub(crate) struct RateCell {
+    /// The store's identity.
+    pub(crate) store: u64,
+    pub(crate) slot: Arc<crate::rate_limit::store::Slot>,
+}
+
+impl Clone for Inner {
+    /// The same tenant; the copy finds its rate state anew.
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            plan: self.plan.clone(),
+            key_id: self.key_id.clone(),
+            overrides: self.overrides,
+            rate: OnceLock::new(),
+        }
+    }
+}
+
+impl PartialEq for Inner {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.id, &self.plan, &self.key_id, &self.overrides)
+            == (&other.id, &other.plan, &other.key_id, &other.overrides)
+    }
+}
+
+impl Eq for Inner {}
 
 impl Tenant {
     /// A tenant context, with its plan's limits.
@@ -111,7 +151,26 @@ impl Tenant {
             plan,
             key_id: key_id.into(),
             overrides: LimitOverrides::default(),
+            rate: OnceLock::new(),
         }))
+    }
+
+    /// The tenant's rate state in store `store`, if this record holds it.
+    #[inline]
+    pub(crate) fn rate_slot(&self, store: u64) -> Option<&Arc<crate::rate_limit::store::Slot>> {
+        self.0
+            .rate
+            .get()
+            .filter(|c| c.store == store)
+            .map(|c| &c.slot)
+    }
+
+    /// Keeps the tenant's rate state in store `store` with this record (if it holds none).
+    pub(crate) fn keep_rate_slot(&self, store: u64, slot: &Arc<crate::rate_limit::store::Slot>) {
+        let _ = self.0.rate.set(RateCell {
+            store,
+            slot: slot.clone(),
+        });
     }
 
     /// Gives the tenant its own limits, on top of its plan's (replacing any it had).

@@ -132,6 +132,11 @@ pub struct Fixture {
     pub requests: Arc<Vec<Request<Full<Bytes>>>>,
 }
 
+const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+const X_RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-remaining");
+
 /// The floor: the work the contract requires of a request, written inline in one service,
 /// with nothing else (no envelope, no internal-error guard, no billing check, no exemptions,
 /// no scan checks, no metrics, no shadow mode, no asynchronous stores): the key header and
@@ -185,7 +190,7 @@ where
             *response.status_mut() = http::StatusCode::from_u16(code).unwrap();
             std::future::ready(Ok(response))
         };
-        let mut values = req.headers().get_all("x-api-key").iter();
+        let mut values = req.headers().get_all(&X_API_KEY).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return status(401);
         };
@@ -214,8 +219,8 @@ where
         };
         let number = |n: u32| self.numbers[n.min(4_095) as usize].clone();
         let headers = response.headers_mut();
-        headers.insert("x-ratelimit-limit", number(decision.limit));
-        headers.insert("x-ratelimit-remaining", number(decision.remaining));
+        headers.insert(X_RATELIMIT_LIMIT, number(decision.limit));
+        headers.insert(X_RATELIMIT_REMAINING, number(decision.remaining));
         std::future::ready(Ok(response))
     }
 }
@@ -485,7 +490,7 @@ where
         use sha2::Digest;
         let tenant = req
             .headers()
-            .get("x-api-key")
+            .get(&X_API_KEY)
             .map(|key| <[u8; 32]>::from(sha2::Sha256::digest(key.as_bytes())))
             .and_then(|hash| self.keys.get(&hash).cloned());
         match tenant {

@@ -395,7 +395,15 @@ impl<R: RateStore, K: RateKeyResolver, B> Policy<B> for Limit<R, K> {
             Err(error) => return Decision::refuse(unresolved(error)),
         };
         let now = self.clock.now();
-        match self.store.check(&target.key, target.limit, now) {
+        // The default resolver's key is the tenant's own id: the store may find the tenant's
+        // state through its record.
+        let answer = match (&target.key, Tenant::of(req)) {
+            (Cow::Borrowed(key), Some(tenant)) if key.is(tenant.id()) => {
+                self.store.check_tenant(tenant, target.limit, now)
+            }
+            _ => self.store.check(&target.key, target.limit, now),
+        };
+        match answer {
             Answer::Ready(answer) => self.admit(req, &target.key, answer),
             Answer::Pending(check) => {
                 let key = target.key.into_owned();

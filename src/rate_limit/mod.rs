@@ -75,7 +75,7 @@ pub(crate) mod gcra;
 pub(crate) mod layer;
 #[cfg(feature = "redis")]
 mod redis;
-mod store;
+pub(crate) mod store;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -13,7 +13,11 @@ use std::{
 use dashmap::DashMap;
 
 use super::gcra::{self, RateDecision};
-use crate::{error::StoreError, store::Answer, tenant::TenantId};
+use crate::{
+    error::StoreError,
+    store::Answer,
+    tenant::{Tenant, TenantId},
+};
 
 /// Where rate-limit state lives. One call per request does the whole check-and-update
 /// atomically (in memory: one compare-and-swap; in Redis: one script round trip).
@@ -37,6 +41,22 @@ pub trait RateStore: Clone + Send + Sync + 'static {
     /// passes when none would (`retry_after`), and until a full burst (`reset`).
     fn peek(&self, key: &TenantId, limit: u32, now: Duration)
     -> Answer<RateDecision, Self::Future>;
+
+    /// [`check`](Self::check) for a request whose key is its authenticated tenant's id (the
+    /// default [`PlanResolver`](super::PlanResolver)): what the layer calls then. The default
+    /// calls `check` with the tenant's id.
+    ///
+    /// [`MemoryRateStore`] keeps the tenant's state with the tenant's record (the key
+    /// store's, shared by every request made with that key), so that a request reaches it
+    /// without a table lookup; such state is evicted only once no record holds it.
+    fn check_tenant(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future> {
+        self.check(tenant.id(), limit, now)
+    }
 }
 
 /// The in-memory rate-limit store: one atomic word per tenant in a [`DashMap`].
@@ -61,13 +81,17 @@ pub struct MemoryRateStore {
 type Hasher = foldhash::fast::RandomState;
 
 struct Inner {
-    slots: DashMap<TenantId, Slot, Hasher>,
+    slots: DashMap<TenantId, Arc<Slot>, Hasher>,
+    /// This store's identity, for the state kept with tenant records.
+    id: u64,
     sweep_every: u64,
     // 0 until the first check sets it.
     next_sweep: AtomicU64,
 }
 
-struct Slot {
+/// A tenant's state: shared by the table and the tenant's records (see
+/// [`RateStore::check_tenant`]).
+pub(crate) struct Slot {
     limit: u32,
     interval: u64,
     tat: AtomicU64,
@@ -96,9 +120,11 @@ impl MemoryRateStore {
     }
 
     fn with_sweep(sweep: Duration) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
             inner: Arc::new(Inner {
                 slots: DashMap::with_hasher(Hasher::default()),
+                id: IDS.fetch_add(1, Ordering::Relaxed),
                 sweep_every: u64::try_from(sweep.as_nanos()).unwrap_or(u64::MAX),
                 next_sweep: AtomicU64::new(0),
             }),
@@ -112,13 +138,16 @@ impl MemoryRateStore {
     }
 
     /// Removes every tenant whose state has drained (it would get a full burst anyway) and
-    /// returns how many were removed. When most of the table is then empty, its memory is
-    /// given back.
+    /// that no live key record holds (see [`RateStore::check_tenant`]), and returns how many
+    /// were removed. When most of the table is then empty, its memory is given back.
     pub fn evict_idle(&self, now: Duration) -> usize {
         let now = nanos(now);
         let slots = &self.inner.slots;
         let before = slots.len();
-        slots.retain(|_, slot| slot.tat.load(Ordering::Acquire) > now);
+        // Under the shard's write lock: no lookup is handing the slot to a record meanwhile.
+        slots.retain(|_, slot| {
+            Arc::strong_count(slot) > 1 || slot.tat.load(Ordering::Acquire) > now
+        });
         let after = slots.len();
         if after.saturating_mul(4) < slots.capacity() {
             slots.shrink_to_fit();
@@ -138,12 +167,40 @@ impl MemoryRateStore {
 
     /// The decision for one request of `key` at `limit` requests a minute at `now`.
     pub fn check_now(&self, key: &TenantId, limit: u32, now: Duration) -> RateDecision {
-        let inner = &*self.inner;
         let now = nanos(now);
         self.maybe_sweep(now);
+        self.check_slot(key, limit, now, |_| ())
+    }
+
+    /// [`RateStore::check_tenant`], at once: the state the tenant's record holds, else the
+    /// table's (which the record then holds).
+    #[inline]
+    pub fn check_tenant_now(&self, tenant: &Tenant, limit: u32, now: Duration) -> RateDecision {
+        let now = nanos(now);
+        self.maybe_sweep(now);
+        let id = self.inner.id;
+        match tenant.rate_slot(id) {
+            Some(slot) if slot.limit == limit => cas_loop(slot, now),
+            _ => self.check_slot(tenant.id(), limit, now, |slot| {
+                tenant.keep_rate_slot(id, slot);
+            }),
+        }
+    }
+
+    /// The decision for one request of `key` at `limit` and `now` (nanoseconds), through the
+    /// table; `found` sees the slot that decided.
+    fn check_slot(
+        &self,
+        key: &TenantId,
+        limit: u32,
+        now: u64,
+        found: impl FnOnce(&Arc<Slot>),
+    ) -> RateDecision {
+        let inner = &*self.inner;
         loop {
             if let Some(slot) = inner.slots.get(key.as_str()) {
                 if slot.limit == limit {
+                    found(&slot);
                     return cas_loop(&slot, now);
                 }
             } else {
@@ -152,18 +209,19 @@ impl MemoryRateStore {
                 let Some(tat) = tat else { return decision };
                 match inner.slots.entry(key.clone()) {
                     dashmap::Entry::Vacant(v) => {
-                        v.insert(Slot::new(limit, tat));
+                        found(v.insert(Arc::new(Slot::new(limit, tat))).value());
                         return decision;
                     }
                     dashmap::Entry::Occupied(_) => continue,
                 }
             }
-            // The plan changed: re-express the state for the new limit under the write lock.
+            // The plan changed: re-express the state for the new limit under the write lock
+            // (a record holding the old state keeps it only while it has the old limit).
             if let Some(mut slot) = inner.slots.get_mut(key.as_str()) {
                 if slot.limit != limit {
                     let tat = slot.tat.load(Ordering::Acquire);
                     let converted = gcra::convert(tat, now, slot.limit, limit);
-                    *slot = Slot::new(limit, converted);
+                    *slot = Arc::new(Slot::new(limit, converted));
                 }
             }
         }
@@ -237,6 +295,16 @@ impl RateStore for MemoryRateStore {
         now: Duration,
     ) -> Answer<RateDecision, Self::Future> {
         Answer::Ready(Ok(self.peek_now(key, limit, now)))
+    }
+
+    #[inline]
+    fn check_tenant(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+        now: Duration,
+    ) -> Answer<RateDecision, Self::Future> {
+        Answer::Ready(Ok(self.check_tenant_now(tenant, limit, now)))
     }
 }
 

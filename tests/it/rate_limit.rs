@@ -346,3 +346,63 @@ async fn asynchronous_stores_give_the_same_answers() {
     }
     assert_eq!(send(&service, req("t", &Plan::FREE)).await.0, 429);
 }
+
+/// The state a tenant's records hold: a tenant's keys (records shared by every request made
+/// with them) spend from one budget, through a plan change and a second store; held state is
+/// not evicted while a record holds it, and is once none does.
+#[tokio::test]
+async fn records_holding_the_state_share_one_budget_per_tenant() {
+    let (clock, store) = setup();
+    let service = ServiceBuilder::new()
+        .layer(limiter(&clock, store.clone()))
+        .service(handler());
+    let first = Tenant::new("acme", Plan::FREE, "key_1");
+    let second = Tenant::new("acme", Plan::FREE, "key_2");
+    let with = |tenant: &Tenant| {
+        let mut req = Request::get("/api/v1/scans").body(Full::default()).unwrap();
+        req.extensions_mut().insert(tenant.clone());
+        req
+    };
+    // Free: 30 a minute, the two keys' requests alternating.
+    for i in 0..30u64 {
+        let tenant = if i % 2 == 0 { &first } else { &second };
+        let got = send(&service, with(tenant)).await;
+        assert_eq!(got.0, 200, "request {i}");
+        assert_eq!(header(&got.1, "x-ratelimit-remaining"), 29 - i);
+    }
+    for tenant in [&first, &second] {
+        assert_eq!(send(&service, with(tenant)).await.0, 429);
+    }
+    // A second store counts on its own: the records' state is the first store's.
+    let other = ServiceBuilder::new()
+        .layer(limiter(&clock, MemoryRateStore::new()))
+        .service(handler());
+    let got = send(&other, with(&first)).await;
+    assert_eq!(
+        (got.0.as_u16(), header(&got.1, "x-ratelimit-remaining")),
+        (200, 29)
+    );
+    assert_eq!(send(&service, with(&first)).await.0, 429);
+
+    // On Pro (120) the 30 used are kept: 90 left, for old and new records alike.
+    let pro = Tenant::new("acme", Plan::PRO, "key_1");
+    let got = send(&service, with(&pro)).await;
+    assert_eq!(
+        (got.0.as_u16(), header(&got.1, "x-ratelimit-remaining")),
+        (200, 89)
+    );
+    let pro_second = Tenant::new("acme", Plan::PRO, "key_2");
+    let got = send(&service, with(&pro_second)).await;
+    assert_eq!(
+        (got.0.as_u16(), header(&got.1, "x-ratelimit-remaining")),
+        (200, 88)
+    );
+
+    // Drained, but held by live records: kept; once the records are gone: evicted.
+    clock.advance(Duration::from_secs(120));
+    assert_eq!(store.evict_idle(clock.now()), 0);
+    assert_eq!(store.len(), 1);
+    drop((first, second, pro, pro_second));
+    assert_eq!(store.evict_idle(clock.now()), 1);
+    assert!(store.is_empty());
+}
