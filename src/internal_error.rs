@@ -156,24 +156,24 @@ fn log_panic(sampler: &report::Sampler, payload: &(dyn Any + Send), with_message
     }
 }
 
-/// The inner service's future from `call`, or `None` (answer 500) when the inner service was
-/// not ready (`not_ready`, which is reset) or `call` panicked (reported).
+/// Puts the inner service's future from `call` in `future`, or leaves `None` (answer 500)
+/// when the inner service was not ready (`not_ready`, which is reset) or `call` panicked
+/// (reported).
 #[inline(always)]
 pub(crate) fn call_caught<F>(
+    future: &mut Option<F>,
     not_ready: &mut bool,
     panic_messages: bool,
     call: impl FnOnce() -> F,
-) -> Option<F> {
+) {
     if std::mem::take(not_ready) {
-        return None;
+        return;
     }
     // The future is written where it is kept rather than returned through the unwinding
     // machinery, which would copy it (and the request it holds) twice more.
-    let mut future = None;
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| future = Some(call()))) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| *future = Some(call()))) {
         report_panic(&*payload, panic_messages);
     }
-    future
 }
 
 /// `inner.poll_ready`, with an error or a panic turned into readiness and `not_ready` set:
@@ -230,12 +230,18 @@ where
         let grpc = crate::grpc::wants_grpc(&req);
         let panic_messages = self.panic_messages;
         let inner = &mut self.inner;
-        let future = call_caught(&mut self.not_ready, panic_messages, || inner.call(req));
-        ResponseFuture {
-            future,
+        let mut guarded = ResponseFuture {
+            future: None,
             grpc,
             panic_messages,
-        }
+        };
+        call_caught(
+            &mut guarded.future,
+            &mut self.not_ready,
+            panic_messages,
+            || inner.call(req),
+        );
+        guarded
     }
 }
 
@@ -250,28 +256,21 @@ pin_project! {
     }
 }
 
-/// What polling an inner future under `catch_unwind` gave.
-pub(crate) enum Caught<T> {
-    /// Its answer.
-    Answer(T),
-    /// It failed or panicked (reported): answer 500.
-    Failed,
-}
-
 /// Polls `future` (if any: none means the inner service already failed), catching its
-/// panic and its error.
+/// panic and its error: its answer, or `None` when it failed or panicked (reported), which
+/// is answered 500. (An `Option` has the answer's own layout: no copy to unwrap it.)
 #[inline]
 pub(crate) fn poll_caught<F, T, E>(
     mut future: Pin<&mut Option<F>>,
     cx: &mut Context<'_>,
     panic_messages: bool,
-) -> Poll<Caught<T>>
+) -> Poll<Option<T>>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
 {
     let Some(inner) = future.as_mut().as_pin_mut() else {
-        return Poll::Ready(Caught::Failed);
+        return Poll::Ready(None);
     };
     // The answer is written in place rather than returned through the unwinding machinery
     // (two copies fewer of a response).
@@ -279,14 +278,14 @@ where
     match catch_unwind(AssertUnwindSafe(|| polled = inner.poll(cx))) {
         Ok(()) => match polled {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(answer)) => return Poll::Ready(Caught::Answer(answer)),
+            Poll::Ready(Ok(answer)) => return Poll::Ready(Some(answer)),
             Poll::Ready(Err(error)) => report_error(&*error.into()),
         },
         Err(payload) => report_panic(&*payload, panic_messages),
     }
     // A future that failed or panicked is not polled again.
     future.set(None);
-    Poll::Ready(Caught::Failed)
+    Poll::Ready(None)
 }
 
 impl<F, B, E> Future for ResponseFuture<F>
@@ -301,8 +300,8 @@ where
         let this = self.project();
         Poll::Ready(Ok(
             match ready!(poll_caught(this.future, cx, *this.panic_messages)) {
-                Caught::Answer(response) => response.map(NatBody::new),
-                Caught::Failed => internal(*this.grpc),
+                Some(response) => response.map(NatBody::new),
+                None => internal(*this.grpc),
             },
         ))
     }

@@ -32,7 +32,7 @@ use crate::{
     envelope::{Enveloped, Explaining, envelope_response, passes_as_is},
     error::StoreError,
     feature_gate::{FeatureGateLayer, Gate},
-    internal_error::{BoxError, Caught, call_caught, internal, poll_caught, poll_ready_guarded},
+    internal_error::{BoxError, call_caught, internal, poll_caught, poll_ready_guarded},
     metrics::{Outcome, Requests},
     plan::{Plans, PlansError},
     quota::{
@@ -667,16 +667,20 @@ where
         let grpc = crate::grpc::wants_grpc(&req);
         let panic_messages = self.panic_messages;
         let (inner, policy) = (&mut self.inner, &self.policy);
-        let future = call_caught(&mut self.not_ready, panic_messages, || {
-            crate::engine::service::call(inner, policy, req)
-        });
-        NatFuture {
-            state: NatState::Decide { future },
+        let mut nat = NatFuture {
+            state: NatState::Decide { future: None },
             requests: self.requests.clone(),
             grpc,
             envelope: self.envelope,
             panic_messages,
+        };
+        // The inner future is made where it is kept (fewer copies of it and its request).
+        if let NatState::Decide { future } = &mut nat.state {
+            call_caught(future, &mut self.not_ready, panic_messages, || {
+                crate::engine::service::call(inner, policy, req)
+            });
         }
+        nat
     }
 }
 
@@ -739,29 +743,25 @@ where
         let this = self.as_mut().project();
         let response = match this.state.project() {
             NatStateProj::Decide { future } => {
-                match ready!(poll_caught(future, cx, *this.panic_messages)) {
-                    Caught::Answer(response) => {
-                        this.requests
-                            .count(match response.extensions().get::<Refused>() {
-                                None => Outcome::Allowed,
-                                Some(Refused("INTERNAL_ERROR")) => Outcome::Error,
-                                Some(_) => Outcome::Rejected,
-                            });
-                        response
-                    }
-                    Caught::Failed => {
-                        this.requests.count(Outcome::Error);
-                        return Poll::Ready(Ok(internal(*this.grpc)));
-                    }
+                let Some(response) = ready!(poll_caught(future, cx, *this.panic_messages)) else {
+                    this.requests.count(Outcome::Error);
+                    return Poll::Ready(Ok(internal(*this.grpc)));
+                };
+                this.requests
+                    .count(match response.extensions().get::<Refused>() {
+                        None => Outcome::Allowed,
+                        Some(Refused("INTERNAL_ERROR")) => Outcome::Error,
+                        Some(_) => Outcome::Rejected,
+                    });
+                if !*this.envelope || passes_as_is(&response, *this.grpc) {
+                    return Poll::Ready(Ok(response));
                 }
+                response
             }
             NatStateProj::Explain { explaining } => {
                 return explaining.as_mut().poll_explained(cx).map(Ok);
             }
         };
-        if !*this.envelope || passes_as_is(&response, *this.grpc) {
-            return Poll::Ready(Ok(response));
-        }
         match envelope_response(response, *this.grpc, |body| body) {
             Enveloped::Done(response) => Poll::Ready(Ok(response)),
             Enveloped::Explain(explaining) => {
