@@ -674,9 +674,12 @@ where
             envelope: self.envelope,
             panic_messages,
         };
-        // The inner future is made where it is kept (fewer copies of it and its request).
+        // The inner future is made where it is kept, and the request reached through a
+        // reference: neither is copied through the unwinding machinery.
+        let mut req = Some(req);
         if let NatState::Decide { future } = &mut nat.state {
             call_caught(future, &mut self.not_ready, panic_messages, || {
+                let req = req.take().expect("called once");
                 crate::engine::service::call(inner, policy, req)
             });
         }
