@@ -80,7 +80,9 @@ fn run_received<S: Service<Request<Full<Bytes>>>>(service: &mut S, f: &Fixture, 
 
 /// Sends `n` requests through the layer called `name`.
 fn measure(name: &str, n: usize) {
-    let with_tenant = fixture(1_000);
+    // `COSTS_TENANTS=100000` to profile the same loop over more tenants (with perf).
+    let tenants = std::env::var("COSTS_TENANTS").map_or(1_000, |t| t.parse().expect("a number"));
+    let with_tenant = fixture(tenants);
     let fresh = with_tenant.fresh();
     let f = &with_tenant;
     let clock = || Arc::new(f.clock.clone());
