@@ -140,8 +140,10 @@ const X_RATELIMIT_REMAINING: http::HeaderName =
 /// The floor: the work the contract requires of a request, written inline in one service,
 /// with nothing else (no envelope, no internal-error guard, no billing check, no exemptions,
 /// no scan checks, no metrics, no shadow mode, no asynchronous stores): the key header and
-/// its format, the key lookup (by the store's keyed hash, a key's SHA-256 taken once), the `Tenant` into the request's extensions, the rate
-/// check, and the two `X-RateLimit-*` headers on the response. Refusals are bare statuses.
+/// its format, the key lookup (by the store's keyed hash, a key's SHA-256 taken once), the
+/// `Tenant` into the request's extensions, the rate check (its state reached from the key's
+/// record), and the two `X-RateLimit-*` headers on the response. Refusals are bare
+/// statuses.
 #[derive(Clone)]
 pub struct Floor<S> {
     inner: S,
@@ -207,7 +209,7 @@ where
         let limit = limits.requests_per_minute();
         let decision = self
             .rate
-            .check_now(record.tenant.id(), limit, self.clock.now());
+            .check_tenant_now(&record.tenant, limit, self.clock.now());
         if !decision.allowed {
             return status(429);
         }

@@ -81,7 +81,7 @@ pub struct MemoryRateStore {
 type Hasher = foldhash::fast::RandomState;
 
 struct Inner {
-    slots: DashMap<TenantId, Arc<Slot>, Hasher>,
+    slots: DashMap<TenantId, Entry, Hasher>,
     /// This store's identity, for the state kept with tenant records.
     id: u64,
     sweep_every: u64,
@@ -89,8 +89,35 @@ struct Inner {
     next_sweep: AtomicU64,
 }
 
-/// A tenant's state: shared by the table and the tenant's records (see
-/// [`RateStore::check_tenant`]).
+/// A key's state in the table: in the table itself, or shared with the tenant's records once
+/// one of them reached it (see [`RateStore::check_tenant`]). Keys checked only by id (by a
+/// resolver of the server's own) keep it in the table: one pointer nearer.
+enum Entry {
+    Own(Slot),
+    Shared(Arc<Slot>),
+}
+
+impl std::ops::Deref for Entry {
+    type Target = Slot;
+
+    #[inline]
+    fn deref(&self) -> &Slot {
+        match self {
+            Entry::Own(slot) => slot,
+            Entry::Shared(slot) => slot,
+        }
+    }
+}
+
+impl Entry {
+    /// Whether eviction may drop it: drained, and held by no record.
+    fn idle(&self, now: u64) -> bool {
+        let held = matches!(self, Entry::Shared(slot) if Arc::strong_count(slot) > 1);
+        !held && self.tat.load(Ordering::Acquire) <= now
+    }
+}
+
+/// A key's state: its limit and theoretical arrival time.
 pub(crate) struct Slot {
     limit: u32,
     interval: u64,
@@ -144,10 +171,8 @@ impl MemoryRateStore {
         let now = nanos(now);
         let slots = &self.inner.slots;
         let before = slots.len();
-        // Under the shard's write lock: no lookup is handing the slot to a record meanwhile.
-        slots.retain(|_, slot| {
-            Arc::strong_count(slot) > 1 || slot.tat.load(Ordering::Acquire) > now
-        });
+        // Under the shard's write lock: no lookup is handing the state to a record meanwhile.
+        slots.retain(|_, entry| !entry.idle(now));
         let after = slots.len();
         if after.saturating_mul(4) < slots.capacity() {
             slots.shrink_to_fit();
@@ -169,7 +194,7 @@ impl MemoryRateStore {
     pub fn check_now(&self, key: &TenantId, limit: u32, now: Duration) -> RateDecision {
         let now = nanos(now);
         self.maybe_sweep(now);
-        self.check_slot(key, limit, now, |_| ())
+        self.check_slot(key, limit, now, None)
     }
 
     /// [`RateStore::check_tenant`], at once: the state the tenant's record holds, else the
@@ -181,27 +206,33 @@ impl MemoryRateStore {
         let id = self.inner.id;
         match tenant.rate_slot(id) {
             Some(slot) if slot.limit == limit => cas_loop(slot, now),
-            _ => self.check_slot(tenant.id(), limit, now, |slot| {
-                tenant.keep_rate_slot(id, slot);
-            }),
+            _ => self.check_slot(tenant.id(), limit, now, Some((tenant, id))),
         }
     }
 
     /// The decision for one request of `key` at `limit` and `now` (nanoseconds), through the
-    /// table; `found` sees the slot that decided.
+    /// table; `record`, if any, is a tenant's record (and this store's id) that is handed the
+    /// state, shared from then on.
     fn check_slot(
         &self,
         key: &TenantId,
         limit: u32,
         now: u64,
-        found: impl FnOnce(&Arc<Slot>),
+        record: Option<(&Tenant, u64)>,
     ) -> RateDecision {
         let inner = &*self.inner;
         loop {
-            if let Some(slot) = inner.slots.get(key.as_str()) {
-                if slot.limit == limit {
-                    found(&slot);
-                    return cas_loop(&slot, now);
+            if let Some(entry) = inner.slots.get(key.as_str()) {
+                if entry.limit == limit {
+                    match (&*entry, record) {
+                        (_, None) => return cas_loop(&entry, now),
+                        (Entry::Shared(slot), Some((tenant, id))) => {
+                            tenant.keep_rate_slot(id, slot);
+                            return cas_loop(slot, now);
+                        }
+                        // Kept in the table: shared below, under the write lock.
+                        (Entry::Own(_), Some(_)) => {}
+                    }
                 }
             } else {
                 // First request: only an admitted request creates state.
@@ -209,19 +240,25 @@ impl MemoryRateStore {
                 let Some(tat) = tat else { return decision };
                 match inner.slots.entry(key.clone()) {
                     dashmap::Entry::Vacant(v) => {
-                        found(v.insert(Arc::new(Slot::new(limit, tat))).value());
+                        v.insert(new_entry(Slot::new(limit, tat), record));
                         return decision;
                     }
                     dashmap::Entry::Occupied(_) => continue,
                 }
             }
-            // The plan changed: re-express the state for the new limit under the write lock
-            // (a record holding the old state keeps it only while it has the old limit).
-            if let Some(mut slot) = inner.slots.get_mut(key.as_str()) {
-                if slot.limit != limit {
-                    let tat = slot.tat.load(Ordering::Acquire);
-                    let converted = gcra::convert(tat, now, slot.limit, limit);
-                    *slot = Arc::new(Slot::new(limit, converted));
+            // Under the write lock: the plan changed, and the state is re-expressed for the new
+            // limit (a record holding the old state keeps it only while it has the old limit);
+            // or a record reached state kept in the table, which is shared from now on.
+            if let Some(mut entry) = inner.slots.get_mut(key.as_str()) {
+                let own = matches!(*entry, Entry::Own(_));
+                if entry.limit != limit || (record.is_some() && own) {
+                    let tat = entry.tat.load(Ordering::Acquire);
+                    let tat = if entry.limit == limit {
+                        tat
+                    } else {
+                        gcra::convert(tat, now, entry.limit, limit)
+                    };
+                    *entry = new_entry(Slot::new(limit, tat), record);
                 }
             }
         }
@@ -254,6 +291,14 @@ impl MemoryRateStore {
             let removed = self.evict_idle(Duration::from_nanos(now));
             tracing::debug!(target: "tower_nat", removed, "rate-limit store swept idle tenants");
         }
+    }
+}
+
+/// A table entry for new state: shared when a record reaches it.
+fn new_entry(slot: Slot, record: Option<(&Tenant, u64)>) -> Entry {
+    match record {
+        Some(_) => Entry::Shared(Arc::new(slot)),
+        None => Entry::Own(slot),
     }
 }
 

@@ -406,3 +406,44 @@ async fn records_holding_the_state_share_one_budget_per_tenant() {
     assert_eq!(store.evict_idle(clock.now()), 1);
     assert!(store.is_empty());
 }
+
+/// State kept in the table (a key checked by id) is shared with a record that reaches it
+/// later, and both paths keep counting on it, through a plan change too.
+#[test]
+fn state_checked_by_id_then_through_a_record_is_one_count() {
+    let (clock, store) = setup();
+    let now = clock.now();
+    let id = tower_nat::tenant::TenantId::from("acme");
+    let record = Tenant::new("acme", Plan::FREE, "key_1");
+    let remaining = |d: tower_nat::rate_limit::RateDecision| (d.allowed, d.remaining);
+    for left in (20..30).rev() {
+        assert_eq!(remaining(store.check_now(&id, 30, now)), (true, left));
+    }
+    // The record reaches the table's state (shared from now on), then holds it.
+    assert_eq!(
+        remaining(store.check_tenant_now(&record, 30, now)),
+        (true, 19)
+    );
+    assert_eq!(
+        remaining(store.check_tenant_now(&record, 30, now)),
+        (true, 18)
+    );
+    assert_eq!(remaining(store.check_now(&id, 30, now)), (true, 17));
+    assert_eq!(
+        remaining(store.check_tenant_now(&record, 30, now)),
+        (true, 16)
+    );
+    // On Pro (120) through the table: 14 used, this one the 15th; a new record counts on.
+    assert_eq!(remaining(store.check_now(&id, 120, now)), (true, 105));
+    let pro = Tenant::new("acme", Plan::PRO, "key_1");
+    assert_eq!(
+        remaining(store.check_tenant_now(&pro, 120, now)),
+        (true, 104)
+    );
+    assert_eq!(
+        remaining(store.check_tenant_now(&pro, 120, now)),
+        (true, 103)
+    );
+    assert_eq!(remaining(store.check_now(&id, 120, now)), (true, 102));
+    assert_eq!(store.len(), 1);
+}
