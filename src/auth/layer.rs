@@ -247,7 +247,7 @@ pub struct Authenticate<K> {
     clock: SharedClock,
 }
 
-/// The hash of the request's one well-formed `X-API-Key`, or why there is none (only
+/// The request's one well-formed `X-API-Key` (not yet hashed), or why there is none (only
 /// reported, never sent: the client sees one 401 for every cause).
 fn presented<'r, B>(
     req: &'r Request<B>,

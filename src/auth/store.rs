@@ -458,6 +458,9 @@ impl MemoryKeyStore {
         change(&mut entry);
         for hash in &entry.keys {
             if let Some(mut record) = self.inner.keys.get_mut(hash) {
+                if record.tenant.id().as_str() != entry.key().as_str() {
+                    continue;
+                }
                 let t = &record.tenant;
                 record.tenant = entry.tenant(t.id().clone(), t.key_id().clone());
             }
@@ -474,7 +477,8 @@ impl MemoryKeyStore {
             return false;
         };
         for hash in entry.keys {
-            if let Some((_, record)) = self.inner.keys.remove(&hash) {
+            let theirs = |_: &KeyHash, record: &KeyRecord| record.tenant.id() == &id;
+            if let Some((_, record)) = self.inner.keys.remove_if(&hash, theirs) {
                 self.inner.ids.remove(record.tenant.key_id());
             }
         }
@@ -512,12 +516,19 @@ impl MemoryKeyStore {
             last_used_at: None,
         };
         self.inner.ids.insert(key_id.clone(), meta);
-        let replaced = self.inner.keys.insert(hash, record).is_some();
+        let replaced = self.inner.keys.insert(hash, record);
         if !entry.keys.contains(&hash) {
             entry.keys.push(hash);
         }
         drop(entry);
-        if replaced {
+        if let Some(replaced) = replaced {
+            // The key moved from another tenant: it is no longer that tenant's.
+            let before = replaced.tenant.id();
+            if before.as_str() != tenant {
+                if let Some(mut other) = self.inner.tenants.get_mut(before.as_str()) {
+                    other.keys.retain(|h| *h != hash);
+                }
+            }
             self.inner.recognised.changed();
         }
         // A cache may hold "no such key" for this hash.

@@ -156,9 +156,11 @@ impl<V: Clone> Recognised<V> {
     }
 
     /// A change was announced (after the store applied it): every answer indexed so far is
-    /// dropped.
+    /// dropped (counted first, so that one indexed meanwhile is outdated too; and removed,
+    /// so that the records it held, and the rate state they hold, go).
     pub(crate) fn changed(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
+        self.answers.clear();
     }
 
     /// How many answers are indexed (valid or not).
@@ -265,6 +267,7 @@ mod tests {
         assert_eq!(index.get(tag), Some(7));
         index.changed();
         assert_eq!(index.get(tag), None);
+        assert_eq!(index.len(), 0);
         // A lookup that started before the change is not indexed after it.
         index.remember(tag, started, 8, 10);
         assert_eq!(index.get(tag), None);

@@ -129,7 +129,7 @@ impl Slot {
         Self {
             limit,
             interval: gcra::interval(limit),
-            tat: AtomicU64::new(tat),
+            tat: AtomicU64::new(tat.min(RETIRED - 1)),
         }
     }
 }
@@ -204,9 +204,10 @@ impl MemoryRateStore {
         let now = nanos(now);
         self.maybe_sweep(now);
         let id = self.inner.id;
-        match tenant.rate_slot(id) {
-            Some(slot) if slot.limit == limit => cas_loop(slot, now),
-            _ => self.check_slot(tenant.id(), limit, now, Some((tenant, id))),
+        let held = tenant.rate_slot(id).filter(|slot| slot.limit == limit);
+        match held.and_then(|slot| cas_loop(slot, now)) {
+            Some(decision) => decision,
+            None => self.check_slot(tenant.id(), limit, now, Some((tenant, id))),
         }
     }
 
@@ -224,14 +225,18 @@ impl MemoryRateStore {
         loop {
             if let Some(entry) = inner.slots.get(key.as_str()) {
                 if entry.limit == limit {
-                    match (&*entry, record) {
-                        (_, None) => return cas_loop(&entry, now),
+                    // (State in the table is never retired: `None` cannot come from it.)
+                    let decided = match (&*entry, record) {
+                        (_, None) => cas_loop(&entry, now),
                         (Entry::Shared(slot), Some((tenant, id))) => {
                             tenant.keep_rate_slot(id, slot);
-                            return cas_loop(slot, now);
+                            cas_loop(slot, now)
                         }
                         // Kept in the table: shared below, under the write lock.
-                        (Entry::Own(_), Some(_)) => {}
+                        (Entry::Own(_), Some(_)) => None,
+                    };
+                    if let Some(decision) = decided {
+                        return decision;
                     }
                 }
             } else {
@@ -246,13 +251,17 @@ impl MemoryRateStore {
                     dashmap::Entry::Occupied(_) => continue,
                 }
             }
-            // Under the write lock: the plan changed, and the state is re-expressed for the new
-            // limit (a record holding the old state keeps it only while it has the old limit);
-            // or a record reached state kept in the table, which is shared from now on.
+            // Under the write lock: the limit changed, and the state is re-expressed for the new
+            // one (shared state is retired, so that a record holding it comes here too: one
+            // count whatever limit each record has); or a record reached state kept in the
+            // table, which is shared from now on.
             if let Some(mut entry) = inner.slots.get_mut(key.as_str()) {
                 let own = matches!(*entry, Entry::Own(_));
                 if entry.limit != limit || (record.is_some() && own) {
-                    let tat = entry.tat.load(Ordering::Acquire);
+                    let tat = match &*entry {
+                        Entry::Own(slot) => slot.tat.load(Ordering::Acquire),
+                        Entry::Shared(slot) => slot.tat.swap(RETIRED, Ordering::AcqRel),
+                    };
                     let tat = if entry.limit == limit {
                         tat
                     } else {
@@ -306,16 +315,29 @@ fn nanos(t: Duration) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn cas_loop(slot: &Slot, now: u64) -> RateDecision {
+/// The theoretical arrival time of state the table replaced (the key's limit changed): a
+/// record that still holds it goes through the table. Live state never reaches it.
+const RETIRED: u64 = u64::MAX;
+
+/// The decision on `slot` at `now`, or `None` if the slot was retired (a compare-and-swap
+/// that raced the retirement fails, so nothing is counted on retired state).
+fn cas_loop(slot: &Slot, now: u64) -> Option<RateDecision> {
     let mut current = slot.tat.load(Ordering::Acquire);
     loop {
+        if current == RETIRED {
+            return None;
+        }
         let (decision, next) = gcra::check_with(current, now, slot.limit, slot.interval);
-        let Some(next) = next else { return decision };
-        match slot
-            .tat
-            .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => return decision,
+        let Some(next) = next else {
+            return Some(decision);
+        };
+        match slot.tat.compare_exchange_weak(
+            current,
+            next.min(RETIRED - 1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Some(decision),
             Err(actual) => current = actual,
         }
     }

@@ -19,6 +19,7 @@ mod failover;
 mod feature_gate;
 #[cfg(feature = "axum")]
 mod framework_errors;
+mod found_by_tag;
 mod fused;
 #[cfg(feature = "axum")]
 mod grpc;
@@ -44,5 +45,6 @@ mod redis_scale;
 mod revocation;
 mod scan_request;
 mod shadow;
+mod shared_rate_state;
 mod suites;
 mod throttle;
