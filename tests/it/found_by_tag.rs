@@ -95,9 +95,11 @@ async fn every_change_of_the_memory_store_reaches_keys_found_by_tag() {
     // Plan and overrides.
     store.set_plan("acme", Plan::TEAM).unwrap();
     indexed(&store, &clock, &b.key, "acme team 300").await;
-    let mut o = LimitOverrides::default();
-    o.requests_per_minute = Some(7);
-    store.set_overrides("acme", o).unwrap();
+    let overrides = LimitOverrides {
+        requests_per_minute: Some(7),
+        ..LimitOverrides::default()
+    };
+    store.set_overrides("acme", overrides).unwrap();
     indexed(&store, &clock, &b.key, "acme team 7").await;
     // Rotation without and with grace.
     let c = store.rotate(&b.id, Duration::ZERO).unwrap();
