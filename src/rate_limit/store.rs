@@ -245,7 +245,10 @@ impl MemoryRateStore {
                 let Some(tat) = tat else { return decision };
                 match inner.slots.entry(key.clone()) {
                     dashmap::Entry::Vacant(v) => {
-                        v.insert(new_entry(Slot::new(limit, tat), record));
+                        let entry = v.insert(new_entry(Slot::new(limit, tat), record));
+                        if let (Entry::Shared(slot), Some((tenant, id))) = (&*entry, record) {
+                            tenant.keep_rate_slot(id, slot);
+                        }
                         return decision;
                     }
                     dashmap::Entry::Occupied(_) => continue,
