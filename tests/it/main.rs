@@ -17,9 +17,9 @@ mod config;
 mod envelope;
 mod failover;
 mod feature_gate;
+mod found_by_tag;
 #[cfg(feature = "axum")]
 mod framework_errors;
-mod found_by_tag;
 mod fused;
 #[cfg(feature = "axum")]
 mod grpc;

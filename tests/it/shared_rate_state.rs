@@ -30,7 +30,7 @@ fn with_key(key: &ApiKey) -> Request<Full<Bytes>> {
     empty(get("/api/v1/scans").header("x-api-key", key.expose()))
 }
 
-/// a cached Pro record keeps its own slot after B's Free record re-expressed the table's.
+/// A cached Pro record and a Free record looked up after a plan change count on one state.
 #[tokio::test]
 async fn a_plan_change_does_not_open_a_second_budget_for_a_cached_record() {
     let (_clock, shared) = clock();
@@ -93,7 +93,7 @@ impl RateKeyResolver for PerRoute {
     }
 }
 
-/// one record, two limits: two budgets.
+/// One record under two limits (a resolver borrowing the tenant's id): one count.
 #[tokio::test]
 async fn one_rate_key_with_two_limits_is_one_count() {
     let (_clock, shared) = clock();
@@ -131,7 +131,7 @@ async fn one_rate_key_with_two_limits_is_one_count() {
     assert_eq!(more, 90, "{} passed in one instant", 30 + more);
 }
 
-/// a key re-added for beta stays in alpha's list; alpha's changes rewrite it.
+/// A key re-added for beta leaves alpha's list: alpha's plan changes never reach it.
 #[tokio::test]
 async fn a_key_moved_to_another_tenant_never_takes_the_first_tenants_plan() {
     let keys = MemoryKeyStore::new();
@@ -157,7 +157,7 @@ async fn a_key_moved_to_another_tenant_never_takes_the_first_tenants_plan() {
     );
 }
 
-/// the tag index's outdated record keeps a deleted tenant's rate state from eviction.
+/// A deleted tenant's rate state is evicted: the tag index holds no outdated record.
 #[tokio::test]
 async fn a_deleted_tenants_rate_state_is_evicted() {
     let (clock, shared) = clock();
