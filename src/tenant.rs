@@ -27,7 +27,10 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
-use crate::plan::{LimitOverrides, Plan};
+use crate::{
+    plan::{LimitOverrides, Plan},
+    rate_limit::store::{SharedSlot, Slot},
+};
 
 macro_rules! shared_str_id {
     ($(#[$meta:meta])* $name:ident) => {
@@ -104,40 +107,52 @@ shared_str_id!(
 #[derive(Clone, PartialEq, Eq)]
 pub struct Tenant(Arc<Inner>);
 
+// In this order, so that what a request reads (after `Arc`'s counts: its rate state, its id,
+// whether it has limits of its own, which built-in plan it is on) lies in the allocation's
+// first 64 bytes, most often one cache line: with 100,000 tenants it is rarely in a cache.
+#[repr(C)]
 struct Inner {
-    id: TenantId,
-    plan: Plan,
-    key_id: KeyId,
-    overrides: LimitOverrides,
     /// The tenant's state in the first in-memory rate store that limited it through this
     /// record, so that its later requests reach it without a table lookup.
-    rate: OnceLock<RateCell>,
+    rate: OnceLock<Arc<SharedSlot>>,
+    id: TenantId,
+    /// `None` for most tenants: those on their plan's limits.
+    overrides: Option<Box<LimitOverrides>>,
+    plan: Plan,
+    key_id: KeyId,
 }
 
-/// A tenant's rate-limit state in one store.
-pub(crate) struct RateCell {
-    /// The store's identity.
-    pub(crate) store: u64,
-    pub(crate) slot: Arc<crate::rate_limit::store::Slot>,
-}
+/// The limits of a tenant without limits of its own.
+static NO_OVERRIDES: LimitOverrides = LimitOverrides {
+    requests_per_minute: None,
+    functional_scans_per_month: None,
+    security_scans_per_month: None,
+    concurrent_scans: None,
+};
 
 impl Clone for Inner {
     /// The same tenant; the copy finds its rate state anew.
     fn clone(&self) -> Self {
         Self {
+            rate: OnceLock::new(),
             id: self.id.clone(),
+            overrides: self.overrides.clone(),
             plan: self.plan.clone(),
             key_id: self.key_id.clone(),
-            overrides: self.overrides,
-            rate: OnceLock::new(),
         }
     }
 }
 
 impl PartialEq for Inner {
     fn eq(&self, other: &Self) -> bool {
-        (&self.id, &self.plan, &self.key_id, &self.overrides)
-            == (&other.id, &other.plan, &other.key_id, &other.overrides)
+        (&self.id, &self.plan, &self.key_id, self.overrides())
+            == (&other.id, &other.plan, &other.key_id, other.overrides())
+    }
+}
+
+impl Inner {
+    fn overrides(&self) -> &LimitOverrides {
+        self.overrides.as_deref().unwrap_or(&NO_OVERRIDES)
     }
 }
 
@@ -150,31 +165,29 @@ impl Tenant {
             id: id.into(),
             plan,
             key_id: key_id.into(),
-            overrides: LimitOverrides::default(),
+            overrides: None,
             rate: OnceLock::new(),
         }))
     }
 
     /// The tenant's rate state in store `store`, if this record holds it.
     #[inline]
-    pub(crate) fn rate_slot(&self, store: u64) -> Option<&Arc<crate::rate_limit::store::Slot>> {
+    pub(crate) fn rate_slot(&self, store: u64) -> Option<&Slot> {
         self.0
             .rate
             .get()
-            .filter(|c| c.store == store)
-            .map(|c| &c.slot)
+            .filter(|shared| shared.store == store)
+            .map(|shared| &shared.slot)
     }
 
-    /// Keeps the tenant's rate state in store `store` with this record (if it holds none).
-    pub(crate) fn keep_rate_slot(&self, store: u64, slot: &Arc<crate::rate_limit::store::Slot>) {
-        let _ = self.0.rate.set(RateCell {
-            store,
-            slot: slot.clone(),
-        });
+    /// Keeps the tenant's rate state `shared` with this record (if it holds none).
+    pub(crate) fn keep_rate_slot(&self, shared: &Arc<SharedSlot>) {
+        let _ = self.0.rate.set(shared.clone());
     }
 
     /// Gives the tenant its own limits, on top of its plan's (replacing any it had).
     pub fn set_overrides(&mut self, overrides: LimitOverrides) {
+        let overrides = (!overrides.is_empty()).then(|| Box::new(overrides));
         Arc::make_mut(&mut self.0).overrides = overrides;
     }
 
@@ -195,7 +208,7 @@ impl Tenant {
 
     /// The tenant's own limits, where they differ from its plan's.
     pub fn overrides(&self) -> &LimitOverrides {
-        &self.0.overrides
+        self.0.overrides()
     }
 
     /// The tenant of `req`, if one was authenticated.
@@ -210,8 +223,8 @@ impl fmt::Debug for Tenant {
         d.field("id", &self.0.id)
             .field("plan", &self.0.plan)
             .field("key_id", &self.0.key_id);
-        if !self.0.overrides.is_empty() {
-            d.field("overrides", &self.0.overrides);
+        if let Some(overrides) = &self.0.overrides {
+            d.field("overrides", overrides);
         }
         d.finish()
     }

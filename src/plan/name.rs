@@ -46,12 +46,14 @@ macro_rules! named {
     ($(#[$meta:meta])* $name:ident, $example:literal, $display_example:literal) => {
         $(#[$meta])*
         #[derive(Clone)]
+        // First, so that a record that holds a plan can keep it near its other hot fields.
+        #[repr(C)]
         pub struct $name {
-            name: Text,
-            display: Text,
             // 1 + the index of a built-in name, 0 for the others: built-ins compare as one
             // byte.
             builtin: u8,
+            name: Text,
+            display: Text,
         }
 
         impl $name {

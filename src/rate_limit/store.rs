@@ -94,7 +94,7 @@ struct Inner {
 /// resolver of the server's own) keep it in the table: one pointer nearer.
 enum Entry {
     Own(Slot),
-    Shared(Arc<Slot>),
+    Shared(Arc<SharedSlot>),
 }
 
 impl std::ops::Deref for Entry {
@@ -104,7 +104,7 @@ impl std::ops::Deref for Entry {
     fn deref(&self) -> &Slot {
         match self {
             Entry::Own(slot) => slot,
-            Entry::Shared(slot) => slot,
+            Entry::Shared(shared) => &shared.slot,
         }
     }
 }
@@ -115,6 +115,17 @@ impl Entry {
         let held = matches!(self, Entry::Shared(slot) if Arc::strong_count(slot) > 1);
         !held && self.tat.load(Ordering::Acquire) <= now
     }
+}
+
+/// A key's state shared with its tenant's records, and the store it is in.
+///
+/// Aligned so that the state a record reaches lies in one cache line (`Arc`'s counts, which a
+/// request does not touch, take the line's other half).
+#[repr(align(32))]
+pub(crate) struct SharedSlot {
+    pub(crate) slot: Slot,
+    /// The identity of the store it is in.
+    pub(crate) store: u64,
 }
 
 /// A key's state: its limit and theoretical arrival time.
@@ -228,9 +239,9 @@ impl MemoryRateStore {
                     // (State in the table is never retired: `None` cannot come from it.)
                     let decided = match (&*entry, record) {
                         (_, None) => cas_loop(&entry, now),
-                        (Entry::Shared(slot), Some((tenant, id))) => {
-                            tenant.keep_rate_slot(id, slot);
-                            cas_loop(slot, now)
+                        (Entry::Shared(shared), Some((tenant, _))) => {
+                            tenant.keep_rate_slot(shared);
+                            cas_loop(&shared.slot, now)
                         }
                         // Kept in the table: shared below, under the write lock.
                         (Entry::Own(_), Some(_)) => None,
@@ -246,8 +257,8 @@ impl MemoryRateStore {
                 match inner.slots.entry(key.clone()) {
                     dashmap::Entry::Vacant(v) => {
                         let entry = v.insert(new_entry(Slot::new(limit, tat), record));
-                        if let (Entry::Shared(slot), Some((tenant, id))) = (&*entry, record) {
-                            tenant.keep_rate_slot(id, slot);
+                        if let (Entry::Shared(shared), Some((tenant, _))) = (&*entry, record) {
+                            tenant.keep_rate_slot(shared);
                         }
                         return decision;
                     }
@@ -263,7 +274,7 @@ impl MemoryRateStore {
                 if entry.limit != limit || (record.is_some() && own) {
                     let tat = match &*entry {
                         Entry::Own(slot) => slot.tat.load(Ordering::Acquire),
-                        Entry::Shared(slot) => slot.tat.swap(RETIRED, Ordering::AcqRel),
+                        Entry::Shared(shared) => shared.slot.tat.swap(RETIRED, Ordering::AcqRel),
                     };
                     let tat = if entry.limit == limit {
                         tat
@@ -309,7 +320,7 @@ impl MemoryRateStore {
 /// A table entry for new state: shared when a record reaches it.
 fn new_entry(slot: Slot, record: Option<(&Tenant, u64)>) -> Entry {
     match record {
-        Some(_) => Entry::Shared(Arc::new(slot)),
+        Some((_, store)) => Entry::Shared(Arc::new(SharedSlot { slot, store })),
         None => Entry::Own(slot),
     }
 }
