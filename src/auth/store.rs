@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use super::{
     admin::{AdminError, KeyAdmin, Page, TenantInfo, known_plan, valid_tenant_id},
     key::{ApiKey, HashOfHash, KeyFormat, KeyHash},
-    tag::{PresentedKey, Recognised},
+    tag::{CompactRecord, PresentedKey, Recognised},
 };
 use crate::{
     clock::{self, SharedClock},
@@ -320,7 +320,7 @@ struct Inner {
     tenants: DashMap<TenantId, TenantEntry>,
     changes: KeyChanges,
     /// Live keys found before, by tag: a hit costs no SHA-256.
-    recognised: Recognised<KeyRecord>,
+    recognised: Recognised<CompactRecord>,
     /// Held through a rotation (read the old key, issue its successor, shorten it), so two
     /// rotations of one key at once make one successor.
     rotating: std::sync::Mutex<()>,
@@ -666,13 +666,13 @@ impl KeyStore for MemoryKeyStore {
             return self.lookup(&key.hash());
         };
         if let Some(record) = recognised.get(tag) {
-            return Answer::Ready(Ok(Some(record)));
+            return Answer::Ready(Ok(Some(record.record())));
         }
         let started = recognised.start();
         let record = self.get(&key.hash());
-        if let Some(record) = &record {
+        if let Some(compact) = record.as_ref().and_then(CompactRecord::new) {
             let capacity = 2 * self.inner.keys.len() + 1024;
-            recognised.remember(tag, started, record.clone(), capacity);
+            recognised.remember(tag, started, compact, capacity);
         }
         Answer::Ready(Ok(record))
     }

@@ -14,18 +14,25 @@
 //! so after a change each key pays one SHA-256 again.
 
 use std::{
+    borrow::Borrow,
     cell::OnceCell,
     fmt,
+    hash::{Hash, Hasher},
     sync::{
         OnceLock,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use dashmap::DashMap;
 use siphasher::sip128::SipHasher24;
 
-use super::key::{HashOfHash, KeyHash};
+use super::{
+    KeyRecord,
+    key::{HashOfHash, KeyHash},
+};
+use crate::tenant::Tenant;
 
 /// The process's secret key of [`KeyTag`]s; `None` if the operating system's random source
 /// failed (keys are then always found by their SHA-256).
@@ -98,15 +105,41 @@ impl fmt::Debug for PresentedKey<'_> {
 
 /// Live keys' answers by tag, each valid until the next announced change.
 pub(crate) struct Recognised<V> {
-    answers: DashMap<KeyTag, Indexed<V>, HashOfHash>,
+    /// Each answer in the table's key, beside its tag: one aligned 32-byte bucket, one cache
+    /// line, is all a hit reads past the table's control bytes.
+    answers: DashMap<Tagged<V>, (), HashOfHash>,
     /// Counts the changes announced so far.
     changes: AtomicU64,
+    /// The latest change whose answers were all dropped: while it is behind `changes`, a
+    /// change is under way and nothing is answered from the index.
+    cleared: AtomicU64,
 }
 
-struct Indexed<V> {
+/// An answer and its tag (compared and hashed by its tag alone).
+#[repr(align(32))]
+struct Tagged<V> {
+    tag: KeyTag,
     value: V,
-    /// The change count when the lookup that found it started.
-    changes: u64,
+}
+
+impl<V> PartialEq for Tagged<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.tag == other.tag
+    }
+}
+
+impl<V> Eq for Tagged<V> {}
+
+impl<V> Hash for Tagged<V> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.tag.hash(state);
+    }
+}
+
+impl<V> Borrow<KeyTag> for Tagged<V> {
+    fn borrow(&self) -> &KeyTag {
+        &self.tag
+    }
 }
 
 impl<V: Clone> Default for Recognised<V> {
@@ -121,6 +154,7 @@ impl<V: Clone> Recognised<V> {
         Self {
             answers: DashMap::with_hasher(HashOfHash::default()),
             changes: AtomicU64::new(0),
+            cleared: AtomicU64::new(0),
         }
     }
 
@@ -130,17 +164,24 @@ impl<V: Clone> Recognised<V> {
         self.changes.load(Ordering::SeqCst)
     }
 
-    /// The answer indexed for `tag`, unless a change was announced since its lookup started.
+    /// The answer indexed for `tag`, unless a change is under way.
+    ///
+    /// Every answer in the index was indexed by a lookup that started after the latest
+    /// change whose answers were dropped (see [`remember`](Self::remember)); while no later
+    /// change is under way, it is valid.
     #[inline]
     pub(crate) fn get(&self, tag: KeyTag) -> Option<V> {
-        let now = self.changes.load(Ordering::SeqCst);
+        let cleared = self.cleared.load(Ordering::SeqCst);
+        if self.changes.load(Ordering::SeqCst) != cleared {
+            return None;
+        }
         let indexed = self.answers.get(&tag)?;
-        (indexed.changes == now).then(|| indexed.value.clone())
+        Some(indexed.key().value.clone())
     }
 
     /// Indexes the answer of a lookup that started at change count `started` (see
-    /// [`start`](Self::start)); it is valid only if no change was announced since. An index
-    /// holding `capacity` answers (some of them outdated) starts again empty.
+    /// [`start`](Self::start)); it is indexed only if no change was announced since. An index
+    /// holding `capacity` answers starts again empty.
     pub(crate) fn remember(&self, tag: KeyTag, started: u64, value: V, capacity: usize) {
         if started != self.start() {
             return;
@@ -148,25 +189,64 @@ impl<V: Clone> Recognised<V> {
         if self.answers.len() >= capacity {
             self.answers.clear();
         }
-        let indexed = Indexed {
-            value,
-            changes: started,
-        };
-        self.answers.insert(tag, indexed);
+        // Checked again under the shard's lock: a change announced after this check drops
+        // the shard's answers after the lock is released, this one with them.
+        match self.answers.entry(Tagged { tag, value }) {
+            _ if started != self.start() => {}
+            dashmap::Entry::Occupied(entry) => drop(entry.replace_entry(())),
+            dashmap::Entry::Vacant(entry) => drop(entry.insert(())),
+        }
     }
 
     /// A change was announced (after the store applied it): every answer indexed so far is
-    /// dropped (counted first, so that one indexed meanwhile is outdated too; and removed,
-    /// so that the records it held, and the rate state they hold, go).
+    /// dropped, so that the records it held, and the rate state they hold, go. Counted first,
+    /// so that a lookup that raced it indexes nothing, and nothing is answered until every
+    /// shard is emptied.
     pub(crate) fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
+        let change = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
         self.answers.clear();
+        self.cleared.fetch_max(change, Ordering::SeqCst);
     }
 
-    /// How many answers are indexed (valid or not).
+    /// How many answers are indexed.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.answers.len()
+    }
+}
+
+/// A key record as [`Recognised`] keeps it: 16 bytes, so that it fits its tag's bucket.
+#[derive(Clone)]
+pub(crate) struct CompactRecord {
+    tenant: Tenant,
+    /// Nanoseconds since the Unix epoch; `u64::MAX` for a key that does not expire.
+    expires_at: u64,
+}
+
+impl CompactRecord {
+    /// `record` compacted, unless it expires too far ahead to count in nanoseconds (after
+    /// 2554): such a key is not indexed.
+    pub(crate) fn new(record: &KeyRecord) -> Option<Self> {
+        let expires_at = match record.expires_at {
+            None => u64::MAX,
+            Some(at) => u64::try_from(at.as_nanos())
+                .ok()
+                .filter(|&n| n != u64::MAX)?,
+        };
+        Some(Self {
+            tenant: record.tenant.clone(),
+            expires_at,
+        })
+    }
+
+    /// The record, as it was.
+    pub(crate) fn record(self) -> KeyRecord {
+        let expires_at =
+            (self.expires_at != u64::MAX).then(|| Duration::from_nanos(self.expires_at));
+        KeyRecord {
+            tenant: self.tenant,
+            expires_at,
+        }
     }
 }
 
@@ -273,6 +353,53 @@ mod tests {
         assert_eq!(index.get(tag), None);
         index.remember(tag, index.start(), 9, 10);
         assert_eq!(index.get(tag), Some(9));
+    }
+
+    #[test]
+    fn nothing_is_answered_while_a_change_is_under_way() {
+        let index = Recognised::new();
+        let tag = PresentedKey::new(b"k").tag().unwrap();
+        index.remember(tag, index.start(), 7, 10);
+        // Announced, its answers not yet dropped (as `changed` is between its two steps).
+        index.changes.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(index.get(tag), None);
+        index.remember(tag, index.start(), 8, 10);
+        index.answers.clear();
+        index.cleared.fetch_max(1, Ordering::SeqCst);
+        assert_eq!(
+            index.get(tag),
+            None,
+            "the answer indexed during the change went too"
+        );
+        index.remember(tag, index.start(), 9, 10);
+        assert_eq!(index.get(tag), Some(9));
+        // A bucket is one aligned half cache line.
+        assert_eq!(std::mem::size_of::<Tagged<CompactRecord>>(), 32);
+        assert_eq!(std::mem::align_of::<Tagged<CompactRecord>>(), 32);
+    }
+
+    #[test]
+    fn a_compact_record_is_the_record() {
+        let tenant = crate::tenant::Tenant::new("acme", Plan::PRO, "k1");
+        for expires_at in [
+            None,
+            Some(Duration::new(1_700_000_000, 123_456_789)),
+            Some(Duration::from_nanos(u64::MAX - 1)),
+        ] {
+            let record = KeyRecord {
+                tenant: tenant.clone(),
+                expires_at,
+            };
+            assert_eq!(CompactRecord::new(&record).unwrap().record(), record);
+        }
+        // Past 2554: not indexed (found by its SHA-256 each time).
+        for far in [Duration::from_nanos(u64::MAX), Duration::MAX] {
+            let record = KeyRecord {
+                tenant: tenant.clone(),
+                expires_at: Some(far),
+            };
+            assert!(CompactRecord::new(&record).is_none());
+        }
     }
 
     #[test]
