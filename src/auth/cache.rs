@@ -5,7 +5,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Weak,
+        Arc, PoisonError, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -96,6 +96,10 @@ struct Cache {
     /// Counts the changes announced so far: a lookup caches its answer only if none came
     /// while it ran.
     changes: AtomicU64,
+    /// Held to read while a lookup checks `changes` and caches its answer, and to write
+    /// while a change is counted and applied: an answer is cached wholly before a change
+    /// (which removes it) or not at all, never seen for a moment after the change returned.
+    changing: RwLock<()>,
     /// Whether the store's feed of changes made elsewhere is up (none: the store has no
     /// feed, and its TTLs hold).
     live: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -132,30 +136,53 @@ struct Cached {
     used: AtomicU64,
 }
 
-// Each change is counted first, then applied (so a lookup under way sees one or the
-// other), then the index by tag is told (so no entry it may index is outdated).
+// Each change is counted and applied under the write lock (so a lookup under way sees one
+// or the other, and caches nothing outdated), then the index by tag is told (so no entry
+// it may index is outdated).
 impl Forget for Cache {
     fn key(&self, hash: &KeyHash) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        self.entries.remove(hash);
-        self.recognised.changed();
+        self.change(|entries| {
+            entries.remove(hash);
+        });
     }
 
     fn tenant(&self, tenant: &TenantId) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        self.entries.retain(|_, entry| {
-            entry
-                .record
-                .as_ref()
-                .is_none_or(|record| record.tenant.id() != tenant)
+        self.change(|entries| {
+            entries.retain(|_, entry| {
+                entry
+                    .record
+                    .as_ref()
+                    .is_none_or(|record| record.tenant.id() != tenant)
+            });
         });
-        self.recognised.changed();
     }
 
     fn all(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        self.entries.clear();
+        self.change(Entries::clear);
+    }
+}
+
+impl Cache {
+    /// Counts a change and applies it to the entries (`apply`), then tells the index.
+    fn change(&self, apply: impl FnOnce(&Entries)) {
+        {
+            let _changing = self
+                .changing
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.changes.fetch_add(1, Ordering::SeqCst);
+            apply(&self.entries);
+        }
         self.recognised.changed();
+    }
+
+    /// Runs `cache` (which caches an answer) if no change was announced since the lookup
+    /// that found the answer started (`started`); no change is applied meanwhile.
+    fn unless_changed_since(&self, started: u64, cache: impl FnOnce()) {
+        let _changing = self.changing.read().unwrap_or_else(PoisonError::into_inner);
+        if self.changes.load(Ordering::SeqCst) == started {
+            cache();
+        }
     }
 }
 
@@ -285,6 +312,7 @@ impl Cache {
                 DefaultLifecycle::default(),
             ),
             changes: AtomicU64::new(0),
+            changing: RwLock::new(()),
             recognised: Recognised::new(),
             settings,
         }
@@ -324,15 +352,9 @@ impl Cache {
                 || now < entry.loaded_at.saturating_add(self.settings.offline_ttl))
     }
 
-    /// Caches `entry` unless a change was announced since its lookup started; a change
-    /// announced after the check removes it again (changes count first, then remove, so one
-    /// of the two sees the other).
+    /// Caches `entry` unless a change was announced since its lookup started.
     fn keep(&self, hash: &KeyHash, entry: Entry) {
-        let started = entry.changes;
-        self.entries.insert(*hash, entry);
-        if self.changes.load(Ordering::SeqCst) != started {
-            self.entries.remove(hash);
-        }
+        self.unless_changed_since(entry.changes, || self.entries.insert(*hash, entry));
     }
 }
 
@@ -400,11 +422,12 @@ impl<K: KeyStore> CachedKeyStore<K> {
                 let entry = cache.entry(record, now, started);
                 self.used(&entry, now);
                 if let Some(guard) = guard {
-                    // Fill the placeholder (waiters get the answer), then check for changes.
-                    let _ = guard.insert(entry.clone());
-                    if cache.changes.load(Ordering::SeqCst) != started {
-                        cache.entries.remove(&hash);
-                    }
+                    // Fill the placeholder (waiters get the answer) unless a change came
+                    // meanwhile; if one did, the placeholder is dropped and a waiter looks
+                    // the key up again.
+                    cache.unless_changed_since(started, || {
+                        let _ = guard.insert(entry.clone());
+                    });
                 } else {
                     cache.keep(&hash, entry.clone());
                 }
