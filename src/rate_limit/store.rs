@@ -119,8 +119,8 @@ impl Entry {
 
 /// A key's state shared with its tenant's records, and the store it is in.
 ///
-/// Aligned so that the state a record reaches lies in one cache line (`Arc`'s counts, which a
-/// request does not touch, take the line's other half).
+/// Aligned to 32 bytes (its size), so that the state a record reaches never straddles two
+/// cache lines; `Arc`'s counts, which a request does not touch, lie before it.
 #[repr(align(32))]
 pub(crate) struct SharedSlot {
     pub(crate) slot: Slot,
