@@ -122,14 +122,6 @@ struct Inner {
     key_id: KeyId,
 }
 
-/// The limits of a tenant without limits of its own.
-static NO_OVERRIDES: LimitOverrides = LimitOverrides {
-    requests_per_minute: None,
-    functional_scans_per_month: None,
-    security_scans_per_month: None,
-    concurrent_scans: None,
-};
-
 impl Clone for Inner {
     /// The same tenant; the copy finds its rate state anew.
     fn clone(&self) -> Self {
@@ -152,7 +144,7 @@ impl PartialEq for Inner {
 
 impl Inner {
     fn overrides(&self) -> &LimitOverrides {
-        self.overrides.as_deref().unwrap_or(&NO_OVERRIDES)
+        self.overrides.as_deref().unwrap_or(&LimitOverrides::NONE)
     }
 }
 

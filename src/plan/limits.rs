@@ -123,9 +123,17 @@ pub struct LimitOverrides {
 }
 
 impl LimitOverrides {
+    /// Nothing overridden (the default).
+    pub(crate) const NONE: Self = Self {
+        requests_per_minute: None,
+        functional_scans_per_month: None,
+        security_scans_per_month: None,
+        concurrent_scans: None,
+    };
+
     /// Whether nothing is overridden.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        *self == Self::NONE
     }
 }
 
