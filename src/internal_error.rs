@@ -259,7 +259,7 @@ pin_project! {
 /// Polls `future` (if any: none means the inner service already failed), catching its
 /// panic and its error: its answer, or `None` when it failed or panicked (reported), which
 /// is answered 500. (An `Option` has the answer's own layout: no copy to unwrap it.)
-#[inline]
+#[inline(always)]
 pub(crate) fn poll_caught<F, T, E>(
     mut future: Pin<&mut Option<F>>,
     cx: &mut Context<'_>,

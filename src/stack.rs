@@ -28,7 +28,7 @@ use crate::{
     billing::{self, BillingConfiguredLayer},
     common::Common,
     concurrency::{self, ConcurrentScansLayer, MemorySlotStore, SlotStore},
-    engine::{Chain, NatBody, Policy, PolicyFuture, PolicyService, Refused, Reported},
+    engine::{Chain, ForScans, NatBody, Policy, PolicyFuture, PolicyService, Refused, Reported},
     envelope::{Enveloped, Explaining, envelope_response, passes_as_is},
     error::StoreError,
     feature_gate::{FeatureGateLayer, Gate},
@@ -58,10 +58,12 @@ type NatPolicy<K, R, Q, C> = Chain<
 >;
 
 /// The decisions that give a scan creation its meaning: validation, the feature gate for
-/// scan kinds, running scans, quota.
+/// scan kinds, running scans, quota; the last three asked only about a scan creation.
 type ScanPolicy<Q, C> = Chain<
     Reported<ValidateScan>,
-    Chain<Reported<Gate>, Chain<Reported<concurrency::layer::Occupy<C>>, Reported<Reserve<Q>>>>,
+    ForScans<
+        Chain<Reported<Gate>, Chain<Reported<concurrency::layer::Occupy<C>>, Reported<Reserve<Q>>>>,
+    >,
 >;
 
 /// Everything but the stores: one value, whatever the stores' types.
@@ -541,13 +543,13 @@ fn scan_policy<Q: QuotaStore, C: SlotStore>(
 ) -> ScanPolicy<Q, C> {
     Chain(
         validation.policy(common.shadow),
-        Chain(
+        ForScans(Chain(
             Gate::new(None, common),
             Chain(
                 ConcurrentScansLayer::policy(slots, concurrency, common),
                 QuotaGuardLayer::policy(quotas, quota, common),
             ),
-        ),
+        )),
     )
 }
 
@@ -679,8 +681,7 @@ where
         let mut req = Some(req);
         if let NatState::Decide { future } = &mut nat.state {
             call_caught(future, &mut self.not_ready, panic_messages, || {
-                let req = req.take().expect("called once");
-                crate::engine::service::call(inner, policy, req)
+                crate::engine::service::call_in_place(inner, policy, &mut req)
             });
         }
         nat

@@ -187,3 +187,33 @@ impl<A: Future<Output = ()>, B: Future<Output = ()>> Future for Both<A, B> {
         Poll::Ready(())
     }
 }
+
+/// `P` for scan creations only: a request without a [`ScanKind`](crate::plan::ScanKind)
+/// (anything but a checked scan creation, or one the server marked) passes at once with
+/// nothing, as each of the policies behind scan validation in the stack (the feature gate
+/// for scan kinds, running scans, quota) would pass it; so the ordinary request asks the
+/// extensions once instead of once per policy.
+#[derive(Clone, Debug)]
+pub struct ForScans<P>(pub(crate) P);
+
+impl<Rq, P: Policy<Rq>> Policy<Rq> for ForScans<P> {
+    type Pass = P::Pass;
+    type Later = P::Later;
+
+    #[inline(always)]
+    fn decide(&self, req: &mut Request<Rq>) -> Decision<Self::Pass, Self::Later> {
+        if req.extensions().get::<crate::plan::ScanKind>().is_none() {
+            return Decision::Pass(P::Pass::nothing());
+        }
+        self.0.decide(req)
+    }
+
+    #[inline]
+    fn resume(
+        &self,
+        answer: <Self::Later as Future>::Output,
+        req: &mut Request<Rq>,
+    ) -> Decision<Self::Pass, Self::Later> {
+        self.0.resume(answer, req)
+    }
+}

@@ -15,7 +15,7 @@ pub(crate) mod service;
 mod tests;
 
 pub use body::NatBody;
-pub(crate) use chain::Chain;
+pub(crate) use chain::{Chain, ForScans};
 pub(crate) use policy::{Decision, Finish, Never, Policy, Refused, Rejection, StoreCall};
 pub(crate) use reported::Reported;
 pub use service::{PolicyFuture, PolicyService};
