@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 bin=$(cargo bench --bench layers --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and "layers" in m["executable"]][0])')
 for r in $(seq "${ROUNDS:-3}"); do
-  for c in "bare handler" "tower_governor" "glue" "floor" "NatLayer"; do
+  for c in "bare handler" "tower_governor" "glue" "floor" "duties" "NatLayer"; do
     "$bin" --bench "as received/[0-9]+ tenants/$c" 2>&1 \
       | grep -E "^as received|time:" | paste - - | tr -s ' ' \
       | sed -E "s/^as received\/([0-9]+) tenants\/([^ :(]+).*time: \[[^ ]+ [^ ]+ ([0-9.]+ [nµ]s).*/$r \1 \2 \3/"

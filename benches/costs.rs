@@ -29,7 +29,7 @@ use tower_nat::{
 const REQUESTS: usize = 20_000;
 
 /// Each measured layer: its name, and whether it gets fresh requests.
-const LAYERS: [(&str, bool); 23] = [
+const LAYERS: [(&str, bool); 24] = [
     ("bare handler", false),
     ("bare handler, fresh", true),
     ("InternalErrorGuard", false),
@@ -55,6 +55,7 @@ const LAYERS: [(&str, bool); 23] = [
         true,
     ),
     ("floor (the contract's work inline), as received", true),
+    ("floor with the stack's other duties, as received", true),
     ("NatLayer, as received", true),
 ];
 
@@ -156,6 +157,9 @@ fn measure(name: &str, n: usize) {
         }
         "floor (the contract's work inline), as received" => {
             run_received(&mut f.floor(handler()), f, n)
+        }
+        "floor with the stack's other duties, as received" => {
+            run_received(&mut f.floor_with_duties(handler()), f, n)
         }
         "NatLayer, as received" => run_received(&mut f.nat().layer(handler()), f, n),
         other => panic!("unknown layer {other}"),

@@ -219,6 +219,12 @@ fn as_received(c: &mut Criterion) {
         );
         bench_with(
             &mut group,
+            "duties: the floor and the stack's other duties inline",
+            f.scattered(),
+            f.floor_with_duties(handler()),
+        );
+        bench_with(
+            &mut group,
             "NatLayer (whole stack, not a scan)",
             f.scattered(),
             f.nat().layer(handler()),

@@ -144,8 +144,17 @@ const X_RATELIMIT_REMAINING: http::HeaderName =
 /// `Tenant` into the request's extensions, the rate check (its state reached from the key's
 /// record), and the two `X-RateLimit-*` headers on the response. Refusals are bare
 /// statuses.
+///
+/// With `DUTIES`, the floor also does, inline and by hand, what the stack does for every
+/// request besides: it tells a gRPC call (the request's `ErrorFormat`, then its
+/// `content-type`), checks the billing prefix (billing is off), looks for the client's
+/// address (the failed-auth throttle's key), tells a scan creation (`POST /api/v1/scan`,
+/// which it does not serve), catches a panic of the decisions or the inner service (500),
+/// checks that the response passes as it is (a 2xx or 3xx that is not a gRPC answer, for a
+/// request that is not a gRPC call), and counts the outcome. The stack's cost over it is
+/// the engine's own.
 #[derive(Clone)]
-pub struct Floor<S> {
+pub struct Floor<S, const DUTIES: bool = false> {
     inner: S,
     keys: MemoryKeyStore,
     rate: tower_nat::rate_limit::MemoryRateStore,
@@ -153,11 +162,21 @@ pub struct Floor<S> {
     clock: FakeClock,
     format: tower_nat::auth::KeyFormat,
     numbers: Arc<Vec<http::HeaderValue>>,
+    outcomes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Fixture {
     /// [`Floor`] around `inner`, on this fixture's keys, plans and clock.
     pub fn floor<S>(&self, inner: S) -> Floor<S> {
+        self.floor_with(inner)
+    }
+
+    /// [`Floor`] with the stack's other duties.
+    pub fn floor_with_duties<S>(&self, inner: S) -> Floor<S, true> {
+        self.floor_with(inner)
+    }
+
+    fn floor_with<S, const DUTIES: bool>(&self, inner: S) -> Floor<S, DUTIES> {
         Floor {
             inner,
             keys: self.keys.clone(),
@@ -166,32 +185,26 @@ impl Fixture {
             clock: self.clock.clone(),
             format: tower_nat::auth::KeyFormat::default(),
             numbers: Arc::new((0..4_096u32).map(http::HeaderValue::from).collect()),
+            outcomes: Arc::default(),
         }
     }
 }
 
-impl<S> Service<Request<Full<Bytes>>> for Floor<S>
+/// A bare status as the floor's answer.
+fn status(code: u16) -> Ready {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = http::StatusCode::from_u16(code).unwrap();
+    std::future::ready(Ok(response))
+}
+
+impl<S, const DUTIES: bool> Floor<S, DUTIES>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>,
 {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
+    /// The contract's work.
+    #[inline(always)]
+    fn decide_and_call(&mut self, mut req: Request<Full<Bytes>>) -> Ready {
         use tower_nat::clock::Clock;
-        let status = |code: u16| {
-            let mut response = Response::new(Body::empty());
-            *response.status_mut() = http::StatusCode::from_u16(code).unwrap();
-            std::future::ready(Ok(response))
-        };
         let mut values = req.headers().get_all(&X_API_KEY).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return status(401);
@@ -224,6 +237,83 @@ where
         headers.insert(X_RATELIMIT_LIMIT, number(decision.limit));
         headers.insert(X_RATELIMIT_REMAINING, number(decision.remaining));
         std::future::ready(Ok(response))
+    }
+
+    /// The contract's work and the stack's other duties.
+    #[inline(always)]
+    fn with_duties(&mut self, req: Request<Full<Bytes>>) -> Ready {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tower_nat::grpc::{ErrorFormat, is_grpc_media};
+        let grpc = match req.extensions().get::<ErrorFormat>() {
+            Some(ErrorFormat::Json) => false,
+            Some(ErrorFormat::Grpc) => true,
+            _ => req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(is_grpc_media),
+        };
+        let path = req.uri().path().as_bytes();
+        let billing = b"/api/v1/billing";
+        if path.len() >= billing.len()
+            && path[..billing.len()].eq_ignore_ascii_case(billing)
+            && path.get(billing.len()).is_none_or(|&b| b == b'/')
+        {
+            return status(503);
+        }
+        if req
+            .extensions()
+            .get::<tower_nat::auth::ClientAddr>()
+            .is_some()
+        {
+            return status(501);
+        }
+        if req.method() == http::Method::POST && path == b"/api/v1/scan" {
+            return status(501);
+        }
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.decide_and_call(req).into_inner()
+        }));
+        let Ok(Ok(response)) = caught else {
+            return status(500);
+        };
+        self.outcomes.fetch_add(1, Relaxed);
+        let status = response.status();
+        let passes = !(grpc
+            || status.is_client_error()
+            || status.is_server_error()
+            || response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(is_grpc_media));
+        assert!(
+            passes,
+            "the floor's duties do not put answers in the envelope"
+        );
+        std::future::ready(Ok(response))
+    }
+}
+
+impl<S, const DUTIES: bool> Service<Request<Full<Bytes>>> for Floor<S, DUTIES>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        if DUTIES {
+            self.with_duties(req)
+        } else {
+            self.decide_and_call(req)
+        }
     }
 }
 
