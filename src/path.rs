@@ -96,6 +96,12 @@ impl Routes {
         self.prefixes.push(prefix);
     }
 
+    /// Whether no path is in the set (nothing to match: the path need not be read).
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
     pub(crate) fn matches(&self, path: &str) -> bool {
         self.exact.iter().any(|p| p.matches(path))
             || self.prefixes.iter().any(|p| under_prefix(path, p, false))

@@ -345,6 +345,7 @@ impl<K: KeyStore> Authenticate<K> {
     }
 
     /// Gives back a failure counted in advance.
+    #[inline]
     fn forgive(&self, counted: Option<Provisional>) {
         if let (Some(throttle), Some(counted)) = (&self.config.throttle, counted) {
             throttle.forgive(counted, self.clock.now());
@@ -451,7 +452,7 @@ impl<K: KeyStore, B> Policy<B> for Authenticate<K> {
             return Decision::Pass(());
         }
         let config = &self.config;
-        if config.exempt.matches(client_path(req)) {
+        if !config.exempt.is_empty() && config.exempt.matches(client_path(req)) {
             req.extensions_mut().insert(AuthExempt);
             return Decision::Pass(());
         }
