@@ -681,7 +681,7 @@ where
         let mut req = Some(req);
         if let NatState::Decide { future } = &mut nat.state {
             call_caught(future, &mut self.not_ready, panic_messages, || {
-                crate::engine::service::call_in_place(inner, policy, &mut req)
+                crate::engine::service::call(inner, policy, &mut req)
             });
         }
         nat

@@ -345,7 +345,6 @@ impl<K: KeyStore> Authenticate<K> {
     }
 
     /// Gives back a failure counted in advance.
-    #[inline]
     fn forgive(&self, counted: Option<Provisional>) {
         if let (Some(throttle), Some(counted)) = (&self.config.throttle, counted) {
             throttle.forgive(counted, self.clock.now());

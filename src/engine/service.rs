@@ -74,33 +74,52 @@ where
     }
 }
 
+/// Where a request is kept while a policy decides about it: by value (a layer's `call`), or in
+/// the caller's `Option` (the stack's guarded call, whose closure reaches it by reference),
+/// moved out only into the inner service or a wait.
+pub(crate) trait Held<B> {
+    /// The request, to decide about.
+    fn request(&mut self) -> &mut Request<B>;
+    /// The request, handed on.
+    fn hand_on(self) -> Request<B>;
+}
+
+impl<B> Held<B> for Request<B> {
+    #[inline(always)]
+    fn request(&mut self) -> &mut Request<B> {
+        self
+    }
+
+    #[inline(always)]
+    fn hand_on(self) -> Request<B> {
+        self
+    }
+}
+
+impl<B> Held<B> for &mut Option<Request<B>> {
+    #[inline(always)]
+    fn request(&mut self) -> &mut Request<B> {
+        self.as_mut().expect("called once")
+    }
+
+    #[inline(always)]
+    fn hand_on(self) -> Request<B> {
+        self.take().expect("called once")
+    }
+}
+
 /// Calls `inner` as `policy` decides about `req`.
 #[inline(always)]
 pub(crate) fn call<S, P, ReqB, ResB>(
     inner: &mut S,
     policy: &Arc<P>,
-    req: Request<ReqB>,
+    mut req: impl Held<ReqB>,
 ) -> PolicyFuture<S, P, ReqB>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     P: Policy<ReqB>,
 {
-    call_in_place(inner, policy, &mut Some(req))
-}
-
-/// [`call`], deciding about the request where it is (`Some`), and moving it out only to hand
-/// it on: one copy of it fewer on the way to the inner service.
-#[inline(always)]
-pub(crate) fn call_in_place<S, P, ReqB, ResB>(
-    inner: &mut S,
-    policy: &Arc<P>,
-    req: &mut Option<Request<ReqB>>,
-) -> PolicyFuture<S, P, ReqB>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    P: Policy<ReqB>,
-{
-    let decision = policy.decide(req.as_mut().expect("called once"));
+    let decision = policy.decide(req.request());
     PolicyFuture {
         state: next(policy, decision, inner, req),
     }
@@ -112,7 +131,7 @@ fn next<S, P, ReqB>(
     policy: &Arc<P>,
     decision: Decision<P::Pass, P::Later>,
     inner: &mut S,
-    req: &mut Option<Request<ReqB>>,
+    mut req: impl Held<ReqB>,
 ) -> State<S, P, ReqB>
 where
     S: Service<Request<ReqB>> + Clone,
@@ -120,24 +139,21 @@ where
 {
     match decision {
         Decision::Pass(pass) => State::Inner {
-            future: inner.call(req.take().expect("called once")),
+            future: inner.call(req.hand_on()),
             pass: Some(pass),
         },
         Decision::Later(later) => {
-            let req = req.take().expect("called once");
             // Keep the instance that was polled ready for the call after the decision.
             let clone = inner.clone();
             let ready = mem::replace(inner, clone);
             State::Later {
                 waiting: Box::pin(Waiting {
                     later,
-                    parked: Some((ready, req, policy.clone())),
+                    parked: Some((ready, req.hand_on(), policy.clone())),
                 }),
             }
         }
-        Decision::Refuse(rejection, after) => {
-            refusal(rejection, after, req.as_ref().expect("called once"))
-        }
+        Decision::Refuse(rejection, after) => refusal(rejection, after, req.request()),
     }
 }
 
@@ -292,7 +308,7 @@ where
                     };
                     let (mut inner, req, policy) =
                         waiting.parked.take().expect("polled after completion");
-                    next(&policy, decision, &mut inner, &mut Some(req))
+                    next(&policy, decision, &mut inner, req)
                 }
                 StateProj::Inner { future, pass } => {
                     let response = ready!(future.poll(cx))?;
